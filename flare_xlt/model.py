@@ -1,0 +1,626 @@
+"""FlareModel: the source pass, source binding, token alignment, save/load and generate.
+
+One forward of a FlareModel is two passes over the same network:
+
+1. Source pass: the English input runs under no_grad with the FLARE adapter off (any other adapter, e.g. a frozen
+   stage-1 task LoRA, stays on). Forward pre-hooks record, for each fused module, the tensor it needs: its own input
+   (source_site="linear_input") or the hidden state entering/leaving its block ("block_input"). The pass stops as
+   soon as every fused module has its tensor, so later blocks and the head never run and nothing else is kept.
+2. Target pass: the target input runs normally; each fused FlareLinear reads its recorded source tensor.
+
+Source and target are paired token by token (see `align_tokens`). A pre-hook on the wrapped transformers model
+recomputes that pairing for every call, which covers training, evaluation and each generate() step with a KV cache.
+The bound source stays in place after forward() returns because gradient checkpointing re-runs layer forwards
+during backward; the next call of the model outside a binding drops it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file
+from torch import nn
+
+from .config import DEFAULT_FUSION_LEAVES, FlareConfig
+from .fusion import POSITION_MIXING_FUSIONS
+from .layer import FlareLinear
+
+INPUT_STREAM = "input"  # tokens of input_ids (the encoder for encoder-decoder models)
+DECODER_STREAM = "decoder"  # decoder tokens of encoder-decoder models
+STAGE1_MODES = ("merge", "frozen")
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+_CROSS_ATTENTION_PARENT = re.compile(r"(encdecattention|encoder_attn|crossattention|cross_attn)", re.IGNORECASE)
+_KEY_VALUE_LEAVES = {"k", "v", "k_proj", "v_proj", "key", "value"}
+
+
+class _SourcePassComplete(Exception):
+    """Raised from a capture hook once every fused module has its source, to skip the rest of the network."""
+
+
+@dataclass
+class TokenAlignment:
+    """Pairing of the current target positions with source tokens, for one token stream."""
+
+    source_position: torch.Tensor  # (B, T) long: index into the source sequence
+    has_source: torch.Tensor  # (B, T) bool: False where the target token has no source token (fallback)
+    allowed: torch.Tensor | None  # (B, T, T) bool: keys a position-mixing fusion may read; None if unused
+
+    def gather(self, source_codes: torch.Tensor) -> torch.Tensor:
+        index = self.source_position.unsqueeze(-1).expand(-1, -1, source_codes.shape[-1])
+        return source_codes.gather(1, index)  # (B, S, r) -> (B, T, r)
+
+
+def align_tokens(
+    source_mask: torch.Tensor,
+    target_mask: torch.Tensor | None,
+    current_length: int,
+    past_length: int,
+    mask_source_padding: bool,
+    causal: bool,
+    need_allowed: bool,
+) -> TokenAlignment:
+    """Pair the last `current_length` target positions with source tokens.
+
+    mask_source_padding=True: the k-th real target token is paired with the k-th real source token, counted from
+    each side's first real token, whatever the padding side; target tokens past the source length and pads have no
+    source. This equals alignment by position on a right-padded batch and makes the pairing of a token independent
+    of how much padding or how many later tokens a batch holds, so teacher forcing and cached generation agree.
+    mask_source_padding=False (the authors' code): padded position p is paired with padded source position p.
+    """
+    batch = source_mask.shape[0]
+    device = source_mask.device
+    total_length = past_length + current_length
+    padded_position = torch.arange(past_length, total_length, device=device).expand(batch, -1)  # (B, T)
+    if target_mask is None:
+        target_real = torch.ones(batch, total_length, dtype=torch.bool, device=device)
+    else:
+        target_real = target_mask.to(device=device, dtype=torch.bool)
+    if mask_source_padding:
+        token_index = (target_real.long().cumsum(-1) - 1)[:, -current_length:]  # (B, T): k-th real token
+        is_token = target_real[:, -current_length:]
+        source_real = source_mask.bool()
+        source_count = source_real.sum(-1, keepdim=True)  # (B, 1)
+        real_first = torch.argsort((~source_real).to(torch.int8), dim=-1, stable=True)  # (B, S): real tokens first
+        has_source = is_token & (token_index < source_count)
+        source_position = real_first.gather(1, token_index.clamp(0, source_mask.shape[1] - 1))
+        key_valid = is_token
+    else:
+        has_source = padded_position < source_mask.shape[1]
+        source_position = padded_position.clamp(max=source_mask.shape[1] - 1)
+        key_valid = torch.ones_like(has_source)
+    allowed = None
+    if need_allowed:
+        allowed = key_valid.unsqueeze(1).expand(-1, current_length, -1)  # (B, T, T)
+        if causal:
+            allowed = allowed & torch.ones(current_length, current_length, dtype=torch.bool, device=device).tril()
+    return TokenAlignment(source_position, has_source, allowed)
+
+
+@dataclass
+class BoundSource:
+    inputs: dict[str, torch.Tensor]  # fused module name -> (B, S, d); modules that read one tensor share it
+    masks: dict[str, torch.Tensor]  # stream -> (B, S) mask of real source tokens
+
+    @property
+    def batch_size(self) -> int:
+        return next(iter(self.masks.values())).shape[0]
+
+    def repeat_rows(self, times: int) -> BoundSource:
+        """Each row repeated `times` times in place, as generate() expands the batch for beams."""
+        expanded: dict[int, torch.Tensor] = {}
+        for tensor in self.inputs.values():
+            expanded.setdefault(id(tensor), tensor.repeat_interleave(times, dim=0))
+        return BoundSource(
+            {name: expanded[id(tensor)] for name, tensor in self.inputs.items()},
+            {stream: mask.repeat_interleave(times, dim=0) for stream, mask in self.masks.items()},
+        )
+
+
+@dataclass
+class FlareState:
+    """What the FLARE layers of one model read; shared by all of them."""
+
+    capturing: bool = False
+    source: BoundSource | None = None
+    alignments: dict[str, TokenAlignment] = field(default_factory=dict)
+    open_bindings: int = 0
+    allow_batch_expansion: bool = False
+
+    def source_input(self, module_name: str) -> torch.Tensor | None:
+        return None if self.source is None else self.source.inputs[module_name]
+
+
+def _matches(name: str, patterns: list[str] | str) -> bool:
+    if isinstance(patterns, str):
+        return re.fullmatch(patterns, name) is not None
+    return any(name == pattern or name.endswith("." + pattern) for pattern in patterns)
+
+
+def _enclosing_block(model: nn.Module, module_name: str) -> str:
+    """The name of the transformer block (an element of a ModuleList) that holds `module_name`."""
+    parts = module_name.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        if parts[end].isdigit() and isinstance(model.get_submodule(".".join(parts[:end])), nn.ModuleList):
+            return ".".join(parts[: end + 1])
+    raise ValueError(
+        f"source_site='block_input' needs the transformer block of {module_name!r}, but no ModuleList element "
+        "encloses it; use source_site='linear_input'."
+    )
+
+
+def _first_hidden(value: Any) -> torch.Tensor:
+    return value[0] if isinstance(value, tuple | list) else value
+
+
+class FlareModel(PeftModel):
+    """A PeftModel whose FLARE adapter fuses a source representation into its LoRA bottlenecks."""
+
+    def __init__(self, model: nn.Module, flare_config: FlareConfig, adapter_name: str = "flare") -> None:
+        lora_config = flare_config.to_lora_config()
+        lora_config._register_custom_module({nn.Linear: FlareLinear})
+        super().__init__(model, lora_config, adapter_name)
+        self.flare_config = flare_config
+        self.flare_adapter_name = adapter_name
+        self.flare_state = FlareState()
+
+        network = self.get_base_model()
+        self.is_encoder_decoder = bool(getattr(network.config, "is_encoder_decoder", False))
+        self._input_stream_causal = not self.is_encoder_decoder and any(
+            getattr(module, "is_causal", False) is True for module in network.modules()
+        )
+        self.fused_modules = self._configure_layers(network)
+        self._mixes_causal_positions = flare_config.fusion in POSITION_MIXING_FUSIONS and any(
+            self._stream_is_causal(layer.flare_stream) for layer in self.fused_modules.values()
+        )
+        self._capture_points = self._plan_capture(network)
+        if flare_config.mt_source_dim is not None:
+            widths = {layer.in_features for layer in self.fused_modules.values()}
+            if len(widths) != 1:
+                raise ValueError(
+                    f"FLARE-MT feeds one projected tensor to every fused module, but their input widths differ: "
+                    f"{sorted(widths)}. Choose fusion_modules of one width."
+                )
+            reference = next(iter(self.fused_modules.values())).lora_A[adapter_name].weight
+            projection = nn.Linear(flare_config.mt_source_dim, widths.pop())
+            # The `lora_` prefix and the adapter-name key make PEFT save and load it with the adapter.
+            self.lora_mt_projection = nn.ModuleDict(
+                {adapter_name: projection.to(device=reference.device, dtype=reference.dtype)}
+            )
+        network.register_forward_pre_hook(self._align_target, with_kwargs=True)
+
+    # ------------------------------------------------------------------ construction
+    def _configure_layers(self, network: nn.Module) -> dict[str, FlareLinear]:
+        config, adapter = self.flare_config, self.flare_adapter_name
+        targets: dict[str, FlareLinear] = {}
+        unsupported = []
+        for name, module in network.named_modules():
+            if isinstance(module, LoraLayer) and adapter in module.lora_A:
+                if isinstance(module, FlareLinear):
+                    targets[name] = module
+                else:
+                    unsupported.append(f"{name} ({type(module.get_base_layer()).__name__})")
+        if unsupported:
+            raise ValueError(
+                f"FLARE supports nn.Linear targets only; these targets are not: {unsupported}. "
+                "Narrow target_modules."
+            )
+        fused_names = []
+        if config.fusion is not None:
+            patterns = config.fusion_modules if config.fusion_modules is not None else list(DEFAULT_FUSION_LEAVES)
+            fused_names = [name for name in targets if _matches(name, patterns)]
+            if isinstance(config.fusion_modules, list):
+                for pattern in config.fusion_modules:
+                    if not any(_matches(name, [pattern]) for name in targets):
+                        raise ValueError(
+                            f"fusion_modules entry {pattern!r} matches none of the LoRA targets: {sorted(targets)}."
+                        )
+            if not fused_names:
+                raise ValueError(
+                    f"fusion_modules={patterns!r} matches none of the LoRA targets: {sorted(targets)}."
+                )
+        encoder_prefix = self._encoder_prefix(network)
+        for name, layer in targets.items():
+            fused = name in fused_names
+            layer.configure_flare(
+                adapter,
+                config.fusion if fused else None,
+                heads=config.cross_attention_heads,
+                dropout=config.cross_attention_dropout,
+            )
+            layer.flare_state = self.flare_state
+            layer.flare_module_name = name
+            layer.flare_stream = self._stream_of(name, encoder_prefix)
+        return {name: targets[name] for name in fused_names}
+
+    @staticmethod
+    def _encoder_prefix(network: nn.Module) -> str | None:
+        if not getattr(network.config, "is_encoder_decoder", False):
+            return None
+        encoder = network.get_encoder()
+        return next(name for name, module in network.named_modules() if module is encoder) + "."
+
+    @staticmethod
+    def _stream_of(name: str, encoder_prefix: str | None) -> str:
+        if encoder_prefix is None or name.startswith(encoder_prefix):
+            return INPUT_STREAM
+        parent, _, leaf = name.rpartition(".")
+        if leaf in _KEY_VALUE_LEAVES and _CROSS_ATTENTION_PARENT.search(parent):
+            return INPUT_STREAM  # decoder cross-attention keys/values read encoder tokens
+        return DECODER_STREAM
+
+    def _stream_is_causal(self, stream: str) -> bool:
+        return stream == DECODER_STREAM or self._input_stream_causal
+
+    def _plan_capture(self, network: nn.Module) -> dict[str, str]:
+        """Fused module name -> the module whose input (or, for offset 1, output) the source pass records."""
+        if self.flare_config.source_site == "linear_input":
+            return {name: name for name in self.fused_modules}
+        points = {}
+        for name, layer in self.fused_modules.items():
+            block = _enclosing_block(network, name)
+            if self.is_encoder_decoder and layer.flare_stream != self._stream_of(block + ".x", self._encoder_prefix(network)):
+                raise ValueError(
+                    f"{name} reads encoder tokens inside decoder block {block}; source_site='block_input' cannot "
+                    "pair it with that block's state. Use source_site='linear_input' or leave it out of fusion_modules."
+                )
+            points[name] = block
+        return points
+
+    # ------------------------------------------------------------------ source pass and binding
+    @property
+    def fusion_active(self) -> bool:
+        return bool(self.fused_modules) and (self.training or self.flare_config.fuse_at_inference)
+
+    def _run_source_pass(
+        self, source_input_ids: torch.Tensor, source_attention_mask: torch.Tensor | None, source_kwargs: dict
+    ) -> BoundSource:
+        network = self.get_base_model()
+        if source_attention_mask is None:
+            source_attention_mask = torch.ones_like(source_input_ids)
+        capture_output = self.flare_config.source_layer_offset == 1
+        wanted = set(self._capture_points.values())
+        captured: dict[str, torch.Tensor] = {}
+
+        def record(point: str, tensor: torch.Tensor) -> None:
+            if point in captured:
+                raise RuntimeError(
+                    f"{point} ran twice in one source pass; FLARE needs each fused module to run once per forward "
+                    "(weight-shared layers are not supported)."
+                )
+            captured[point] = tensor
+            if len(captured) == len(wanted):
+                raise _SourcePassComplete
+
+        handles = []
+        for point in wanted:
+            module = network.get_submodule(point)
+            if capture_output:
+                hook = lambda _m, _a, _k, output, point=point: record(point, _first_hidden(output))  # noqa: E731
+                handles.append(module.register_forward_hook(hook, with_kwargs=True))
+            else:
+                hook = lambda _m, args, kwargs, point=point: record(  # noqa: E731
+                    point, args[0] if args else kwargs["hidden_states"]
+                )
+                handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+
+        inputs = {"input_ids": source_input_ids, "attention_mask": source_attention_mask, **source_kwargs}
+        if getattr(network.config, "use_cache", None) is not None:
+            inputs["use_cache"] = False
+        if self.is_encoder_decoder:
+            start = network.config.decoder_start_token_id
+            if start is None:
+                raise ValueError("The model config has no decoder_start_token_id, which the source pass feeds the decoder.")
+            inputs["decoder_input_ids"] = torch.full(
+                (source_input_ids.shape[0], 1), start, dtype=torch.long, device=source_input_ids.device
+            )
+        self.flare_state.capturing = True
+        try:
+            with torch.no_grad():
+                network(**inputs)
+        except _SourcePassComplete:
+            pass
+        finally:
+            self.flare_state.capturing = False
+            for handle in handles:
+                handle.remove()
+        missing = sorted(wanted - set(captured))
+        if missing:
+            raise RuntimeError(f"These fusion points never ran in the source pass, so they have no source: {missing}.")
+
+        masks = {INPUT_STREAM: source_attention_mask.bool()}
+        if self.is_encoder_decoder:  # the source decoder ran on the start token only
+            masks[DECODER_STREAM] = torch.ones(source_input_ids.shape[0], 1, dtype=torch.bool, device=source_input_ids.device)
+        return BoundSource({name: captured[point] for name, point in self._capture_points.items()}, masks)
+
+    def _project_mt_source(self, source_embeds: torch.Tensor, source_attention_mask: torch.Tensor | None) -> BoundSource:
+        if self.flare_config.mt_source_dim is None:
+            raise ValueError("source_embeds needs a FLARE-MT adapter: set FlareConfig.mt_source_dim to their width.")
+        if source_embeds.dim() != 3 or source_embeds.shape[-1] != self.flare_config.mt_source_dim:
+            raise ValueError(
+                f"source_embeds must be (batch, length, {self.flare_config.mt_source_dim}) as set by mt_source_dim; "
+                f"got shape {tuple(source_embeds.shape)}."
+            )
+        projection = self.lora_mt_projection[self.flare_adapter_name]
+        projected = projection(source_embeds.to(device=projection.weight.device, dtype=projection.weight.dtype))
+        if source_attention_mask is None:
+            source_attention_mask = torch.ones(source_embeds.shape[:2], dtype=torch.bool, device=projected.device)
+        mask = source_attention_mask.to(projected.device).bool()
+        return BoundSource(dict.fromkeys(self.fused_modules, projected), dict.fromkeys((INPUT_STREAM, DECODER_STREAM), mask))
+
+    def _prepare_source(self, source_input_ids, source_attention_mask, source_embeds, source_kwargs) -> BoundSource:
+        if source_embeds is not None:
+            if source_input_ids is not None:
+                raise ValueError("Pass either source_input_ids (FLARE) or source_embeds (FLARE-MT), not both.")
+            return self._project_mt_source(source_embeds, source_attention_mask)
+        if self.flare_config.mt_source_dim is not None:
+            raise ValueError("This is a FLARE-MT adapter: pass source_embeds (e.g. NLLB encoder states), not token ids.")
+        return self._run_source_pass(source_input_ids, source_attention_mask, source_kwargs)
+
+    @contextmanager
+    def _binding(
+        self,
+        source_input_ids: torch.Tensor | None,
+        source_attention_mask: torch.Tensor | None,
+        source_embeds: torch.Tensor | None,
+        source_kwargs: dict,
+        allow_batch_expansion: bool,
+    ) -> Iterator[None]:
+        state = self.flare_state
+        outer = (state.source, state.allow_batch_expansion)
+        given = source_input_ids is not None or source_embeds is not None
+        if given and self.fusion_active:
+            state.source = self._prepare_source(source_input_ids, source_attention_mask, source_embeds, source_kwargs)
+        elif not given and state.open_bindings == 0:
+            state.source = None
+        state.allow_batch_expansion = allow_batch_expansion or state.allow_batch_expansion
+        state.open_bindings += 1
+        try:
+            yield
+        finally:
+            state.open_bindings -= 1
+            if state.open_bindings:  # nested: give the enclosing source() back its source
+                state.source, state.allow_batch_expansion = outer
+            else:  # keep the source for gradient checkpointing's recompute during backward
+                state.allow_batch_expansion = False
+
+    @contextmanager
+    def source(
+        self,
+        source_input_ids: torch.Tensor | None = None,
+        source_attention_mask: torch.Tensor | None = None,
+        source_embeds: torch.Tensor | None = None,
+        **source_kwargs: Any,
+    ) -> Iterator[FlareModel]:
+        """Run the source pass once and fuse it into every call inside the block (forward, generate, the raw model)."""
+        with self._binding(source_input_ids, source_attention_mask, source_embeds, source_kwargs, True):
+            yield self
+
+    def _align_target(self, _network: nn.Module, args: tuple, kwargs: dict) -> None:
+        state = self.flare_state
+        if state.capturing:
+            return None
+        if state.open_bindings == 0:
+            state.source = None  # a call outside forward/generate/source(): no stale source from an earlier call
+        source = state.source
+        if source is None:
+            state.alignments = {}
+            return None
+
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        attention_mask = kwargs.get("attention_mask")
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError(
+                f"FLARE pairs tokens through a 2-D attention_mask (batch, length); got shape {tuple(attention_mask.shape)}."
+            )
+        if input_ids is not None:
+            batch, length = input_ids.shape[:2]
+        elif embeds is not None:
+            batch, length = embeds.shape[:2]
+        elif attention_mask is not None:  # encoder-decoder generation steps: the encoder already ran
+            batch, length = attention_mask.shape
+        else:
+            batch, length = kwargs["encoder_outputs"][0].shape[:2]
+        source = self._match_batch(source, batch, input_ids if input_ids is not None else embeds)
+
+        cache = kwargs.get("past_key_values")
+        cache_length = cache.get_seq_length() if cache is not None else 0
+        mixing = self.flare_config.fusion in POSITION_MIXING_FUSIONS
+        alignments = {}
+        if self.is_encoder_decoder:
+            alignments[INPUT_STREAM] = self._align_stream(INPUT_STREAM, attention_mask, length, 0, mixing)
+            decoder_ids = next(
+                (kwargs[key] for key in ("decoder_input_ids", "decoder_inputs_embeds", "labels") if kwargs.get(key) is not None),
+                None,
+            )
+            if decoder_ids is not None:
+                decoder_mask = kwargs.get("decoder_attention_mask")
+                decoder_length = decoder_ids.shape[1]
+                past = decoder_mask.shape[1] - decoder_length if decoder_mask is not None else cache_length
+                alignments[DECODER_STREAM] = self._align_stream(DECODER_STREAM, decoder_mask, decoder_length, past, mixing)
+        else:
+            past = attention_mask.shape[1] - length if attention_mask is not None else cache_length
+            alignments[INPUT_STREAM] = self._align_stream(INPUT_STREAM, attention_mask, length, past, mixing)
+        state.alignments = alignments
+        return None
+
+    def _align_stream(self, stream, mask, length, past, mixing) -> TokenAlignment:
+        causal = self._stream_is_causal(stream)
+        if mixing and causal and past > 0:
+            raise ValueError(
+                f"fusion={self.flare_config.fusion!r} mixes target positions, which needs the whole sequence at once; "
+                "it cannot run with a KV cache on a causal model. Pass use_cache=False (FlareModel.generate does)."
+            )
+        source = self.flare_state.source
+        return align_tokens(
+            source.masks[stream], mask, length, past, self.flare_config.mask_source_padding, causal, mixing
+        )
+
+    def _match_batch(self, source: BoundSource, batch: int, target: torch.Tensor | None) -> BoundSource:
+        if source.batch_size == batch:
+            return source
+        if self.flare_state.allow_batch_expansion and batch % source.batch_size == 0:
+            self.flare_state.source = source.repeat_rows(batch // source.batch_size)
+            return self.flare_state.source
+        source_shape = tuple(next(iter(source.masks.values())).shape)
+        target_shape = tuple(target.shape) if target is not None else (batch,)
+        raise ValueError(
+            f"Source batch size {source.batch_size} (source shape {source_shape}) differs from target batch size "
+            f"{batch} (target shape {target_shape}); source and target rows must pair one to one."
+        )
+
+    # ------------------------------------------------------------------ public API
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        source_input_ids: torch.Tensor | None = None,
+        source_attention_mask: torch.Tensor | None = None,
+        source_embeds: torch.Tensor | None = None,
+        **kwargs: Any,
+    ):
+        """The model's usual forward on the target input, with the source fused.
+
+        Without a source (and outside `source()`), every FLARE layer computes plain LoRA, B·A·x_t·α/r: the same
+        as inference without a source. Extra `source_<name>` arguments (e.g. source_token_type_ids) go to the
+        source pass as `<name>`.
+        """
+        source_kwargs = {key.removeprefix("source_"): kwargs.pop(key) for key in list(kwargs) if key.startswith("source_")}
+        with self._binding(source_input_ids, source_attention_mask, source_embeds, source_kwargs, False):
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    def generate(
+        self,
+        *args: Any,
+        source_input_ids: torch.Tensor | None = None,
+        source_attention_mask: torch.Tensor | None = None,
+        source_embeds: torch.Tensor | None = None,
+        **kwargs: Any,
+    ):
+        """generate() with the source fused at every step; the source is repeated per beam/returned sequence.
+
+        Policy: target token k is paired with source token k (counted from the first real token); tokens beyond
+        the source length, which in generation are the new tokens, use plain LoRA, exactly as answer tokens do in a
+        teacher-forced forward. Position-mixing fusions on causal models run without a KV cache.
+        """
+        if self._mixes_causal_positions and self.fusion_active:
+            if kwargs.get("use_cache"):
+                raise ValueError(
+                    f"fusion={self.flare_config.fusion!r} mixes target positions and cannot use a KV cache on a causal "
+                    "model; drop use_cache=True."
+                )
+            kwargs["use_cache"] = False
+        with self._binding(source_input_ids, source_attention_mask, source_embeds, {}, True):
+            return self.get_base_model().generate(*args, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Write adapter_config.json + adapter_model.safetensors (a standard PEFT LoRA) and flare_config.json.
+
+        PEFT writes a non-default adapter into a subfolder; staging the files and moving each into place keeps
+        them at the top of `save_directory`, where plain PEFT finds them, and keeps every file whole.
+        """
+        kwargs["selected_adapters"] = [self.flare_adapter_name]
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=directory, prefix=".staging-") as staging:
+            super().save_pretrained(staging, **kwargs)
+            written = Path(staging)
+            if self.flare_adapter_name != "default":
+                written = written / self.flare_adapter_name
+            self.flare_config.save(written)
+            for name in ("README.md", ADAPTER_WEIGHTS_NAME, "adapter_config.json", "flare_config.json"):
+                if (written / name).exists():
+                    os.replace(written / name, directory / name)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: nn.Module,
+        model_id: str | os.PathLike,
+        adapter_name: str = "flare",
+        is_trainable: bool = False,
+        stage1: str = "merge",
+        **_: Any,
+    ) -> FlareModel:
+        """Restore a FLARE adapter saved by save_pretrained onto `model` (a base model, or a PeftModel whose
+        stage-1 adapter is handled as `stage1`)."""
+        directory = Path(model_id)
+        config = FlareConfig.load(directory)
+        flare = get_flare_model(model, config, adapter_name=adapter_name, stage1=stage1)
+        weights_path = directory / ADAPTER_WEIGHTS_NAME
+        if not weights_path.is_file():
+            raise FileNotFoundError(f"{weights_path} not found: the adapter weights are missing from {directory}.")
+        flare.load_flare_weights(load_file(weights_path), source=str(weights_path))
+        if not is_trainable:
+            flare.requires_grad_(False)
+            flare.eval()
+        return flare
+
+    def load_flare_weights(self, weights: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        try:
+            result = set_peft_model_state_dict(self, weights, adapter_name=self.flare_adapter_name)
+        except RuntimeError as error:
+            raise ValueError(f"{source} does not fit this base model: {error}") from error
+        marker = f".{self.flare_adapter_name}."
+        missing = [key for key in result.missing_keys if marker in key]
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"{source} does not match this FLARE model: {len(missing)} missing keys (first: {missing[:3]}), "
+                f"{len(result.unexpected_keys)} unexpected keys (first: {result.unexpected_keys[:3]})."
+            )
+
+    def add_frozen_adapter(self, adapter_name: str, lora_config, weights: dict[str, torch.Tensor]) -> None:
+        """Add a trained LoRA (e.g. the stage-1 English task adapter) that stays on, frozen and unmerged, in both
+        passes, under the FLARE adapter."""
+        lora_config = copy.deepcopy(lora_config)
+        lora_config.modules_to_save = None  # get_flare_model already made the trained head copy the base module
+        self.add_adapter(adapter_name, lora_config)
+        weights = {key: value for key, value in weights.items() if ".modules_to_save." not in key}
+        set_peft_model_state_dict(self, weights, adapter_name=adapter_name)
+        for module in self.get_base_model().modules():
+            if isinstance(module, LoraLayer):
+                module.set_adapter([self.flare_adapter_name, adapter_name])
+        marker = f".{adapter_name}."
+        for name, parameter in self.named_parameters():
+            if marker in name:
+                parameter.requires_grad_(False)
+
+
+def get_flare_model(
+    model: nn.Module, config: FlareConfig, adapter_name: str = "flare", stage1: str = "merge"
+) -> FlareModel:
+    """Wrap `model` (any transformers PreTrainedModel) with a FLARE adapter.
+
+    If `model` is a PeftModel carrying the stage-1 English task adapter, `stage1` decides its fate:
+    "merge" folds it into the base weights (the authors' way); "frozen" keeps it as an unmerged, frozen LoRA that
+    is on in both the source and the target pass (better for 4-bit bases, where merging re-quantises). Either way
+    its trained modules_to_save (e.g. the classifier) become the base modules.
+    """
+    if stage1 not in STAGE1_MODES:
+        raise ValueError(f"Unknown stage1 mode {stage1!r}; valid choices: {', '.join(STAGE1_MODES)}.")
+    stage1_adapters = {}
+    if isinstance(model, PeftModel):
+        if stage1 == "merge":
+            model = model.merge_and_unload()
+        else:
+            stage1_adapters = {
+                name: (lora_config, get_peft_model_state_dict(model, adapter_name=name))
+                for name, lora_config in model.peft_config.items()
+            }
+            model = model.unload()
+    flare = FlareModel(model, config, adapter_name)
+    for name, (lora_config, weights) in stage1_adapters.items():
+        flare.add_frozen_adapter(name, lora_config, weights)
+    return flare
