@@ -199,6 +199,8 @@ class FlareModel(PeftModel):
                 {adapter_name: projection.to(device=reference.device, dtype=reference.dtype)}
             )
         network.register_forward_pre_hook(self._align_target, with_kwargs=True)
+        if self.is_encoder_decoder:
+            network.get_encoder().register_forward_pre_hook(self._align_encoder, with_kwargs=True)
 
     # ------------------------------------------------------------------ construction
     def _configure_layers(self, network: nn.Module) -> dict[str, FlareLinear]:
@@ -407,57 +409,74 @@ class FlareModel(PeftModel):
         with self._binding(source_input_ids, source_attention_mask, source_embeds, source_kwargs, True):
             yield self
 
-    def _align_target(self, _network: nn.Module, args: tuple, kwargs: dict) -> None:
+    def _current_source(self, batch: int, target: torch.Tensor | None) -> BoundSource | None:
         state = self.flare_state
-        if state.capturing:
-            return None
         if state.open_bindings == 0:
             state.source = None  # a call outside forward/generate/source(): no stale source from an earlier call
-        source = state.source
-        if source is None:
+        if state.source is None:
             state.alignments = {}
             return None
+        return self._match_batch(state.source, batch, target)
 
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        embeds = kwargs.get("inputs_embeds")
+    @staticmethod
+    def _input_tokens(args: tuple, kwargs: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(input ids or embeds, 2-D attention mask) of a model or encoder call."""
+        tokens = kwargs.get("input_ids", args[0] if args else None)
+        if tokens is None:
+            tokens = kwargs.get("inputs_embeds")
         attention_mask = kwargs.get("attention_mask")
         if attention_mask is not None and attention_mask.dim() != 2:
             raise ValueError(
                 f"FLARE pairs tokens through a 2-D attention_mask (batch, length); got shape {tuple(attention_mask.shape)}."
             )
-        if input_ids is not None:
-            batch, length = input_ids.shape[:2]
-        elif embeds is not None:
-            batch, length = embeds.shape[:2]
+        return tokens, attention_mask
+
+    def _align_encoder(self, _encoder: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Encoder-decoder generate() runs the encoder on its own, outside the top-level call."""
+        if self.flare_state.capturing:
+            return None
+        tokens, attention_mask = self._input_tokens(args, kwargs)
+        batch, length = tokens.shape[:2] if tokens is not None else attention_mask.shape
+        if self._current_source(batch, tokens) is not None:
+            self.flare_state.alignments[INPUT_STREAM] = self._align_stream(INPUT_STREAM, attention_mask, length, 0)
+        return None
+
+    def _align_target(self, _network: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.flare_state.capturing:
+            return None
+        tokens, attention_mask = self._input_tokens(args, kwargs)
+        if tokens is not None:
+            batch, length = tokens.shape[:2]
         elif attention_mask is not None:  # encoder-decoder generation steps: the encoder already ran
             batch, length = attention_mask.shape
         else:
             batch, length = kwargs["encoder_outputs"][0].shape[:2]
-        source = self._match_batch(source, batch, input_ids if input_ids is not None else embeds)
+        if self._current_source(batch, tokens) is None:
+            return None
 
         cache = kwargs.get("past_key_values")
         cache_length = cache.get_seq_length() if cache is not None else 0
-        mixing = self.flare_config.fusion in POSITION_MIXING_FUSIONS
         alignments = {}
         if self.is_encoder_decoder:
-            alignments[INPUT_STREAM] = self._align_stream(INPUT_STREAM, attention_mask, length, 0, mixing)
-            decoder_ids = next(
+            alignments[INPUT_STREAM] = self._align_stream(INPUT_STREAM, attention_mask, length, 0)
+            decoder_tokens = next(
                 (kwargs[key] for key in ("decoder_input_ids", "decoder_inputs_embeds", "labels") if kwargs.get(key) is not None),
                 None,
             )
-            if decoder_ids is not None:
+            if decoder_tokens is not None:
                 decoder_mask = kwargs.get("decoder_attention_mask")
-                decoder_length = decoder_ids.shape[1]
+                decoder_length = decoder_tokens.shape[1]
                 past = decoder_mask.shape[1] - decoder_length if decoder_mask is not None else cache_length
-                alignments[DECODER_STREAM] = self._align_stream(DECODER_STREAM, decoder_mask, decoder_length, past, mixing)
+                alignments[DECODER_STREAM] = self._align_stream(DECODER_STREAM, decoder_mask, decoder_length, past)
         else:
             past = attention_mask.shape[1] - length if attention_mask is not None else cache_length
-            alignments[INPUT_STREAM] = self._align_stream(INPUT_STREAM, attention_mask, length, past, mixing)
-        state.alignments = alignments
+            alignments[INPUT_STREAM] = self._align_stream(INPUT_STREAM, attention_mask, length, past)
+        self.flare_state.alignments = alignments
         return None
 
-    def _align_stream(self, stream, mask, length, past, mixing) -> TokenAlignment:
+    def _align_stream(self, stream: str, mask: torch.Tensor | None, length: int, past: int) -> TokenAlignment:
         causal = self._stream_is_causal(stream)
+        mixing = self.flare_config.fusion in POSITION_MIXING_FUSIONS
         if mixing and causal and past > 0:
             raise ValueError(
                 f"fusion={self.flare_config.fusion!r} mixes target positions, which needs the whole sequence at once; "

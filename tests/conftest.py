@@ -1,0 +1,140 @@
+"""Tiny random transformers models built from configs (nothing is downloaded), shared by the test matrix."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MT5Config,
+    MT5ForConditionalGeneration,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    XLMRobertaConfig,
+    XLMRobertaForQuestionAnswering,
+    XLMRobertaForSequenceClassification,
+)
+
+VOCAB = 96
+PAD = 0
+
+
+def _decoder_kwargs():
+    return dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=PAD,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+
+
+def _encoder_kwargs():
+    return dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=80,
+        pad_token_id=PAD,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+
+
+BUILDERS = {
+    "llama": lambda: LlamaForCausalLM(LlamaConfig(**_decoder_kwargs())),
+    "gemma2": lambda: Gemma2ForCausalLM(
+        Gemma2Config(**_decoder_kwargs(), head_dim=8, attn_implementation="eager", sliding_window=16)
+    ),
+    "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**_decoder_kwargs())),
+    "xlmr-cls": lambda: XLMRobertaForSequenceClassification(XLMRobertaConfig(**_encoder_kwargs(), num_labels=3)),
+    "xlmr-qa": lambda: XLMRobertaForQuestionAnswering(XLMRobertaConfig(**_encoder_kwargs())),
+    "bert-cls": lambda: BertForSequenceClassification(BertConfig(**_encoder_kwargs(), num_labels=3)),
+    "mt5": lambda: MT5ForConditionalGeneration(
+        MT5Config(
+            vocab_size=VOCAB,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            dropout_rate=0.0,
+            pad_token_id=PAD,
+            eos_token_id=2,
+            decoder_start_token_id=PAD,
+        )
+    ),
+}
+DECODERS = ("llama", "gemma2", "qwen2")
+ENCODERS = ("xlmr-cls", "xlmr-qa", "bert-cls")
+HEADS = {"xlmr-cls": ["classifier"], "xlmr-qa": ["qa_outputs"], "bert-cls": ["classifier"]}
+
+
+def build(kind: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return BUILDERS[kind]().eval()
+
+
+def randomize_lora(model: torch.nn.Module, seed: int = 1, scale: float = 0.3) -> None:
+    """LoRA B starts at zero, which would hide every fusion effect: give all adapter weights random values."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
+
+
+def batch_for(kind: str, batch: int = 2, target_length: int = 7, source_length: int = 6, seed: int = 3) -> dict:
+    """Random target/source ids with ragged lengths, padded on the model's side (left for decoders)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def padded(length: int, real_lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.randint(3, VOCAB, (batch, length), generator=generator)
+        mask = torch.zeros(batch, length, dtype=torch.long)
+        for row, real in enumerate(real_lengths):
+            span = slice(length - real, length) if kind in DECODERS else slice(0, real)
+            mask[row, span] = 1
+        return ids.masked_fill(mask == 0, PAD), mask
+
+    target_ids, target_mask = padded(target_length, [target_length - row for row in range(batch)])
+    source_ids, source_mask = padded(source_length, [source_length - (batch - 1 - row) for row in range(batch)])
+    return {
+        "input_ids": target_ids,
+        "attention_mask": target_mask,
+        "source_input_ids": source_ids,
+        "source_attention_mask": source_mask,
+    }
+
+
+def labels_for(kind: str, inputs: dict) -> dict:
+    batch = inputs["input_ids"].shape[0]
+    if kind in DECODERS:
+        return {"labels": inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)}
+    if kind == "xlmr-qa":
+        return {"start_positions": torch.tensor([1] * batch), "end_positions": torch.tensor([3] * batch)}
+    if kind == "mt5":
+        return {"labels": torch.randint(3, VOCAB, (batch, 4), generator=torch.Generator().manual_seed(5))}
+    return {"labels": torch.arange(batch) % 3}
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
