@@ -36,10 +36,16 @@ class FlareConfig:
     )
     fusion: str | None = field(
         default="add_relu",
-        metadata={"help": f"Fusion function phi(A·x_s, A·x_t): one of {', '.join(FUSION_NAMES)}, or None (plain LoRA)."},
+        metadata={
+            "help": f"Fusion function phi(A·x_s, A·x_t): one of {', '.join(FUSION_NAMES)}, or None (plain LoRA)."
+        },
     )
-    cross_attention_heads: int = field(default=1, metadata={"help": "Heads of the cross_attention fusion; must divide r."})
-    cross_attention_dropout: float = field(default=0.0, metadata={"help": "Attention dropout of cross_attention fusion."})
+    cross_attention_heads: int = field(
+        default=1, metadata={"help": "Heads of the cross_attention fusion; must divide r."}
+    )
+    cross_attention_dropout: float = field(
+        default=0.0, metadata={"help": "Attention dropout of cross_attention fusion."}
+    )
     source_site: str = field(
         default="linear_input",
         metadata={
@@ -66,7 +72,8 @@ class FlareConfig:
         default=True, metadata={"help": "Fuse the source in eval mode too. False: eval runs as plain LoRA."}
     )
     modules_to_save: list[str] | None = field(
-        default=None, metadata={"help": "Extra modules trained in full and saved with the adapter, e.g. ['classifier']."}
+        default=None,
+        metadata={"help": "Extra modules trained in full and saved with the adapter, e.g. ['classifier']."},
     )
     mt_source_dim: int | None = field(
         default=None,
@@ -91,7 +98,9 @@ class FlareConfig:
         if self.r <= 0:
             raise ValueError(f"r must be a positive integer, got {self.r!r}.")
         if self.cross_attention_heads <= 0 or self.r % self.cross_attention_heads:
-            raise ValueError(f"cross_attention_heads={self.cross_attention_heads} must be positive and divide r={self.r}.")
+            raise ValueError(
+                f"cross_attention_heads={self.cross_attention_heads} must be positive and divide r={self.r}."
+            )
         if self.mt_source_dim is not None and self.mt_source_dim <= 0:
             raise ValueError(f"mt_source_dim must be a positive integer or None, got {self.mt_source_dim!r}.")
 

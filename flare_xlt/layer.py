@@ -57,7 +57,9 @@ class FlareLinear(LoraLinear):
         return adapters
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        flare_adapters = [name for name in self.active_adapters if name in self.fusion_by_adapter and name in self.lora_A]
+        flare_adapters = [
+            name for name in self.active_adapters if name in self.fusion_by_adapter and name in self.lora_A
+        ]
         if (
             self.flare_state is None
             or not flare_adapters

@@ -30,7 +30,7 @@ import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import DEFAULT_FUSION_LEAVES, FlareConfig
@@ -41,6 +41,7 @@ INPUT_STREAM = "input"  # tokens of input_ids (the encoder for encoder-decoder m
 DECODER_STREAM = "decoder"  # decoder tokens of encoder-decoder models
 STAGE1_MODES = ("merge", "frozen")
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+MT_PROJECTION_KEY = "lora_mt_projection"
 _CROSS_ATTENTION_PARENT = re.compile(r"(encdecattention|encoder_attn|crossattention|cross_attn)", re.IGNORECASE)
 _KEY_VALUE_LEAVES = {"k", "v", "k_proj", "v_proj", "key", "value"}
 
@@ -215,8 +216,7 @@ class FlareModel(PeftModel):
                     unsupported.append(f"{name} ({type(module.get_base_layer()).__name__})")
         if unsupported:
             raise ValueError(
-                f"FLARE supports nn.Linear targets only; these targets are not: {unsupported}. "
-                "Narrow target_modules."
+                f"FLARE supports nn.Linear targets only; these targets are not: {unsupported}. Narrow target_modules."
             )
         fused_names = []
         if config.fusion is not None:
@@ -229,9 +229,7 @@ class FlareModel(PeftModel):
                             f"fusion_modules entry {pattern!r} matches none of the LoRA targets: {sorted(targets)}."
                         )
             if not fused_names:
-                raise ValueError(
-                    f"fusion_modules={patterns!r} matches none of the LoRA targets: {sorted(targets)}."
-                )
+                raise ValueError(f"fusion_modules={patterns!r} matches none of the LoRA targets: {sorted(targets)}.")
         encoder_prefix = self._encoder_prefix(network)
         for name, layer in targets.items():
             fused = name in fused_names
@@ -272,7 +270,9 @@ class FlareModel(PeftModel):
         points = {}
         for name, layer in self.fused_modules.items():
             block = _enclosing_block(network, name)
-            if self.is_encoder_decoder and layer.flare_stream != self._stream_of(block + ".x", self._encoder_prefix(network)):
+            if self.is_encoder_decoder and layer.flare_stream != self._stream_of(
+                block + ".x", self._encoder_prefix(network)
+            ):
                 raise ValueError(
                     f"{name} reads encoder tokens inside decoder block {block}; source_site='block_input' cannot "
                     "pair it with that block's state. Use source_site='linear_input' or leave it out of fusion_modules."
@@ -323,7 +323,9 @@ class FlareModel(PeftModel):
         if self.is_encoder_decoder:
             start = network.config.decoder_start_token_id
             if start is None:
-                raise ValueError("The model config has no decoder_start_token_id, which the source pass feeds the decoder.")
+                raise ValueError(
+                    "The model config has no decoder_start_token_id, which the source pass feeds the decoder."
+                )
             inputs["decoder_input_ids"] = torch.full(
                 (source_input_ids.shape[0], 1), start, dtype=torch.long, device=source_input_ids.device
             )
@@ -343,10 +345,14 @@ class FlareModel(PeftModel):
 
         masks = {INPUT_STREAM: source_attention_mask.bool()}
         if self.is_encoder_decoder:  # the source decoder ran on the start token only
-            masks[DECODER_STREAM] = torch.ones(source_input_ids.shape[0], 1, dtype=torch.bool, device=source_input_ids.device)
+            masks[DECODER_STREAM] = torch.ones(
+                source_input_ids.shape[0], 1, dtype=torch.bool, device=source_input_ids.device
+            )
         return BoundSource({name: captured[point] for name, point in self._capture_points.items()}, masks)
 
-    def _project_mt_source(self, source_embeds: torch.Tensor, source_attention_mask: torch.Tensor | None) -> BoundSource:
+    def _project_mt_source(
+        self, source_embeds: torch.Tensor, source_attention_mask: torch.Tensor | None
+    ) -> BoundSource:
         if self.flare_config.mt_source_dim is None:
             raise ValueError("source_embeds needs a FLARE-MT adapter: set FlareConfig.mt_source_dim to their width.")
         if source_embeds.dim() != 3 or source_embeds.shape[-1] != self.flare_config.mt_source_dim:
@@ -359,7 +365,9 @@ class FlareModel(PeftModel):
         if source_attention_mask is None:
             source_attention_mask = torch.ones(source_embeds.shape[:2], dtype=torch.bool, device=projected.device)
         mask = source_attention_mask.to(projected.device).bool()
-        return BoundSource(dict.fromkeys(self.fused_modules, projected), dict.fromkeys((INPUT_STREAM, DECODER_STREAM), mask))
+        return BoundSource(
+            dict.fromkeys(self.fused_modules, projected), dict.fromkeys((INPUT_STREAM, DECODER_STREAM), mask)
+        )
 
     def _prepare_source(self, source_input_ids, source_attention_mask, source_embeds, source_kwargs) -> BoundSource:
         if source_embeds is not None:
@@ -367,7 +375,9 @@ class FlareModel(PeftModel):
                 raise ValueError("Pass either source_input_ids (FLARE) or source_embeds (FLARE-MT), not both.")
             return self._project_mt_source(source_embeds, source_attention_mask)
         if self.flare_config.mt_source_dim is not None:
-            raise ValueError("This is a FLARE-MT adapter: pass source_embeds (e.g. NLLB encoder states), not token ids.")
+            raise ValueError(
+                "This is a FLARE-MT adapter: pass source_embeds (e.g. NLLB encoder states), not token ids."
+            )
         return self._run_source_pass(source_input_ids, source_attention_mask, source_kwargs)
 
     @contextmanager
@@ -427,7 +437,8 @@ class FlareModel(PeftModel):
         attention_mask = kwargs.get("attention_mask")
         if attention_mask is not None and attention_mask.dim() != 2:
             raise ValueError(
-                f"FLARE pairs tokens through a 2-D attention_mask (batch, length); got shape {tuple(attention_mask.shape)}."
+                "FLARE pairs tokens through a 2-D attention_mask (batch, length); "
+                f"got shape {tuple(attention_mask.shape)}."
             )
         return tokens, attention_mask
 
@@ -460,7 +471,11 @@ class FlareModel(PeftModel):
         if self.is_encoder_decoder:
             alignments[INPUT_STREAM] = self._align_stream(INPUT_STREAM, attention_mask, length, 0)
             decoder_tokens = next(
-                (kwargs[key] for key in ("decoder_input_ids", "decoder_inputs_embeds", "labels") if kwargs.get(key) is not None),
+                (
+                    kwargs[key]
+                    for key in ("decoder_input_ids", "decoder_inputs_embeds", "labels")
+                    if kwargs.get(key) is not None
+                ),
                 None,
             )
             if decoder_tokens is not None:
@@ -516,7 +531,9 @@ class FlareModel(PeftModel):
         as inference without a source. Extra `source_<name>` arguments (e.g. source_token_type_ids) go to the
         source pass as `<name>`.
         """
-        source_kwargs = {key.removeprefix("source_"): kwargs.pop(key) for key in list(kwargs) if key.startswith("source_")}
+        source_kwargs = {
+            key.removeprefix("source_"): kwargs.pop(key) for key in list(kwargs) if key.startswith("source_")
+        }
         with self._binding(source_input_ids, source_attention_mask, source_embeds, source_kwargs, False):
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
@@ -551,6 +568,7 @@ class FlareModel(PeftModel):
         them at the top of `save_directory`, where plain PEFT finds them, and keeps every file whole.
         """
         kwargs["selected_adapters"] = [self.flare_adapter_name]
+        kwargs["safe_serialization"] = True
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=directory, prefix=".staging-") as staging:
@@ -558,10 +576,15 @@ class FlareModel(PeftModel):
             written = Path(staging)
             if self.flare_adapter_name != "default":
                 written = written / self.flare_adapter_name
+            if self.flare_config.mt_source_dim is not None:
+                # PEFT saves what lives in its tuner layers; the model-level MT projection joins the same file.
+                weights = load_file(written / ADAPTER_WEIGHTS_NAME)
+                projection = self.lora_mt_projection[self.flare_adapter_name].state_dict()
+                weights.update({f"{MT_PROJECTION_KEY}.{key}": value.contiguous() for key, value in projection.items()})
+                save_file(weights, written / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})
             self.flare_config.save(written)
-            for name in ("README.md", ADAPTER_WEIGHTS_NAME, "adapter_config.json", "flare_config.json"):
-                if (written / name).exists():
-                    os.replace(written / name, directory / name)
+            for name in (ADAPTER_WEIGHTS_NAME, "adapter_config.json", "flare_config.json"):
+                os.replace(written / name, directory / name)
 
     @classmethod
     def from_pretrained(
@@ -588,16 +611,26 @@ class FlareModel(PeftModel):
         return flare
 
     def load_flare_weights(self, weights: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        """Load FLARE adapter weights (as save_pretrained writes them), refusing missing or unexpected keys."""
+        prefix = MT_PROJECTION_KEY + "."
+        projection = {key.removeprefix(prefix): value for key, value in weights.items() if key.startswith(prefix)}
+        weights = {key: value for key, value in weights.items() if not key.startswith(prefix)}
         try:
             result = set_peft_model_state_dict(self, weights, adapter_name=self.flare_adapter_name)
+            if self.flare_config.mt_source_dim is not None:
+                self.lora_mt_projection[self.flare_adapter_name].load_state_dict(projection)
         except RuntimeError as error:
             raise ValueError(f"{source} does not fit this base model: {error}") from error
         marker = f".{self.flare_adapter_name}."
-        missing = [key for key in result.missing_keys if marker in key]
-        if missing or result.unexpected_keys:
+        # The projection was loaded strictly on its own above.
+        missing = [key for key in result.missing_keys if marker in key and not key.startswith(prefix)]
+        unexpected = list(result.unexpected_keys)
+        if projection and self.flare_config.mt_source_dim is None:
+            unexpected += [prefix + key for key in projection]
+        if missing or unexpected:
             raise ValueError(
                 f"{source} does not match this FLARE model: {len(missing)} missing keys (first: {missing[:3]}), "
-                f"{len(result.unexpected_keys)} unexpected keys (first: {result.unexpected_keys[:3]})."
+                f"{len(unexpected)} unexpected keys (first: {unexpected[:3]})."
             )
 
     def add_frozen_adapter(self, adapter_name: str, lora_config, weights: dict[str, torch.Tensor]) -> None:

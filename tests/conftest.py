@@ -91,12 +91,12 @@ def build(kind: str, seed: int = 0) -> torch.nn.Module:
     return BUILDERS[kind]().eval()
 
 
-def randomize_lora(model: torch.nn.Module, seed: int = 1, scale: float = 0.3) -> None:
-    """LoRA B starts at zero, which would hide every fusion effect: give all adapter weights random values."""
+def randomize_lora(model: torch.nn.Module, seed: int = 1, scale: float = 0.3, adapter: str = "flare") -> None:
+    """LoRA B starts at zero, which would hide every fusion effect: give one adapter's weights random values."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if "lora_" in name:
+            if "lora_" in name and f".{adapter}." in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
 
 

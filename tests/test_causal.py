@@ -136,7 +136,9 @@ def test_beam_search_scores_use_each_rows_source(kind, fusion):
             step_logits = forced
         else:
             prompt = inputs["input_ids"].shape[1]
-            mask = torch.cat([repeat["attention_mask"], torch.ones(out.sequences.shape[0], new_tokens, dtype=torch.long)], 1)
+            mask = torch.cat(
+                [repeat["attention_mask"], torch.ones(out.sequences.shape[0], new_tokens, dtype=torch.long)], 1
+            )
             forced = flare(
                 input_ids=out.sequences,
                 attention_mask=mask,

@@ -22,8 +22,12 @@ def plain_lora_twin(flare, base):
     config = flare.flare_config
     lora = get_peft_model(
         base,
-        LoraConfig(r=config.r, lora_alpha=config.lora_alpha, target_modules=config.target_modules,
-                   modules_to_save=config.modules_to_save),
+        LoraConfig(
+            r=config.r,
+            lora_alpha=config.lora_alpha,
+            target_modules=config.target_modules,
+            modules_to_save=config.modules_to_save,
+        ),
     )
     set_peft_model_state_dict(lora, get_peft_model_state_dict(flare, adapter_name="flare"))
     return lora.eval()
@@ -39,7 +43,11 @@ def test_matches_plain_lora_without_source_or_fusion(kind, fusion):
     inputs = batch_for(kind)
     extra = labels_for(kind, inputs) if kind == "mt5" else {}
     with torch.no_grad():
-        expected = lora(**target_only(inputs), **extra).logits if kind != "xlmr-qa" else lora(**target_only(inputs)).start_logits
+        expected = (
+            lora(**target_only(inputs), **extra).logits
+            if kind != "xlmr-qa"
+            else lora(**target_only(inputs)).start_logits
+        )
         without_source = flare(**target_only(inputs), **extra)
         with_source = flare(**inputs, **extra)
     pick = (lambda out: out.start_logits) if kind == "xlmr-qa" else (lambda out: out.logits)

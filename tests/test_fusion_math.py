@@ -97,7 +97,9 @@ def test_fused_layer_matches_formula(fusion, kind, mask_padding):
             paired = dict(pairs(inputs["source_attention_mask"][row].tolist(), target_mask, mask_padding))
             length = len(target_mask)
             s = torch.stack([s_full[paired[p]] if p in paired else torch.zeros_like(t[0]) for p in range(length)])
-            key_ok = torch.tensor(target_mask, dtype=torch.bool) if mask_padding else torch.ones(length, dtype=torch.bool)
+            key_ok = (
+                torch.tensor(target_mask, dtype=torch.bool) if mask_padding else torch.ones(length, dtype=torch.bool)
+            )
             allowed = key_ok.expand(length, length).clone()
             if causal:
                 allowed &= torch.ones(length, length, dtype=torch.bool).tril()
