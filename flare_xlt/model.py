@@ -30,6 +30,7 @@ import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -161,6 +162,11 @@ def _enclosing_block(model: nn.Module, module_name: str) -> str:
     )
 
 
+def _pop_source_kwargs(kwargs: dict) -> dict:
+    """Remove `source_<name>` arguments from kwargs and return them as `<name>` for the source pass."""
+    return {key.removeprefix("source_"): kwargs.pop(key) for key in list(kwargs) if key.startswith("source_")}
+
+
 def _first_hidden(value: Any) -> torch.Tensor:
     return value[0] if isinstance(value, tuple | list) else value
 
@@ -186,6 +192,11 @@ class FlareModel(PeftModel):
             self._stream_is_causal(layer.flare_stream) for layer in self.fused_modules.values()
         )
         self._capture_points = self._plan_capture(network)
+        self._flare_head_copies = [
+            module
+            for module in network.modules()
+            if isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save
+        ]
         if flare_config.mt_source_dim is not None:
             widths = {layer.in_features for layer in self.fused_modules.values()}
             if len(widths) != 1:
@@ -329,6 +340,11 @@ class FlareModel(PeftModel):
             inputs["decoder_input_ids"] = torch.full(
                 (source_input_ids.shape[0], 1), start, dtype=torch.long, device=source_input_ids.device
             )
+        # The FLARE adapter's trained copies of modules_to_save (e.g. embed_tokens) are part of the adapter too.
+        # The base-class switch flips only the flag; the subclass's would also change requires_grad.
+        head_copies = [module for module in self._flare_head_copies if not module.disable_adapters]
+        for module in head_copies:
+            AuxiliaryTrainingWrapper.enable_adapters(module, False)
         self.flare_state.capturing = True
         try:
             with torch.no_grad():
@@ -339,6 +355,8 @@ class FlareModel(PeftModel):
             self.flare_state.capturing = False
             for handle in handles:
                 handle.remove()
+            for module in head_copies:
+                AuxiliaryTrainingWrapper.enable_adapters(module, True)
         missing = sorted(wanted - set(captured))
         if missing:
             raise RuntimeError(f"These fusion points never ran in the source pass, so they have no source: {missing}.")
@@ -394,8 +412,8 @@ class FlareModel(PeftModel):
         given = source_input_ids is not None or source_embeds is not None
         if given and self.fusion_active:
             state.source = self._prepare_source(source_input_ids, source_attention_mask, source_embeds, source_kwargs)
-        elif not given and state.open_bindings == 0:
-            state.source = None
+        elif state.open_bindings == 0:
+            state.source = None  # not even the source kept from a training step for checkpointing
         state.allow_batch_expansion = allow_batch_expansion or state.allow_batch_expansion
         state.open_bindings += 1
         try:
@@ -421,8 +439,10 @@ class FlareModel(PeftModel):
 
     def _current_source(self, batch: int, target: torch.Tensor | None) -> BoundSource | None:
         state = self.flare_state
-        if state.open_bindings == 0:
-            state.source = None  # a call outside forward/generate/source(): no stale source from an earlier call
+        if state.open_bindings == 0 or not self.fusion_active:
+            # Outside forward/generate/source() a source kept from an earlier call is stale; and in eval mode
+            # with fuse_at_inference=False nothing is fused, even inside source().
+            state.source = None
         if state.source is None:
             state.alignments = {}
             return None
@@ -531,9 +551,7 @@ class FlareModel(PeftModel):
         as inference without a source. Extra `source_<name>` arguments (e.g. source_token_type_ids) go to the
         source pass as `<name>`.
         """
-        source_kwargs = {
-            key.removeprefix("source_"): kwargs.pop(key) for key in list(kwargs) if key.startswith("source_")
-        }
+        source_kwargs = _pop_source_kwargs(kwargs)
         with self._binding(source_input_ids, source_attention_mask, source_embeds, source_kwargs, False):
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
@@ -549,7 +567,8 @@ class FlareModel(PeftModel):
 
         Policy: target token k is paired with source token k (counted from the first real token); tokens beyond
         the source length, which in generation are the new tokens, use plain LoRA, exactly as answer tokens do in a
-        teacher-forced forward. Position-mixing fusions on causal models run without a KV cache.
+        teacher-forced forward. Position-mixing fusions on causal models run without a KV cache. Extra
+        `source_<name>` arguments go to the source pass as `<name>`, as in forward().
         """
         if self._mixes_causal_positions and self.fusion_active:
             if kwargs.get("use_cache"):
@@ -558,7 +577,8 @@ class FlareModel(PeftModel):
                     "model; drop use_cache=True."
                 )
             kwargs["use_cache"] = False
-        with self._binding(source_input_ids, source_attention_mask, source_embeds, {}, True):
+        source_kwargs = _pop_source_kwargs(kwargs)
+        with self._binding(source_input_ids, source_attention_mask, source_embeds, source_kwargs, True):
             return self.get_base_model().generate(*args, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:

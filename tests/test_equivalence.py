@@ -97,3 +97,22 @@ def test_source_context_binds_for_every_call():
     torch.testing.assert_close(raw, explicit, atol=0, rtol=0)
     assert not torch.allclose(after, explicit, atol=1e-4)
     torch.testing.assert_close(after, plain, atol=0, rtol=0)
+
+
+def test_fuse_at_inference_false_ignores_the_source_kept_from_training():
+    base = build("llama")
+    flare = get_flare_model(copy.deepcopy(base), FlareConfig(fuse_at_inference=False))
+    randomize_lora(flare)
+    lora = plain_lora_twin(flare, base)
+    inputs = batch_for("llama")
+    flare.train()
+    flare(**inputs).logits.sum().backward()  # leaves its source bound for checkpoint recompute
+    flare.eval()
+    evaluation = batch_for("llama", batch=3, seed=9)  # another batch size must not trip over the old source
+    with torch.no_grad():
+        torch.testing.assert_close(
+            flare(**evaluation).logits, lora(**target_only(evaluation)).logits, atol=1e-6, rtol=0
+        )
+        with flare.source(evaluation["source_input_ids"], evaluation["source_attention_mask"]):
+            inside = flare(**target_only(evaluation)).logits
+        torch.testing.assert_close(inside, lora(**target_only(evaluation)).logits, atol=1e-6, rtol=0)

@@ -186,3 +186,42 @@ def test_heads_are_trainable_copies():
         "base_model.model.qa_outputs.modules_to_save.flare.weight",
         "base_model.model.qa_outputs.modules_to_save.flare.bias",
     ]
+
+
+def test_flare_head_copies_are_off_in_the_source_pass():
+    """A FLARE-trained embed_tokens copy belongs to the adapter: the source must see the original embeddings."""
+    flare = get_flare_model(build("llama"), FlareConfig(modules_to_save=["embed_tokens"]))
+    randomize_lora(flare)
+    with torch.no_grad():
+        flare.get_base_model().model.embed_tokens.modules_to_save["flare"].weight.mul_(3.0)
+    inputs = batch_for("llama")
+    seen = []
+    q_proj = flare.get_base_model().model.layers[0].self_attn.q_proj
+    handle = q_proj.base_layer.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    with flare.disable_adapter(), torch.no_grad():
+        flare(input_ids=inputs["source_input_ids"], attention_mask=inputs["source_attention_mask"])
+    handle.remove()
+    with torch.no_grad():
+        flare(**inputs)
+    torch.testing.assert_close(flare.flare_state.source.inputs["model.layers.0.self_attn.q_proj"], seen[0])
+    assert flare.get_base_model().model.embed_tokens.modules_to_save["flare"].weight.requires_grad
+    assert not flare.get_base_model().model.embed_tokens.disable_adapters  # switched back on for the target pass
+
+
+def test_source_kwargs_reach_the_source_pass_in_generate():
+    flare = get_flare_model(build("llama"), FlareConfig())
+    inputs = batch_for("llama")
+    seen = []
+    flare.get_base_model().register_forward_pre_hook(
+        lambda _m, _a, kwargs: seen.append(kwargs.get("position_ids")), with_kwargs=True
+    )
+    positions = torch.arange(6).expand(2, -1)
+    flare.generate(
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        source_input_ids=inputs["source_input_ids"],
+        source_position_ids=positions,
+        max_new_tokens=1,
+        pad_token_id=0,
+    )
+    assert torch.equal(seen[0], positions)  # the first call is the source pass
