@@ -28,43 +28,39 @@ VOCAB = 96
 PAD = 0
 
 
-def _decoder_kwargs():
-    return dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=PAD,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-
-
-def _encoder_kwargs():
-    return dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=80,
-        pad_token_id=PAD,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
+DECODER_SIZES = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    pad_token_id=PAD,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+ENCODER_SIZES = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=80,
+    pad_token_id=PAD,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
 
 
 BUILDERS = {
-    "llama": lambda: LlamaForCausalLM(LlamaConfig(**_decoder_kwargs())),
+    "llama": lambda: LlamaForCausalLM(LlamaConfig(**DECODER_SIZES)),
     "gemma2": lambda: Gemma2ForCausalLM(
-        Gemma2Config(**_decoder_kwargs(), head_dim=8, attn_implementation="eager", sliding_window=16)
+        Gemma2Config(**DECODER_SIZES, head_dim=8, attn_implementation="eager", sliding_window=16)
     ),
-    "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**_decoder_kwargs())),
-    "xlmr-cls": lambda: XLMRobertaForSequenceClassification(XLMRobertaConfig(**_encoder_kwargs(), num_labels=3)),
-    "xlmr-qa": lambda: XLMRobertaForQuestionAnswering(XLMRobertaConfig(**_encoder_kwargs())),
-    "bert-cls": lambda: BertForSequenceClassification(BertConfig(**_encoder_kwargs(), num_labels=3)),
+    "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**DECODER_SIZES)),
+    "xlmr-cls": lambda: XLMRobertaForSequenceClassification(XLMRobertaConfig(**ENCODER_SIZES, num_labels=3)),
+    "xlmr-qa": lambda: XLMRobertaForQuestionAnswering(XLMRobertaConfig(**ENCODER_SIZES)),
+    "bert-cls": lambda: BertForSequenceClassification(BertConfig(**ENCODER_SIZES, num_labels=3)),
     "mt5": lambda: MT5ForConditionalGeneration(
         MT5Config(
             vocab_size=VOCAB,
@@ -138,3 +134,38 @@ def _deterministic():
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True, warn_only=True)
     yield
+
+
+def generate_fused(flare, inputs: dict, new_tokens: int, **kwargs):
+    """generate() with the batch's source and exactly `new_tokens` new tokens, returning the output dict."""
+    return flare.generate(
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        source_input_ids=inputs["source_input_ids"],
+        source_attention_mask=inputs["source_attention_mask"],
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        return_dict_in_generate=True,
+        pad_token_id=PAD,
+        **kwargs,
+    )
+
+
+def teacher_forced_logits(flare, inputs: dict, sequences: torch.Tensor) -> torch.Tensor:
+    """One fused forward over prompt + generated tokens of a decoder-only model (rows as in `sequences`)."""
+    rows = sequences.shape[0] // inputs["input_ids"].shape[0]
+    repeat = {key: value.repeat_interleave(rows, dim=0) for key, value in inputs.items()}
+    new_tokens = sequences.shape[1] - inputs["input_ids"].shape[1]
+    mask = torch.cat(
+        [
+            repeat["attention_mask"],
+            torch.ones(sequences.shape[0], new_tokens, dtype=torch.long, device=sequences.device),
+        ],
+        1,
+    )
+    return flare(
+        input_ids=sequences,
+        attention_mask=mask,
+        source_input_ids=repeat["source_input_ids"],
+        source_attention_mask=repeat["source_attention_mask"],
+    ).logits

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VOCAB, batch_for, build, randomize_lora
+from conftest import VOCAB, batch_for, build, generate_fused, randomize_lora, teacher_forced_logits
 
 from flare_xlt import FUSION_NAMES, FlareConfig, get_flare_model
 
@@ -47,20 +47,11 @@ def test_no_future_leakage_encoder_decoder_decoder_side(fusion):
             torch.testing.assert_close(logits[:, : position + 1], reference[:, : position + 1], atol=1e-6, rtol=0)
 
 
-def generate_with_logits(flare, inputs, new_tokens, **kwargs):
-    return flare.generate(
-        input_ids=inputs["input_ids"],
-        attention_mask=inputs["attention_mask"],
-        source_input_ids=inputs["source_input_ids"],
-        source_attention_mask=inputs["source_attention_mask"],
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        do_sample=False,
-        output_logits=True,
-        return_dict_in_generate=True,
-        pad_token_id=0,
-        **kwargs,
-    )
+def encoder_decoder_forced_logits(flare, inputs: dict, sequences: torch.Tensor) -> torch.Tensor:
+    """One fused mT5 forward over the decoder start token + generated tokens (rows as in `sequences`)."""
+    rows = sequences.shape[0] // inputs["input_ids"].shape[0]
+    repeat = {key: value.repeat_interleave(rows, dim=0) for key, value in inputs.items()}
+    return flare(**repeat, decoder_input_ids=sequences[:, :-1]).logits
 
 
 @pytest.mark.parametrize("kind", ["llama", "gemma2", "qwen2"])
@@ -69,16 +60,9 @@ def test_teacher_forcing_equals_cached_generation(kind, fusion):
     """Prompts longer than some sources and new tokens beyond every source exercise the fallback policy."""
     flare = flare_for(kind, fusion)
     inputs = batch_for(kind, batch=3, target_length=6, source_length=5)
-    new_tokens = 4
     with torch.no_grad():
-        out = generate_with_logits(flare, inputs, new_tokens)
-        full_mask = torch.cat([inputs["attention_mask"], torch.ones(3, new_tokens, dtype=torch.long)], dim=1)
-        forced = flare(
-            input_ids=out.sequences,
-            attention_mask=full_mask,
-            source_input_ids=inputs["source_input_ids"],
-            source_attention_mask=inputs["source_attention_mask"],
-        ).logits
+        out = generate_fused(flare, inputs, 4, do_sample=False, output_logits=True)
+        forced = teacher_forced_logits(flare, inputs, out.sequences)
     prompt = inputs["input_ids"].shape[1]
     for step, step_logits in enumerate(out.logits):
         torch.testing.assert_close(step_logits, forced[:, prompt - 1 + step], atol=1e-5, rtol=1e-5)
@@ -89,14 +73,8 @@ def test_teacher_forcing_equals_cached_generation_mt5(fusion):
     flare = flare_for("mt5", fusion)
     inputs = batch_for("mt5", batch=2, target_length=6, source_length=5)
     with torch.no_grad():
-        out = generate_with_logits(flare, inputs, 4)
-        forced = flare(
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
-            decoder_input_ids=out.sequences[:, :-1],
-            source_input_ids=inputs["source_input_ids"],
-            source_attention_mask=inputs["source_attention_mask"],
-        ).logits
+        out = generate_fused(flare, inputs, 4, do_sample=False, output_logits=True)
+        forced = encoder_decoder_forced_logits(flare, inputs, out.sequences)
     for step, step_logits in enumerate(out.logits):
         torch.testing.assert_close(step_logits, forced[:, step], atol=1e-5, rtol=1e-5)
 
@@ -106,47 +84,17 @@ def test_beam_search_scores_use_each_rows_source(kind, fusion):
     """Each returned beam's score equals the teacher-forced log-probability of its tokens under its own source."""
     flare = flare_for(kind, fusion)
     inputs = batch_for(kind, batch=2, target_length=6, source_length=5)
-    beams, returned, new_tokens = 3, 2, 3
     with torch.no_grad():
-        out = flare.generate(
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
-            source_input_ids=inputs["source_input_ids"],
-            source_attention_mask=inputs["source_attention_mask"],
-            num_beams=beams,
-            num_return_sequences=returned,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            length_penalty=0.0,
-            output_scores=True,
-            return_dict_in_generate=True,
-            pad_token_id=0,
+        out = generate_fused(
+            flare, inputs, 3, num_beams=3, num_return_sequences=2, length_penalty=0.0, output_scores=True
         )
-        repeat = {key: value.repeat_interleave(returned, dim=0) for key, value in inputs.items()}
         if kind == "mt5":
-            decoder_input = out.sequences[:, :-1]
-            forced = flare(
-                input_ids=repeat["input_ids"],
-                attention_mask=repeat["attention_mask"],
-                decoder_input_ids=decoder_input,
-                source_input_ids=repeat["source_input_ids"],
-                source_attention_mask=repeat["source_attention_mask"],
-            ).logits
+            step_logits = encoder_decoder_forced_logits(flare, inputs, out.sequences)
             generated = out.sequences[:, 1:]
-            step_logits = forced
         else:
             prompt = inputs["input_ids"].shape[1]
-            mask = torch.cat(
-                [repeat["attention_mask"], torch.ones(out.sequences.shape[0], new_tokens, dtype=torch.long)], 1
-            )
-            forced = flare(
-                input_ids=out.sequences,
-                attention_mask=mask,
-                source_input_ids=repeat["source_input_ids"],
-                source_attention_mask=repeat["source_attention_mask"],
-            ).logits
+            step_logits = teacher_forced_logits(flare, inputs, out.sequences)[:, prompt - 1 : -1]
             generated = out.sequences[:, prompt:]
-            step_logits = forced[:, prompt - 1 : -1]
     log_probs = step_logits.log_softmax(-1).gather(-1, generated.unsqueeze(-1)).squeeze(-1).sum(-1)
     torch.testing.assert_close(out.sequences_scores, log_probs, atol=1e-4, rtol=1e-4)
 

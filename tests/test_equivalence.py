@@ -17,8 +17,15 @@ def target_only(inputs: dict) -> dict:
     return {key: value for key, value in inputs.items() if not key.startswith("source_")}
 
 
+def flare_and_plain_twin(kind: str, config: FlareConfig):
+    """A FlareModel with random adapter weights, and a plain PEFT LoRA model holding the same weights."""
+    base = build(kind)
+    flare = get_flare_model(copy.deepcopy(base), config)
+    randomize_lora(flare)
+    return flare, plain_lora_twin(flare, base)
+
+
 def plain_lora_twin(flare, base):
-    """A plain PEFT LoRA model with the FLARE adapter's weights."""
     config = flare.flare_config
     lora = get_peft_model(
         base,
@@ -36,10 +43,8 @@ def plain_lora_twin(flare, base):
 @pytest.mark.parametrize("kind", list(BUILDERS))
 @pytest.mark.parametrize("fusion", ["add_relu", None])
 def test_matches_plain_lora_without_source_or_fusion(kind, fusion):
-    base = build(kind)
-    flare = get_flare_model(copy.deepcopy(base), FlareConfig(fusion=fusion, modules_to_save=HEADS.get(kind))).eval()
-    randomize_lora(flare)
-    lora = plain_lora_twin(flare, base)
+    flare, lora = flare_and_plain_twin(kind, FlareConfig(fusion=fusion, modules_to_save=HEADS.get(kind)))
+    flare.eval()
     inputs = batch_for(kind)
     extra = labels_for(kind, inputs) if kind == "mt5" else {}
     with torch.no_grad():
@@ -59,10 +64,7 @@ def test_matches_plain_lora_without_source_or_fusion(kind, fusion):
 
 
 def test_fuse_at_inference_false_is_plain_lora_in_eval_only():
-    base = build("llama")
-    flare = get_flare_model(copy.deepcopy(base), FlareConfig(fuse_at_inference=False))
-    randomize_lora(flare)
-    lora = plain_lora_twin(flare, base)
+    flare, lora = flare_and_plain_twin("llama", FlareConfig(fuse_at_inference=False))
     inputs = batch_for("llama")
     flare.eval()
     with torch.no_grad():
@@ -100,10 +102,7 @@ def test_source_context_binds_for_every_call():
 
 
 def test_fuse_at_inference_false_ignores_the_source_kept_from_training():
-    base = build("llama")
-    flare = get_flare_model(copy.deepcopy(base), FlareConfig(fuse_at_inference=False))
-    randomize_lora(flare)
-    lora = plain_lora_twin(flare, base)
+    flare, lora = flare_and_plain_twin("llama", FlareConfig(fuse_at_inference=False))
     inputs = batch_for("llama")
     flare.train()
     flare(**inputs).logits.sum().backward()  # leaves its source bound for checkpoint recompute

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import batch_for, build, labels_for, randomize_lora
+from conftest import batch_for, build, generate_fused, labels_for, randomize_lora, teacher_forced_logits
 from peft import LoraConfig, get_peft_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
@@ -29,22 +29,8 @@ def test_bf16_training_step_and_cached_generation():
     assert all(p.grad is not None for n, p in flare.named_parameters() if "lora_B" in n)
     flare.eval()
     with torch.no_grad():
-        out = flare.generate(
-            **inputs,
-            max_new_tokens=3,
-            min_new_tokens=3,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-            pad_token_id=0,
-        )
-        mask = torch.cat([inputs["attention_mask"], torch.ones(2, 3, dtype=torch.long, device="cuda")], 1)
-        forced = flare(
-            input_ids=out.sequences,
-            attention_mask=mask,
-            source_input_ids=inputs["source_input_ids"],
-            source_attention_mask=inputs["source_attention_mask"],
-        ).logits
+        out = generate_fused(flare, inputs, 3, do_sample=False, output_logits=True)
+        forced = teacher_forced_logits(flare, inputs, out.sequences)
     prompt = inputs["input_ids"].shape[1]
     for step, logits in enumerate(out.logits):
         torch.testing.assert_close(logits.float(), forced[:, prompt - 1 + step].float(), atol=5e-2, rtol=5e-2)

@@ -6,8 +6,9 @@ import json
 
 import pytest
 import torch
-from conftest import HEADS, batch_for, build, randomize_lora
+from conftest import DECODER_SIZES, HEADS, batch_for, build, randomize_lora
 from peft import PeftModel
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from flare_xlt import FlareConfig, FlareModel, get_flare_model
 
@@ -71,18 +72,7 @@ def test_missing_flare_config_is_named(tmp_path):
 
 def test_adapter_of_another_base_model_names_the_shapes(tmp_path):
     get_flare_model(build("llama"), FlareConfig()).save_pretrained(tmp_path)
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    wider = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=96,
-            hidden_size=48,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        )
-    )
+    wider = LlamaForCausalLM(LlamaConfig(**{**DECODER_SIZES, "hidden_size": 48}))
     with pytest.raises(ValueError, match=r"size mismatch.*q_proj\.lora_A"):
         FlareModel.from_pretrained(wider, tmp_path)
 
