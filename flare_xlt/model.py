@@ -206,7 +206,7 @@ class FlareModel(PeftModel):
                 )
             reference = next(iter(self.fused_modules.values())).lora_A[adapter_name].weight
             projection = nn.Linear(flare_config.mt_source_dim, widths.pop())
-            # The `lora_` prefix and the adapter-name key make PEFT save and load it with the adapter.
+            # Named like PEFT's adapter weights; save_pretrained adds it to the adapter file (PEFT saves layers only).
             self.lora_mt_projection = nn.ModuleDict(
                 {adapter_name: projection.to(device=reference.device, dtype=reference.dtype)}
             )
