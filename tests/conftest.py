@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -169,3 +170,54 @@ def teacher_forced_logits(flare, inputs: dict, sequences: torch.Tensor) -> torch
         source_input_ids=repeat["source_input_ids"],
         source_attention_mask=repeat["source_attention_mask"],
     ).logits
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def train_tokenizer(architecture: str = "encoder"):
+    """A WordPiece tokenizer trained in-process on the fixture texts: [CLS] a [SEP] b [SEP] for encoders (right
+    padding), <s> a for decoders (left padding)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [path.read_text(encoding="utf-8") for path in sorted(FIXTURES.rglob("*")) if path.is_file()] + [
+        "Premise Hypothesis Label Sentiment Context Question Answer entailment neutral contradiction negative positive"
+    ]
+    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "<s>", "</s>"]
+    backend.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=600, special_tokens=specials))
+    ids = {token: backend.token_to_id(token) for token in specials}
+    if architecture == "encoder":
+        backend.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])],
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=backend,
+            pad_token="[PAD]",
+            unk_token="[UNK]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            padding_side="right",
+            model_input_names=["input_ids", "attention_mask"],
+        )
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", ids["<s>"])])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        bos_token="<s>",
+        eos_token="</s>",
+        padding_side="left",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def answer_tokens(feature: dict) -> list[int]:
+    """The tokens of a decoder training feature that carry a label: the answer and EOS."""
+    return [token for token, label in zip(feature["input_ids"], feature["labels"], strict=True) if label != -100]

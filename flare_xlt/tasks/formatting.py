@@ -1,0 +1,222 @@
+"""Turning paired records into model features for encoders and decoders, for every transfer method's input view.
+
+Views:
+- "paired": the target input plus source_input_ids / source_attention_mask (FLARE);
+- "target": the target input alone (zero-shot, translate-train LoRA);
+- "source": the English side as the input (translate-test);
+- "input_fusion": English and target text concatenated into one input, with the task's template (the
+  input-level fusion baseline).
+
+Decoders get the task's prompt; in training the verbalizer word (or the QA answer) and EOS follow it and only
+those tokens carry labels. The decoder source is the English prompt alone: target tokens beyond it (the answer)
+have no source token and use plain LoRA, exactly as new tokens do in generation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..qa import QAFeatures, prepare_qa_features
+from .spec import TaskSpec
+
+ARCHITECTURES = ("encoder", "decoder")
+VIEWS = ("paired", "target", "source", "input_fusion")
+IGNORE_INDEX = -100
+
+
+@dataclass
+class EncodingReport:
+    """What encoding did to the data: nothing is cut or left out without a count here."""
+
+    examples: int = 0
+    features: int = 0
+    truncated: int = 0
+    answers_outside_windows: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = f"{self.examples} examples -> {self.features} features; {self.truncated} truncated to max_length"
+        if self.answers_outside_windows:
+            text += f"; {self.answers_outside_windows} answers lie in no window"
+        return text
+
+
+@dataclass
+class TaskEncoder:
+    task: TaskSpec
+    tokenizer: object
+    architecture: str
+    view: str = "paired"
+    max_length: int = 256
+    sentence_pair: bool = False
+    stride: int = 128
+    for_generation: bool = False
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"Unknown architecture {self.architecture!r}; valid choices: {', '.join(ARCHITECTURES)}.")
+        if self.view not in VIEWS:
+            raise ValueError(f"Unknown view {self.view!r}; valid choices: {', '.join(VIEWS)}.")
+        if self.sentence_pair and (self.architecture != "encoder" or len(self.task.text_fields) != 2):
+            raise ValueError("sentence_pair encoding needs an encoder and a task with exactly two text fields.")
+        if self.architecture == "decoder" and not self.for_generation and self.tokenizer.eos_token_id is None:
+            raise ValueError("Decoder training appends EOS after the answer, but the tokenizer has no eos_token.")
+
+    def encode(self, pairs: list[dict]) -> tuple[list[dict], EncodingReport, QAFeatures | None]:
+        """Features (one per example, or per window for encoder QA), the report, and QA windows if any."""
+        report = EncodingReport(examples=len(pairs))
+        if self.task.kind == "extractive_qa" and self.architecture == "encoder":
+            features, windows = self._encode_qa_windows(pairs, report)
+        else:
+            features, windows = [self._encode_one(pair, report) for pair in pairs], None
+        report.features = len(features)
+        return features, report, windows
+
+    # ------------------------------------------------------------------ text of each side
+    def _fields(self, pair: dict, side: str) -> dict:
+        prefix = "source_" if side == "source" else ""
+        return {name: pair[prefix + name] for name in self.task.text_fields}
+
+    def _input_side(self) -> str:
+        return "source" if self.view == "source" else "target"
+
+    def _encoder_text(self, pair: dict, side: str) -> str:
+        if self.view == "input_fusion" and side == "target":
+            return self.task.input_fusion_encoder_template.format(**pair)
+        return self.task.encoder_template.format(**self._fields(pair, side))
+
+    def _prompt(self, pair: dict, side: str) -> str:
+        if self.view == "input_fusion" and side == "target":
+            return self.task.input_fusion_decoder_template.format(**pair)
+        return self.task.decoder_template.format(**self._fields(pair, side))
+
+    # ------------------------------------------------------------------ classification and decoder QA
+    def _encode_one(self, pair: dict, report: EncodingReport) -> dict:
+        side = self._input_side()
+        if self.architecture == "encoder":
+            feature = self._encoder_tokens(pair, side, report)
+            feature["labels"] = pair["label"]
+        else:
+            prompt_ids = self._tokens(self._prompt(pair, side), report, add_special_tokens=True)
+            if self.for_generation:
+                feature = {"input_ids": prompt_ids, "attention_mask": [1] * len(prompt_ids)}
+            else:
+                feature = self._decoder_training(prompt_ids, self._answer(pair), report)
+        if self.view == "paired":
+            if self.architecture == "encoder":
+                source = self._encoder_tokens(pair, "source", report)
+            else:
+                source_ids = self._tokens(self._prompt(pair, "source"), report, add_special_tokens=True)
+                source = {"input_ids": source_ids, "attention_mask": [1] * len(source_ids)}
+            feature["source_input_ids"] = source["input_ids"]
+            feature["source_attention_mask"] = source["attention_mask"]
+        return feature
+
+    def _answer(self, pair: dict) -> str:
+        if self.task.kind == "classification":
+            return self.task.answer_words[pair["label"]]
+        answers = pair["answers"] if self._input_side() == "target" else pair["source_answers"]
+        if not answers or not answers["text"]:
+            raise ValueError(f"{self.task.name} example {pair['id']!r} has no answer to train on.")
+        return answers["text"][0]
+
+    def _decoder_training(self, prompt_ids: list[int], answer: str, report: EncodingReport) -> dict:
+        answer_ids = [*self.tokenizer(answer, add_special_tokens=False)["input_ids"], self.tokenizer.eos_token_id]
+        room = self.max_length - len(answer_ids)
+        if room < 1:
+            raise ValueError(f"max_length={self.max_length} leaves no room for a prompt before the answer {answer!r}.")
+        if len(prompt_ids) > room:
+            # The end of the prompt ("... Label: ") must stay next to the answer; cut its beginning, keep BOS.
+            report.truncated += 1
+            keep_bos = prompt_ids[:1] if prompt_ids[0] == self.tokenizer.bos_token_id else []
+            prompt_ids = keep_bos + prompt_ids[len(prompt_ids) - room + len(keep_bos) :]
+        input_ids = prompt_ids + answer_ids
+        return {
+            "input_ids": input_ids,
+            "attention_mask": [1] * len(input_ids),
+            "labels": [IGNORE_INDEX] * len(prompt_ids) + answer_ids,
+        }
+
+    def _encoder_tokens(self, pair: dict, side: str, report: EncodingReport) -> dict:
+        if self.sentence_pair and not (self.view == "input_fusion" and side == "target"):
+            first, second = self._fields(pair, side).values()
+            encoded = self.tokenizer(first, second, truncation=False)
+            if len(encoded["input_ids"]) > self.max_length:
+                report.truncated += 1
+                encoded = self.tokenizer(first, second, truncation="longest_first", max_length=self.max_length)
+        else:
+            text = self._encoder_text(pair, side)
+            encoded = self.tokenizer(text, truncation=False)
+            if len(encoded["input_ids"]) > self.max_length:
+                report.truncated += 1
+                encoded = self.tokenizer(text, truncation=True, max_length=self.max_length)
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    def _tokens(self, text: str, report: EncodingReport, add_special_tokens: bool) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+        if self.for_generation and len(ids) > self.max_length:
+            report.truncated += 1
+            keep_bos = ids[:1] if ids[0] == self.tokenizer.bos_token_id else []
+            ids = keep_bos + ids[len(ids) - self.max_length + len(keep_bos) :]
+        return ids
+
+    # ------------------------------------------------------------------ extractive QA for encoders
+    def _encode_qa_windows(self, pairs: list[dict], report: EncodingReport) -> tuple[list[dict], QAFeatures]:
+        side = self._input_side()
+        questions = [self._qa_question(pair, side, report) for pair in pairs]
+        contexts = [self._fields(pair, side)["context"] for pair in pairs]
+        answer_key = "answers" if side == "target" else "source_answers"
+        answers = [_first_answer(pair.get(answer_key)) for pair in pairs]
+        windows = prepare_qa_features(
+            self.tokenizer, questions, contexts, answers if any(answers) else None, self.max_length, self.stride
+        )
+        report.answers_outside_windows = windows.answers_outside_all_windows
+        features = [
+            {
+                "input_ids": windows.input_ids[i],
+                "attention_mask": windows.attention_mask[i],
+                "start_positions": windows.start_positions[i],
+                "end_positions": windows.end_positions[i],
+            }
+            for i in range(len(windows.input_ids))
+        ]
+        if self.view == "paired":
+            source = prepare_qa_features(
+                self.tokenizer,
+                [pair["source_question"] for pair in pairs],
+                [pair["source_context"] for pair in pairs],
+                None,
+                self.max_length,
+                self.stride,
+            )
+            source_windows = {}
+            for index, (example, window) in enumerate(zip(source.example_index, source.window_index, strict=True)):
+                source_windows[(example, window)] = index
+            for feature, example, window in zip(features, windows.example_index, windows.window_index, strict=True):
+                # Target window k pairs with source window k, or the last one when the English context is shorter:
+                # the window-level counterpart of pairing token k with token k.
+                while (example, window) not in source_windows:
+                    window -= 1
+                partner = source_windows[(example, window)]
+                feature["source_input_ids"] = source.input_ids[partner]
+                feature["source_attention_mask"] = source.attention_mask[partner]
+        return features, windows
+
+    def _qa_question(self, pair: dict, side: str, report: EncodingReport) -> str:
+        if not (self.view == "input_fusion" and side == "target"):
+            return self._fields(pair, side)["question"]
+        # The English question and context share the first segment with the target question; they may take half of
+        # the window, so that the target context keeps room.
+        budget = self.max_length // 2
+        encoded = self.tokenizer(pair["source_context"], add_special_tokens=False, return_offsets_mapping=True)
+        source_context = pair["source_context"]
+        if len(encoded["input_ids"]) > budget:
+            report.truncated += 1
+            source_context = source_context[: encoded["offset_mapping"][budget - 1][1]]
+        return self.task.input_fusion_encoder_template.format(**{**pair, "source_context": source_context})
+
+
+def _first_answer(answers: dict | None) -> dict | None:
+    if not answers or not answers["text"]:
+        return None
+    return {"text": answers["text"][0], "answer_start": answers["answer_start"][0]}
