@@ -66,13 +66,14 @@ CONTEXT = f"{filler(1, 40)} In 1912 the museum moved to {ANSWER}, by railway. {f
 ANSWER_START = CONTEXT.index(ANSWER)
 
 
-def direct_windows(tokenizer, questions, contexts, max_length=MAX_LENGTH, stride=STRIDE):
+def direct_windows(tokenizer, questions, contexts):
+    """The tokenizer's own overflowing windows, to compare the features against."""
     return tokenizer(
         questions,
         contexts,
         truncation="only_second",
-        max_length=max_length,
-        stride=stride,
+        max_length=MAX_LENGTH,
+        stride=STRIDE,
         return_overflowing_tokens=True,
         return_offsets_mapping=True,
         padding=False,

@@ -340,3 +340,57 @@ def test_collator_needs_a_pad_token():
 def test_unknown_task_lists_choices():
     with pytest.raises(ValueError, match="valid choices: xnli, tydiqa, nusax"):
         get_task("mnli")
+
+
+# ---------------------------------------------------------------------- every task, end to end
+TRANSLATIONS = FIXTURES / "translations"
+END_TO_END = {
+    # task: (target view, English view) as FLARE uses them: translate-train pairs the original English with its
+    # machine translation; translate-test pairs the original target test set with its translation into English.
+    "xnli": (
+        lambda: load_record_file(XNLI, TRANSLATIONS / "xnli_validation_en-es.jsonl"),
+        lambda: load_original_view(XNLI, "en", "validation", FIXTURES / "XNLI-1.0"),
+    ),
+    "tydiqa": (
+        lambda: load_original_view(TYDIQA, "sw", "validation", FIXTURES / "tydiqa"),
+        lambda: load_record_file(TYDIQA, TRANSLATIONS / "tydiqa_validation_sw-en.jsonl"),
+    ),
+    "nusax": (
+        lambda: load_record_file(NUSAX, TRANSLATIONS / "nusax_test_en-jav.jsonl"),
+        lambda: load_original_view(NUSAX, "en", "test", FIXTURES / "nusax"),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(END_TO_END))
+@pytest.mark.parametrize("architecture", ["encoder", "decoder"])
+def test_every_task_pairs_formats_and_collates(name, architecture):
+    task = get_task(name)
+    target_view, english_view = END_TO_END[name]
+    pairs = pair_views(task, target_view(), english_view())
+    assert {pair["language"] for pair in pairs} == {{"xnli": "es", "tydiqa": "sw", "nusax": "jav"}[name]}
+    tokenizer = ENCODER_TOKENIZER if architecture == "encoder" else DECODER_TOKENIZER
+    features, report, windows = TaskEncoder(task, tokenizer, architecture, max_length=64).encode(pairs)
+    assert report.examples == len(pairs) and report.features == len(features) >= len(pairs)
+    batch = PairedCollator.for_tokenizer(tokenizer)(features)
+    length = batch["input_ids"].shape[1]
+    assert batch["source_input_ids"].shape == (len(features), length)
+    real = batch["attention_mask"].bool()
+    # Encoders pad on the right (real tokens first), decoders on the left (real tokens last).
+    edge = real[:, 0] if architecture == "encoder" else real[:, -1]
+    assert edge.all()
+    if architecture == "decoder":
+        assert batch["labels"].shape == (len(features), length)
+        answers = [tokenizer.decode(answer_tokens(feature), skip_special_tokens=True) for feature in features]
+        if task.kind == "classification":
+            assert answers == [task.answer_words[pair["label"]] for pair in pairs]
+        else:
+            assert answers == ["Nairobi", "milioni 4. 4"]  # WordPiece decoding spaces out the period
+    elif task.kind == "extractive_qa":
+        for feature, example in zip(features, windows.example_index, strict=True):
+            span = feature["input_ids"][feature["start_positions"] : feature["end_positions"] + 1]
+            assert tokenizer.decode(span) == tokenizer.decode(
+                tokenizer(pairs[example]["answers"]["text"][0], add_special_tokens=False)["input_ids"]
+            )
+    else:
+        assert batch["labels"].tolist() == [pair["label"] for pair in pairs]

@@ -49,10 +49,12 @@ class TaskEncoder:
     view: str = "paired"
     max_length: int = 256
     sentence_pair: bool = False
-    stride: int = 128
+    stride: int | None = None  # QA window overlap in tokens; None: a quarter of max_length
     for_generation: bool = False
 
     def __post_init__(self) -> None:
+        if self.stride is None:
+            self.stride = self.max_length // 4
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"Unknown architecture {self.architecture!r}; valid choices: {', '.join(ARCHITECTURES)}.")
         if self.view not in VIEWS:
