@@ -175,11 +175,9 @@ def teacher_forced_logits(flare, inputs: dict, sequences: torch.Tensor) -> torch
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def train_tokenizer(
-    architecture: str = "encoder", corpus: list[str] | None = None, normalizer=None, vocab_size: int = 600
-):
-    """A WordPiece tokenizer trained in-process (on the fixture texts unless `corpus` is given): [CLS] a [SEP] b [SEP]
-    for encoders (right padding), <s> a for decoders (left padding). `normalizer` defaults to NFC."""
+def train_tokenizer(architecture: str = "encoder"):
+    """A WordPiece tokenizer trained in-process on the fixture texts: [CLS] a [SEP] b [SEP] for encoders (right
+    padding), <s> a for decoders (left padding)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -187,11 +185,11 @@ def train_tokenizer(
         "Premise Hypothesis Label Sentiment Context Question Answer entailment neutral contradiction negative positive"
     ]
     backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    backend.normalizer = normalizer or normalizers.NFC()
+    backend.normalizer = normalizers.NFC()
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.decoder = decoders.WordPiece()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "<s>", "</s>"]
-    backend.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
+    backend.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=600, special_tokens=specials))
     ids = {token: backend.token_to_id(token) for token in specials}
     if architecture == "encoder":
         backend.post_processor = processors.TemplateProcessing(
