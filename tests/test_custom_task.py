@@ -105,3 +105,25 @@ def test_qa_task_scores_by_language():
     assert scores["sw"]["f1"] == pytest.approx((1 + 0.5) / 2)
     assert scores["fi"]["exact_match"] == 1.0  # the trailing period is normalised away
     assert scores["average"]["exact_match"] == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_spec_consistency_checks(tmp_path):
+    base = "name: x\nlanguages: [en]\n"
+    (tmp_path / "metric.yaml").write_text(
+        base + "kind: classification\ntext_fields: [text]\nlabel_names: [a, b]\nmetric: squad\n"
+    )
+    with pytest.raises(
+        ValueError, match="metric 'squad' does not fit kind 'classification'; valid choices: accuracy, macro_f1"
+    ):
+        get_task(tmp_path / "metric.yaml")
+    (tmp_path / "qa.yaml").write_text(base + "kind: extractive_qa\ntext_fields: [query, passage]\nmetric: squad\n")
+    with pytest.raises(ValueError, match=r"extractive_qa needs text_fields \[question, context\]"):
+        get_task(tmp_path / "qa.yaml")
+    (tmp_path / "qa_ok.yaml").write_text(
+        base + "kind: extractive_qa\ntext_fields: [question, context]\nmetric: squad\n"
+    )
+    # Encoder QA puts the input-fusion text in the first segment, before the target context: no {context} there.
+    assert (
+        get_task(tmp_path / "qa_ok.yaml").input_fusion_encoder_template
+        == "{source_question} {source_context} {question}"
+    )

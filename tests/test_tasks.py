@@ -236,9 +236,10 @@ def test_decoder_training_labels_only_the_answer():
 def test_decoder_truncation_keeps_bos_and_the_prompt_end():
     pairs = xnli_pairs()
     features, report, _ = TaskEncoder(XNLI, DECODER_TOKENIZER, "decoder", max_length=12).encode(pairs)
-    assert report.truncated == 3
+    assert report.truncated == 6  # every target and every English prompt
     for feature in features:
-        assert len(feature["input_ids"]) == 12
+        assert len(feature["input_ids"]) == 12 and len(feature["source_input_ids"]) == 12
+        assert feature["source_input_ids"][0] == DECODER_TOKENIZER.bos_token_id
         assert feature["input_ids"][0] == DECODER_TOKENIZER.bos_token_id
         assert decode(
             DECODER_TOKENIZER, feature["input_ids"][: len(feature["input_ids"]) - len(answer_tokens(feature))]
@@ -253,6 +254,10 @@ def test_views_for_translate_test_and_input_fusion():
     fused, _, _ = TaskEncoder(XNLI, ENCODER_TOKENIZER, "encoder", view="input_fusion").encode(pairs)
     text = decode(ENCODER_TOKENIZER, fused[0]["input_ids"])
     assert text.startswith("Premise : The cat") and "Premise : Die Katze" in text
+    cut, report, _ = TaskEncoder(XNLI, ENCODER_TOKENIZER, "encoder", view="input_fusion", max_length=12).encode(pairs)
+    assert report.truncated == 3 and ENCODER_TOKENIZER.truncation_side == "right"
+    assert decode(ENCODER_TOKENIZER, cut[0]["input_ids"]).endswith("Ein Tier ruht sich aus.")  # English cut first
+    assert cut[0]["input_ids"][0] == ENCODER_TOKENIZER.cls_token_id
     prompt, _, _ = TaskEncoder(XNLI, DECODER_TOKENIZER, "decoder", view="input_fusion", for_generation=True).encode(
         pairs
     )
@@ -394,3 +399,19 @@ def test_every_task_pairs_formats_and_collates(name, architecture):
             )
     else:
         assert batch["labels"].tolist() == [pair["label"] for pair in pairs]
+
+
+def test_loader_consistency_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"NusaX ships the splits \['train', 'validation', 'test'\]; got 'dev'"):
+        load_original_view(NUSAX, "en", "dev", FIXTURES / "nusax")
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [{"id": "1", "language": "de", "text": "gut", "label": 2}])
+    with pytest.raises(ValueError, match=r"language 'de' differs from the expected 'jav'"):
+        load_record_file(NUSAX, mixed, language="jav")
+    with pytest.raises(ValueError, match=r"has no language 'de'; valid choices: ace"):
+        load_record_file(NUSAX, mixed)
+    unlabelled = [
+        {k: v for k, v in r.items() if k != "label"}
+        for r in load_original_view(NUSAX, "en", "test", FIXTURES / "nusax")
+    ]
+    with pytest.raises(ValueError, match=r"3 pairs have a label in neither view \(first: \['11', '12', '13'\]\)"):
+        pair_views(NUSAX, unlabelled, unlabelled)

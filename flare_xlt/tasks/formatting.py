@@ -14,7 +14,7 @@ have no source token and use plain LoRA, exactly as new tokens do in generation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..qa import QAFeatures, prepare_qa_features
 from .spec import TaskSpec
@@ -32,7 +32,6 @@ class EncodingReport:
     features: int = 0
     truncated: int = 0
     answers_outside_windows: int = 0
-    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         text = f"{self.examples} examples -> {self.features} features; {self.truncated} truncated to max_length"
@@ -99,8 +98,9 @@ class TaskEncoder:
             feature = self._encoder_tokens(pair, side, report)
             feature["labels"] = pair["label"]
         else:
-            prompt_ids = self._tokens(self._prompt(pair, side), report, add_special_tokens=True)
+            prompt_ids = self.tokenizer(self._prompt(pair, side))["input_ids"]
             if self.for_generation:
+                prompt_ids = self._fit_prompt(prompt_ids, self.max_length, report)
                 feature = {"input_ids": prompt_ids, "attention_mask": [1] * len(prompt_ids)}
             else:
                 feature = self._decoder_training(prompt_ids, self._answer(pair), report)
@@ -108,7 +108,8 @@ class TaskEncoder:
             if self.architecture == "encoder":
                 source = self._encoder_tokens(pair, "source", report)
             else:
-                source_ids = self._tokens(self._prompt(pair, "source"), report, add_special_tokens=True)
+                source_ids = self.tokenizer(self._prompt(pair, "source"))["input_ids"]
+                source_ids = self._fit_prompt(source_ids, self.max_length, report)
                 source = {"input_ids": source_ids, "attention_mask": [1] * len(source_ids)}
             feature["source_input_ids"] = source["input_ids"]
             feature["source_attention_mask"] = source["attention_mask"]
@@ -127,11 +128,7 @@ class TaskEncoder:
         room = self.max_length - len(answer_ids)
         if room < 1:
             raise ValueError(f"max_length={self.max_length} leaves no room for a prompt before the answer {answer!r}.")
-        if len(prompt_ids) > room:
-            # The end of the prompt ("... Label: ") must stay next to the answer; cut its beginning, keep BOS.
-            report.truncated += 1
-            keep_bos = prompt_ids[:1] if prompt_ids[0] == self.tokenizer.bos_token_id else []
-            prompt_ids = keep_bos + prompt_ids[len(prompt_ids) - room + len(keep_bos) :]
+        prompt_ids = self._fit_prompt(prompt_ids, room, report)
         input_ids = prompt_ids + answer_ids
         return {
             "input_ids": input_ids,
@@ -151,16 +148,27 @@ class TaskEncoder:
             encoded = self.tokenizer(text, truncation=False)
             if len(encoded["input_ids"]) > self.max_length:
                 report.truncated += 1
-                encoded = self.tokenizer(text, truncation=True, max_length=self.max_length)
+                encoded = self._truncate(text, left=self.view == "input_fusion" and side == "target")
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
-    def _tokens(self, text: str, report: EncodingReport, add_special_tokens: bool) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
-        if self.for_generation and len(ids) > self.max_length:
-            report.truncated += 1
-            keep_bos = ids[:1] if ids[0] == self.tokenizer.bos_token_id else []
-            ids = keep_bos + ids[len(ids) - self.max_length + len(keep_bos) :]
-        return ids
+    def _truncate(self, text: str, left: bool) -> dict:
+        """Input fusion puts the English text first: cutting from the left loses it before the target, as the
+        authors' left truncation does; the tokenizer keeps its special tokens either way."""
+        original_side = self.tokenizer.truncation_side
+        self.tokenizer.truncation_side = "left" if left else original_side
+        try:
+            return self.tokenizer(text, truncation=True, max_length=self.max_length)
+        finally:
+            self.tokenizer.truncation_side = original_side
+
+    def _fit_prompt(self, ids: list[int], length: int, report: EncodingReport) -> list[int]:
+        """A decoder prompt cut from the left to `length` (BOS kept), so that its end ("... Label: ") stays next to
+        the answer; every cut is counted."""
+        if len(ids) <= length:
+            return ids
+        report.truncated += 1
+        keep_bos = ids[:1] if ids[0] == self.tokenizer.bos_token_id else []
+        return keep_bos + ids[len(ids) - length + len(keep_bos) :]
 
     # ------------------------------------------------------------------ extractive QA for encoders
     def _encode_qa_windows(self, pairs: list[dict], report: EncodingReport) -> tuple[list[dict], QAFeatures]:

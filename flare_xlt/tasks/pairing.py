@@ -36,7 +36,7 @@ def pair_views(task: TaskSpec, target: list[dict], source: list[dict]) -> list[d
             f"{len(only_source)} only in the source view (first: {only_source[:SHOWN_IDS]})."
         )
 
-    pairs, disagreeing = [], []
+    pairs, disagreeing, unlabelled = [], [], []
     for record in target:
         partner = source_by_id[record["id"]]
         pair = {"id": record["id"], "language": record["language"]}
@@ -46,11 +46,17 @@ def pair_views(task: TaskSpec, target: list[dict], source: list[dict]) -> list[d
             labels = {side["label"] for side in (record, partner) if "label" in side}
             if len(labels) > 1:
                 disagreeing.append(record["id"])
+            if not labels:
+                unlabelled.append(record["id"])
             pair["label"] = labels.pop() if labels else None
         else:
             pair["answers"] = record.get("answers")
             pair["source_answers"] = partner.get("answers")
         pairs.append(pair)
+    if unlabelled:
+        raise ValueError(
+            f"{task.name}: {len(unlabelled)} pairs have a label in neither view (first: {unlabelled[:SHOWN_IDS]})."
+        )
     if disagreeing:
         raise ValueError(
             f"{task.name}: {len(disagreeing)} pairs carry different labels in the two views "

@@ -58,13 +58,14 @@ def load_hub_view(task: TaskSpec, language: str, split: str) -> list[dict]:
         rows = load_dataset(XNLI_HUB, language, split=split)
         # The hub's language configs are parallel row by row, so the row index is the pairing id.
         return [
-            {
-                "id": f"{split}-{index}",
-                "language": language,
-                "premise": row["premise"],
-                "hypothesis": row["hypothesis"],
-                "label": int(row["label"]),
-            }
+            _classification_record(
+                task,
+                f"{split}-{index}",
+                language,
+                {"premise": row["premise"], "hypothesis": row["hypothesis"]},
+                row["label"],
+                f"{XNLI_HUB} {language} {split} row {index}",
+            )
             for index, row in enumerate(rows)
         ]
     if task is TYDIQA:
@@ -145,6 +146,8 @@ def load_original_view(task: TaskSpec, language: str, split: str, path: str | Pa
             if qa["id"].startswith(prefix)
         ]
     if task is NUSAX:
+        if split not in NUSAX_CSV_SPLIT:
+            raise ValueError(f"NusaX ships the splits {list(NUSAX_CSV_SPLIT)}; got {split!r}.")
         file = path / NUSAX_FOLDER[language] / f"{NUSAX_CSV_SPLIT[split]}.csv"
         with _open(file) as stream:
             rows = list(csv.DictReader(stream))
@@ -177,6 +180,9 @@ def load_record_file(task: TaskSpec, path: str | Path, language: str | None = No
         row_language = row.get("language", language)
         if row_language is None:
             raise ValueError(f"{where}: no language column and no language given for {path}.")
+        if language is not None and row_language != language:
+            raise ValueError(f"{where}: language {row_language!r} differs from the expected {language!r}.")
+        task.check_language(row_language)
         fields = {name: row[name] for name in task.text_fields}
         if task.kind == "classification":
             if "label" not in row:

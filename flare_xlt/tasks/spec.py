@@ -45,8 +45,14 @@ class TaskSpec:
             )
         if self.kind == "classification" and len(self.label_names) < 2:
             raise ValueError(f"Task {self.name!r}: a classification task needs at least two label_names.")
-        if self.kind == "extractive_qa" and len(self.text_fields) != 2:
+        if self.kind == "extractive_qa" and self.text_fields != ("question", "context"):
             raise ValueError(f"Task {self.name!r}: extractive_qa needs text_fields [question, context].")
+        allowed_metrics = ("squad",) if self.kind == "extractive_qa" else ("accuracy", "macro_f1")
+        if self.metric not in allowed_metrics:
+            raise ValueError(
+                f"Task {self.name!r}: metric {self.metric!r} does not fit kind {self.kind!r}; valid choices: "
+                f"{', '.join(allowed_metrics)}."
+            )
         if self.verbalizers and len(self.verbalizers) != len(self.label_names):
             raise ValueError(
                 f"Task {self.name!r}: {len(self.verbalizers)} verbalizers for {len(self.label_names)} label_names."
@@ -157,6 +163,9 @@ def load_task_spec(path: str | Path) -> TaskSpec:
     decoder = values.get("decoder_template", encoder + "\nAnswer: ")
     values.setdefault("encoder_template", encoder)
     values.setdefault("decoder_template", decoder)
+    if values.get("kind") == "extractive_qa":
+        # Encoder QA puts this in the first segment, before the target context: it must not repeat {context}.
+        values.setdefault("input_fusion_encoder_template", "{source_question} {source_context} {question}")
     values.setdefault("input_fusion_encoder_template", _as_source(encoder, text_fields) + " " + encoder)
     values.setdefault("input_fusion_decoder_template", _as_source(encoder, text_fields) + "\n" + decoder)
     for name in ("text_fields", "languages", "label_names", "verbalizers"):

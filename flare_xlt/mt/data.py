@@ -1,0 +1,127 @@
+"""Translating task splits and record files into the record format the tasks module loads.
+
+translate-train: English train/validation -> target language (QA answers projected into the translation).
+translate-test: target-language test -> English. Ids are kept on every record, so pairing is exact.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..io import write_text_atomic
+from ..tasks import TaskSpec, load_hub_view, load_original_view, load_record_file
+from .projection import project_qa_records
+from .translator import TranslationReport, Translator
+
+
+def translate_splits(
+    task: TaskSpec, splits: dict[str, list[dict]], translator: Translator, source: str, target: str
+) -> tuple[dict[str, list[dict]], dict]:
+    """Translate every split; identical strings are translated once across fields and splits.
+
+    translate-train (into a target language): QA records with answers go through mark-then-translate projection;
+    records that cannot be projected are left out and counted in the report with their ids, never shifted silently.
+    translate-test (into the task's source language, English): every record is kept, without answers, which would
+    point into the other language's context; FLARE reads only the English text at test time.
+    """
+    report: dict = {"task": task.name, "source": source, "target": target, "splits": {}}
+    translate_test = target == task.source_language
+    projected_splits = {
+        name: records for name, records in splits.items() if not translate_test and _has_answers(task, records)
+    }
+    plain_splits = {name: records for name, records in splits.items() if name not in projected_splits}
+
+    texts = [record[name] for records in plain_splits.values() for record in records for name in task.text_fields]
+    translations, translation_report = translator.translate(texts, source, target)
+    report["translation"] = _report_dict(translation_report)
+    translated_iter = iter(translations)
+    output = {}
+    for split, records in plain_splits.items():
+        output[split] = [
+            {
+                **{key: value for key, value in record.items() if key != "answers"},
+                "language": target,
+                **{name: next(translated_iter) for name in task.text_fields},
+            }
+            for record in records
+        ]
+        report["splits"][split] = {"records": len(records)}
+
+    for split, records in projected_splits.items():
+        calls: list[TranslationReport] = []
+
+        def translate(batch: list[str], calls=calls) -> list[str]:
+            result, call_report = translator.translate(batch, source, target)
+            calls.append(call_report)
+            return result
+
+        projected, failed, stats = project_qa_records(records, translate, target)
+        output[split] = projected
+        report["splits"][split] = {
+            "records": len(records),
+            "kept": len(projected),
+            "dropped": len(failed),
+            "dropped_ids": failed,
+            "projection": stats.as_dict(),
+            "translation": [_report_dict(call) for call in calls],
+        }
+    return {name: output[name] for name in splits}, report
+
+
+def _has_answers(task: TaskSpec, records: list[dict]) -> bool:
+    return task.kind == "extractive_qa" and any(record.get("answers") for record in records)
+
+
+def _report_dict(report: TranslationReport) -> dict:
+    return {**vars(report), "summary": report.summary()}
+
+
+def load_task_splits(task: TaskSpec, language: str, splits: list[str], data: str) -> dict[str, list[dict]]:
+    """Records of `splits` (roles: train/validation/test) from the hub (`data="hub"`) or the original release files."""
+    loaded = {}
+    for split in splits:
+        dataset_split = task.splits[split] if split in task.splits else split
+        if data == "hub":
+            loaded[split] = load_hub_view(task, language, dataset_split)
+        else:
+            loaded[split] = load_original_view(task, language, dataset_split, data)
+    return loaded
+
+
+def write_records(path: str | Path, records: list[dict]) -> None:
+    write_text_atomic(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+
+
+def output_name(task: TaskSpec, split: str, source: str, target: str) -> str:
+    return f"{task.name}_{split}_{source}-{target}.jsonl"
+
+
+def translate_task(
+    task: TaskSpec,
+    splits: list[str],
+    source: str,
+    target: str,
+    translator: Translator,
+    output: str | Path,
+    data: str = "hub",
+) -> dict:
+    """Load `splits` in `source`, translate them into `target`, write one JSONL per split plus a report."""
+    output = Path(output)
+    translated, report = translate_splits(
+        task, load_task_splits(task, source, splits, data), translator, source, target
+    )
+    for split, records in translated.items():
+        write_records(output / output_name(task, split, source, target), records)
+    write_text_atomic(output / f"{task.name}_report_{source}-{target}.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def translate_record_file(
+    task: TaskSpec, path: str | Path, source: str, target: str, translator: Translator, output: str | Path
+) -> dict:
+    """A record file of `task` (JSONL/JSON/CSV/TSV with id and the task's fields) into `target`."""
+    records = load_record_file(task, path, language=source)
+    translated, report = translate_splits(task, {"file": records}, translator, source, target)
+    write_records(output, translated["file"])
+    return report

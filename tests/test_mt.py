@@ -1,0 +1,196 @@
+"""The NLLB translation pipeline on a tiny random M2M100 with a real NllbTokenizer built in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import FIXTURES
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import M2M100Config, M2M100ForConditionalGeneration, NllbTokenizer
+from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES
+
+from flare_xlt.mt import NLLB_CODES, NLLB_FALLBACKS, FallbackLanguageWarning, GenerationSettings, Translator, nllb_code
+from flare_xlt.mt.data import translate_splits, translate_task
+from flare_xlt.tasks import NUSAX, TASKS, TYDIQA, XNLI, load_original_view, load_record_file, pair_views
+
+GREEDY = GenerationSettings(num_beams=1, max_input_length=48, max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def nllb_dir(tmp_path_factory):
+    """A tiny random M2M100 (NLLB's architecture) and an NllbTokenizer trained on the fixture texts, saved to disk."""
+    corpus = [path.read_text(encoding="utf-8") for path in sorted(FIXTURES.rglob("*")) if path.is_file()]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    bpe.train_from_iterator(
+        corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>"])
+    )
+    state = json.loads(bpe.to_str())["model"]
+    tokenizer = NllbTokenizer(vocab=state["vocab"], merges=[tuple(merge) for merge in state["merges"]])
+    config = M2M100Config(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("nllb")
+    M2M100ForConditionalGeneration(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_code_table_matches_the_nllb_tokenizer():
+    assert set(NLLB_CODES.values()) | set(NLLB_FALLBACKS.values()) <= set(FAIRSEQ_LANGUAGE_CODES)
+    for task in TASKS.values():
+        for language in task.languages:
+            assert language in NLLB_CODES or language in NLLB_FALLBACKS, (task.name, language)
+    assert nllb_code("sw") == "swh_Latn" and nllb_code("zho_Hans") == "zho_Hans"
+
+
+def test_fallback_languages_warn_and_unknown_codes_list_choices():
+    with pytest.warns(FallbackLanguageWarning, match=r"Madurese \(mad\); using ind_Latn"):
+        assert nllb_code("mad") == "ind_Latn"
+    with pytest.raises(ValueError, match=r"Unknown language code 'xx'; valid choices: ace, ar, ban, bbc"):
+        nllb_code("xx")
+
+
+def test_task_split_end_to_end_in_the_tasks_format(nllb_dir, tmp_path):
+    translator = Translator(nllb_dir, GREEDY, cache=tmp_path / "cache.sqlite", progress=False)
+    report = translate_task(XNLI, ["validation", "test"], "en", "sw", translator, tmp_path, data=FIXTURES / "XNLI-1.0")
+    assert report["splits"] == {"validation": {"records": 3}, "test": {"records": 3}}
+    # The fixture's dev and test sets hold the same 3 sentence pairs: 12 texts, 6 distinct.
+    assert report["translation"]["requested"] == 12 and report["translation"]["unique"] == 6
+    translated = load_record_file(XNLI, tmp_path / "xnli_validation_en-sw.jsonl")
+    assert [record["language"] for record in translated] == ["sw"] * 3
+    english = load_original_view(XNLI, "en", "validation", FIXTURES / "XNLI-1.0")
+    pairs = pair_views(XNLI, translated, english)
+    assert [pair["label"] for pair in pairs] == [0, 1, 2]
+    assert (tmp_path / "xnli_report_en-sw.json").is_file()
+
+
+def test_dedup_cache_and_batching(nllb_dir, tmp_path):
+    records = [
+        {"id": str(i), "language": "en", "text": text, "label": i % 3}
+        for i, text in enumerate(["good food", "bad service", "good food", "", "bad service", "open at nine"])
+    ]
+    splits = {"train": records[:4], "validation": records[4:]}
+    translator = Translator(nllb_dir, GREEDY, cache=tmp_path / "cache.sqlite", progress=False)
+    first, report = translate_splits(NUSAX, splits, translator, "en", "jav")
+    # 6 texts: 1 empty, 3 distinct, 2 repeats (one across splits)
+    counts = report["translation"]
+    assert (counts["requested"], counts["empty"], counts["unique"]) == (6, 1, 3)
+    assert report["translation"]["translated"] == 3 and report["translation"]["cached"] == 0
+    assert first["train"][0]["text"] == first["train"][2]["text"] and first["train"][3]["text"] == ""
+    assert first["validation"][0]["text"] == first["train"][1]["text"]
+
+    again, report = translate_splits(NUSAX, splits, translator, "en", "jav")
+    assert report["translation"]["cached"] == 3 and report["translation"]["translated"] == 0
+    assert again == first
+
+    one_by_one = Translator(nllb_dir, GREEDY, tokens_per_batch=1, progress=False)
+    assert translate_splits(NUSAX, splits, one_by_one, "en", "jav")[0] == first
+
+
+def test_qa_projection_counts_what_it_drops(nllb_dir, tmp_path):
+    translator = Translator(nllb_dir, GREEDY, progress=False)
+    report = translate_task(TYDIQA, ["train"], "en", "sw", translator, tmp_path, data=FIXTURES / "tydiqa")
+    split = report["splits"]["train"]
+    kept = load_record_file(TYDIQA, tmp_path / "tydiqa_train_en-sw.jsonl") if split["kept"] else []
+    assert split["records"] == 2 and split["kept"] + split["dropped"] == 2 == split["projection"]["total"]
+    assert len(kept) == split["kept"] and len(split["dropped_ids"]) == split["dropped"]
+
+
+def many_records(path, count):
+    rows = [
+        {
+            "id": f"r{i}",
+            "premise": f"The cat number {i} sleeps on mat {i % 7}.",
+            "hypothesis": f"Animal {i} rests.",
+            "label": i % 3,
+        }
+        for i in range(count)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return rows
+
+
+def test_killed_translation_resumes_without_loss_or_duplicates(nllb_dir, tmp_path):
+    rows = many_records(tmp_path / "train.jsonl", 400)
+    output, cache = tmp_path / "out" / "train_en-es.jsonl", tmp_path / "cache.sqlite"
+    command = [
+        sys.executable,
+        "-m",
+        "flare_xlt.cli",
+        "translate",
+        "--task",
+        "xnli",
+        "--src",
+        "en",
+        "--tgt",
+        "es",
+        "--input",
+        str(tmp_path / "train.jsonl"),
+        "--output",
+        str(output),
+        "--model",
+        str(nllb_dir),
+        "--num_beams",
+        "1",
+        "--max_new_tokens",
+        "12",
+        "--tokens_per_batch",
+        "16",
+        "--cache",
+        str(cache),
+        "--device",
+        "cpu",
+    ]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stored = 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if cache.exists():
+            try:
+                stored = sqlite3.connect(cache).execute("SELECT count(*) FROM translations").fetchone()[0]
+            except sqlite3.OperationalError:
+                stored = 0
+            if stored >= 40:
+                break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 40 <= stored < 800, "the run must be killed part-way through"
+    assert not output.exists(), "no partial output file"
+
+    finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    summary = json.loads(finished.stdout[finished.stdout.index("{") :])
+    texts = {row[field] for row in rows for field in ("premise", "hypothesis")}
+    assert summary["translation"].startswith(f"{2 * len(rows)} texts: {len(texts)} distinct")
+    translated = load_record_file(XNLI, output)
+    assert [record["id"] for record in translated] == [row["id"] for row in rows]
+    count = sqlite3.connect(cache).execute("SELECT count(*), count(DISTINCT source) FROM translations").fetchone()
+    assert count == (len(texts), len(texts))
+    cached = dict(sqlite3.connect(cache).execute("SELECT source, translation FROM translations").fetchall())
+    for row, record in zip(rows, translated, strict=True):
+        assert record["premise"] == cached[row["premise"]] and record["label"] == row["label"]
