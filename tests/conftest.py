@@ -221,3 +221,41 @@ def train_tokenizer(architecture: str = "encoder"):
 def answer_tokens(feature: dict) -> list[int]:
     """The tokens of a decoder training feature that carry a label: the answer and EOS."""
     return [token for token, label in zip(feature["input_ids"], feature["labels"], strict=True) if label != -100]
+
+
+def build_nllb(corpus: list[str], vocab_size: int = 300):
+    """A tiny random M2M100 (NLLB's architecture) and the real NllbTokenizer over a BPE trained on `corpus`.
+
+    Ids 0-3 are <s>, <pad>, </s>, <unk> as in NLLB; the FAIRSEQ language codes follow the vocabulary, so the model
+    takes len(tokenizer). NllbTokenizer wants the merges as tuples.
+    """
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import M2M100Config, M2M100ForConditionalGeneration, NllbTokenizer
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials))
+    state = json.loads(bpe.to_str())["model"]
+    tokenizer = NllbTokenizer(
+        vocab=state["vocab"], merges=[tuple(merge) for merge in state["merges"]], src_lang="eng_Latn"
+    )
+    torch.manual_seed(0)
+    config = M2M100Config(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+    )
+    return tokenizer, M2M100ForConditionalGeneration(config).eval()

@@ -11,9 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import FIXTURES
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import M2M100Config, M2M100ForConditionalGeneration, NllbTokenizer
+from conftest import FIXTURES, build_nllb
 from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES
 
 from flare_xlt.mt import NLLB_CODES, NLLB_FALLBACKS, FallbackLanguageWarning, GenerationSettings, Translator, nllb_code
@@ -27,33 +25,9 @@ GREEDY = GenerationSettings(num_beams=1, max_input_length=48, max_new_tokens=12)
 def nllb_dir(tmp_path_factory):
     """A tiny random M2M100 (NLLB's architecture) and an NllbTokenizer trained on the fixture texts, saved to disk."""
     corpus = [path.read_text(encoding="utf-8") for path in sorted(FIXTURES.rglob("*")) if path.is_file()]
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-    bpe.train_from_iterator(
-        corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>"])
-    )
-    state = json.loads(bpe.to_str())["model"]
-    tokenizer = NllbTokenizer(vocab=state["vocab"], merges=[tuple(merge) for merge in state["merges"]])
-    config = M2M100Config(
-        vocab_size=len(tokenizer),
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=0,
-        eos_token_id=2,
-        decoder_start_token_id=2,
-    )
-    import torch
-
-    torch.manual_seed(0)
+    tokenizer, model = build_nllb(corpus, vocab_size=400)
     directory = tmp_path_factory.mktemp("nllb")
-    M2M100ForConditionalGeneration(config).save_pretrained(directory)
+    model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
