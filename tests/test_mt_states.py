@@ -8,8 +8,8 @@ import random
 
 import pytest
 import torch
-from conftest import build_nllb, randomize_lora
-from transformers import LlamaConfig, LlamaForCausalLM, M2M100ForConditionalGeneration
+from conftest import build, build_nllb, randomize_lora
+from transformers import M2M100ForConditionalGeneration
 
 import flare_xlt
 import flare_xlt.mt.states as states_module
@@ -207,18 +207,7 @@ def test_stored_states_drive_a_flare_mt_adapter(nllb, tokenizer, tmp_path):
     store = EncoderStateStore.write(tmp_path, ids, encoder_states(nllb, tokenizer, SWAHILI[:3], "swh_Latn"))
     source_embeds, source_attention_mask = store.batch(ids)
 
-    torch.manual_seed(0)
-    llama = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=96,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            pad_token_id=0,
-        )
-    )
+    llama = build("llama")
     flare = flare_xlt.get_flare_model(llama, flare_xlt.FlareConfig(mt_source_dim=store.d_model))
     randomize_lora(flare)  # LoRA B starts at zero, which would hide the source entirely
     input_ids = torch.randint(3, 96, (3, 9), generator=torch.Generator().manual_seed(1))

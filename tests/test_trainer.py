@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import FIXTURES, train_tokenizer
+from conftest import DECODER_SIZES, FIXTURES, train_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
 from flare_xlt import FlareConfig, get_flare_model
@@ -13,17 +13,8 @@ from flare_xlt.tasks import XNLI, PairedCollator, TaskEncoder, load_original_vie
 def test_trainer_runs_fused_steps(tmp_path):
     tokenizer = train_tokenizer("decoder")
     torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    sizes = {**DECODER_SIZES, "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+    model = LlamaForCausalLM(LlamaConfig(**sizes))
     flare = get_flare_model(model, FlareConfig())
     pairs = pair_views(
         XNLI,
