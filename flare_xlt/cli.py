@@ -7,15 +7,18 @@ from pathlib import Path
 
 from jsonargparse import CLI
 
-from .mt.data import translate_record_file, translate_task
+from .mt.data import translate_fields, translate_record_file, translate_task
+from .mt.languages import nllb_code
+from .mt.states import EncoderStateStore, encoder_states
 from .mt.translator import DEFAULT_MT_MODEL, GenerationSettings, Translator
-from .tasks import get_task
+from .tasks import get_task, read_rows
 
 
 def translate(
-    task: str,
     tgt: str,
     src: str = "en",
+    task: str | None = None,
+    fields: list[str] | None = None,
     splits: list[str] | None = None,
     input: Path | None = None,
     data: str = "hub",
@@ -32,11 +35,12 @@ def translate(
     """Translate a task's splits or a record file with NLLB; re-running the same command resumes from the cache.
 
     Args:
-        task: A built-in task (xnli, tydiqa, nusax) or a task spec file (.yaml/.json).
         tgt: Target language (task code such as sw, or an NLLB code such as swh_Latn).
         src: Source language of the data.
+        task: A built-in task (xnli, tydiqa, nusax) or a task spec file (.yaml/.json).
+        fields: Instead of a task: the fields of an --input file to translate (any JSONL/JSON/CSV/TSV).
         splits: Split roles to translate (train, validation, test). Default: train and validation.
-        input: A record file (JSONL/JSON/CSV/TSV with id and the task's fields) to translate instead of task splits.
+        input: A file to translate instead of task splits: task records (with --task) or any rows (with --fields).
         data: Where task splits come from: "hub", or a folder with the original release files.
         output: Folder for the translated JSONL files and the report (a file path when --input is given).
         model: NLLB checkpoint name or local path (nllb-200-distilled-600M, -1.3B, nllb-200-3.3B, ...).
@@ -48,8 +52,10 @@ def translate(
         dtype: auto, float32, float16 or bfloat16.
         device: auto, cpu, cuda, cuda:1, ...
     """
-    task_spec = get_task(task)
-    task_spec.check_language(src)
+    if (task is None) == (fields is None):
+        raise ValueError("Give exactly one of --task (a task's splits or records) or --fields (fields of any --input).")
+    if fields is not None and input is None:
+        raise ValueError("--fields translates the fields of an --input file; give --input.")
     folder = output.parent if input is not None else output
     translator = Translator(
         model,
@@ -59,21 +65,75 @@ def translate(
         device=device,
         dtype=dtype,
     )
-    if input is not None:
-        report = translate_record_file(task_spec, input, src, tgt, translator, output)
+    if fields is not None:
+        report = translate_fields(input, fields, src, tgt, translator, output)
     else:
-        report = translate_task(task_spec, splits or ["train", "validation"], src, tgt, translator, output, data)
+        task_spec = get_task(task)
+        task_spec.check_language(src)
+        if input is not None:
+            report = translate_record_file(task_spec, input, src, tgt, translator, output)
+        else:
+            report = translate_task(task_spec, splits or ["train", "validation"], src, tgt, translator, output, data)
     print(json.dumps(_summary(report), indent=2, ensure_ascii=False))
 
 
 def _summary(report: dict) -> dict:
     return {key: value for key, value in report.items() if key != "translation"} | {
-        "translation": report.get("translation", {}).get("summary")
+        "translation": report["translation"]["summary"]
     }
 
 
+def mt_states(
+    input: Path,
+    language: str,
+    output: Path,
+    task: str | None = None,
+    template: str | None = None,
+    model: str = DEFAULT_MT_MODEL,
+    max_length: int = 256,
+    batch_size: int = 32,
+    shard_size: int = 1024,
+    dtype: str = "auto",
+    device: str = "auto",
+) -> None:
+    """FLARE-MT: NLLB encoder states of target-language records, stored as float16 safetensors shards.
+
+    Args:
+        input: Records (JSONL/JSON/CSV/TSV) with an id column, in `language`.
+        language: The records' language (task code or NLLB code); the text is tagged with its own NLLB code.
+        output: Folder of the state store (index.json + shards); FlareModel reads it as source_embeds.
+        task: Use this task's encoder template as the text of each record.
+        template: Or a Python format string over the record's fields, e.g. "{premise} {hypothesis}".
+        model: NLLB checkpoint name or local path.
+        max_length: Tokens kept per text; longer texts are cut and counted.
+        batch_size: Texts per encoder batch.
+        shard_size: Records per safetensors shard.
+        dtype: auto, float32, float16 or bfloat16.
+        device: auto, cpu, cuda, ...
+    """
+    if (task is None) == (template is None):
+        raise ValueError("Give exactly one of --task (its encoder template) or --template.")
+    text_template = get_task(task).encoder_template if task is not None else template
+    ids, texts = [], []
+    for line, row in read_rows(input):
+        if "id" not in row:
+            raise ValueError(f"{input} line {line}: no id column.")
+        try:
+            texts.append(text_template.format(**row))
+        except KeyError as error:
+            raise ValueError(
+                f"{input} line {line}: the template needs field {error}; present: {sorted(row)}."
+            ) from error
+        ids.append(str(row["id"]))
+    loader = Translator(model, device=device, dtype=dtype)
+    states = encoder_states(loader.model, loader.tokenizer, texts, nllb_code(language), max_length, batch_size)
+    metadata = {"model": model, "language": language, "template": text_template}
+    store = EncoderStateStore.write(output, ids, states, shard_size=shard_size, metadata=metadata)
+    print(json.dumps({"records": len(store), "d_model": store.d_model, "output": str(output)}))
+
+
 def main() -> None:
-    CLI({"translate": translate}, as_positional=False)
+    CLI({"translate": translate, "mt-states": mt_states}, as_positional=False)
 
 
 if __name__ == "__main__":

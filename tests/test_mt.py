@@ -168,3 +168,61 @@ def test_killed_translation_resumes_without_loss_or_duplicates(nllb_dir, tmp_pat
     cached = dict(sqlite3.connect(cache).execute("SELECT source, translation FROM translations").fetchall())
     for row, record in zip(rows, translated, strict=True):
         assert record["premise"] == cached[row["premise"]] and record["label"] == row["label"]
+
+
+def test_translate_test_keeps_every_record_without_answers(nllb_dir, tmp_path):
+    translator = Translator(nllb_dir, GREEDY, progress=False)
+    report = translate_task(TYDIQA, ["test"], "sw", "en", translator, tmp_path, data=FIXTURES / "tydiqa")
+    assert report["splits"] == {"test": {"records": 2}}
+    english = load_record_file(TYDIQA, tmp_path / "tydiqa_test_sw-en.jsonl")
+    swahili = load_original_view(TYDIQA, "sw", "validation", FIXTURES / "tydiqa")
+    assert [r["id"] for r in english] == [r["id"] for r in swahili] and all("answers" not in r for r in english)
+    pairs = pair_views(TYDIQA, swahili, english)  # the test set pairs whole: nothing filtered by projection
+    assert [pair["answers"] for pair in pairs] == [r["answers"] for r in swahili]
+
+
+def test_cli_translates_any_file_by_fields_and_writes_mt_states(nllb_dir, tmp_path, capsys):
+    from flare_xlt import cli
+    from flare_xlt.mt.states import EncoderStateStore
+
+    rows = tmp_path / "reviews.csv"
+    rows.write_text('id,stars,body\n1,5,"Great food, friendly staff"\n2,1,Cold and late\n')
+    cli.translate(
+        tgt="sw",
+        fields=["body"],
+        input=rows,
+        output=tmp_path / "reviews_sw.jsonl",
+        model=str(nllb_dir),
+        num_beams=1,
+        max_new_tokens=8,
+        device="cpu",
+    )
+    translated = [json.loads(line) for line in (tmp_path / "reviews_sw.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["stars"], r["language"]) for r in translated] == [("1", "5", "sw"), ("2", "1", "sw")]
+    with pytest.raises(ValueError, match="exactly one of --task"):
+        cli.translate(tgt="sw", input=rows, output=tmp_path / "x.jsonl", model=str(nllb_dir))
+
+    cli.mt_states(
+        input=tmp_path / "reviews_sw.jsonl",
+        language="sw",
+        output=tmp_path / "states",
+        template="{body}",
+        model=str(nllb_dir),
+        device="cpu",
+    )
+    store = EncoderStateStore(tmp_path / "states")
+    assert len(store) == 2 and store.d_model == 32 and store.get("1").shape[1] == 32
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {
+        "records": 2,
+        "d_model": 32,
+        "output": str(tmp_path / "states"),
+    }
+    with pytest.raises(ValueError, match=r"line 1: the template needs field 'premise'"):
+        cli.mt_states(
+            input=tmp_path / "reviews_sw.jsonl",
+            language="sw",
+            output=tmp_path / "s2",
+            template="{premise}",
+            model=str(nllb_dir),
+            device="cpu",
+        )

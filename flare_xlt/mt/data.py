@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from ..io import write_text_atomic
-from ..tasks import TaskSpec, load_hub_view, load_original_view, load_record_file
+from ..tasks import TaskSpec, load_hub_view, load_original_view, load_record_file, read_rows
 from .projection import project_qa_records
 from .translator import TranslationReport, Translator
 
@@ -125,3 +125,26 @@ def translate_record_file(
     translated, report = translate_splits(task, {"file": records}, translator, source, target)
     write_records(output, translated["file"])
     return report
+
+
+def translate_fields(
+    path: str | Path, fields: list[str], source: str, target: str, translator: Translator, output: str | Path
+) -> dict:
+    """Any JSONL/JSON/CSV/TSV file: the named fields translated, every other column kept, written as JSONL."""
+    path = Path(path)
+    rows = list(read_rows(path))
+    for line, row in rows:
+        missing = [name for name in fields if name not in row]
+        if missing:
+            raise ValueError(f"{path} line {line}: missing fields {missing}; present: {sorted(row)}.")
+    texts = [str(row[name]) for _, row in rows for name in fields]
+    translations, translation_report = translator.translate(texts, source, target)
+    translated_iter = iter(translations)
+    records = [{**row, "language": target, **{name: next(translated_iter) for name in fields}} for _, row in rows]
+    write_records(output, records)
+    return {
+        "source": source,
+        "target": target,
+        "records": len(records),
+        "translation": _report_dict(translation_report),
+    }

@@ -3,7 +3,7 @@
 from .collator import PairedCollator
 from .formatting import ARCHITECTURES, VIEWS, EncodingReport, TaskEncoder
 from .pairing import pair_views
-from .sources import label_id, load_hub_view, load_original_view, load_record_file
+from .sources import label_id, load_hub_view, load_original_view, load_record_file, read_rows
 from .spec import NUSAX, TASKS, TYDIQA, XNLI, TaskSpec, get_task, load_task_spec
 
 __all__ = [
@@ -24,4 +24,5 @@ __all__ = [
     "load_record_file",
     "load_task_spec",
     "pair_views",
+    "read_rows",
 ]

@@ -168,7 +168,7 @@ def load_record_file(task: TaskSpec, path: str | Path, language: str | None = No
     answer_text and answer_start (CSV/TSV, one answer).
     """
     path = Path(path)
-    rows = list(_read_rows(path))
+    rows = list(read_rows(path))
     records = []
     for line, row in rows:
         where = f"{path} line {line}"
@@ -196,7 +196,8 @@ def load_record_file(task: TaskSpec, path: str | Path, language: str | None = No
     return records
 
 
-def _read_rows(path: Path) -> Iterable[tuple[int, dict]]:
+def read_rows(path: Path) -> Iterable[tuple[int, dict]]:
+    """(line number, row) of a JSONL/JSON/CSV/TSV file; malformed lines raise ValueError naming the line."""
     with _open(path) as stream:
         if path.suffix == ".jsonl":
             for line, text in enumerate(stream, start=1):
