@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from ..io import write_text_atomic
-from ..tasks import TaskSpec, load_hub_view, load_original_view, load_record_file, read_rows
+from ..tasks import TaskSpec, load_record_file, load_task_splits, read_rows
 from .projection import project_qa_records
 from .translator import TranslationReport, Translator
 
@@ -75,18 +75,6 @@ def _has_answers(task: TaskSpec, records: list[dict]) -> bool:
 
 def _report_dict(report: TranslationReport) -> dict:
     return {**vars(report), "summary": report.summary()}
-
-
-def load_task_splits(task: TaskSpec, language: str, splits: list[str], data: str) -> dict[str, list[dict]]:
-    """Records of `splits` (roles: train/validation/test) from the hub (`data="hub"`) or the original release files."""
-    loaded = {}
-    for split in splits:
-        dataset_split = task.splits[split] if split in task.splits else split
-        if data == "hub":
-            loaded[split] = load_hub_view(task, language, dataset_split)
-        else:
-            loaded[split] = load_original_view(task, language, dataset_split, data)
-    return loaded
 
 
 def write_records(path: str | Path, records: list[dict]) -> None:

@@ -3,7 +3,7 @@
 from .collator import PairedCollator
 from .formatting import ARCHITECTURES, VIEWS, EncodingReport, TaskEncoder
 from .pairing import pair_views
-from .sources import label_id, load_hub_view, load_original_view, load_record_file, read_rows
+from .sources import label_id, load_hub_view, load_original_view, load_record_file, load_task_splits, read_rows
 from .spec import NUSAX, TASKS, TYDIQA, XNLI, TaskSpec, get_task, load_task_spec
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "load_original_view",
     "load_record_file",
     "load_task_spec",
+    "load_task_splits",
     "pair_views",
     "read_rows",
 ]

@@ -92,6 +92,18 @@ def load_hub_view(task: TaskSpec, language: str, split: str) -> list[dict]:
     raise ValueError(f"Task {task.name!r} has no hub loader; give its data as record files (JSONL/CSV).")
 
 
+def load_task_splits(task: TaskSpec, language: str, splits: list[str], data: str) -> dict[str, list[dict]]:
+    """Records of `splits` (roles: train/validation/test) from the hub (`data="hub"`) or the original release files."""
+    loaded = {}
+    for split in splits:
+        dataset_split = task.splits[split] if split in task.splits else split
+        if data == "hub":
+            loaded[split] = load_hub_view(task, language, dataset_split)
+        else:
+            loaded[split] = load_original_view(task, language, dataset_split, data)
+    return loaded
+
+
 def load_original_view(task: TaskSpec, language: str, split: str, path: str | Path) -> list[dict]:
     """One language view from the original release files.
 

@@ -1,0 +1,82 @@
+"""Loading a base model with the head a task needs, its tokenizer, and the modules each stage trains."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+from ..tasks import TaskSpec
+
+ARCHITECTURES = ("auto", "encoder", "decoder")
+TRAINABLE = ("lora", "lora+head")
+# Task heads, trained in full in stage 1 (and kept trainable in stage 2) as modules_to_save.
+ENCODER_HEADS = {"classification": ["classifier", "score"], "extractive_qa": ["qa_outputs"]}
+DECODER_HEADS = ["lm_head"]
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    architecture: str  # "encoder" or "decoder"
+
+    def head_modules(self, task: TaskSpec, trainable: str) -> list[str] | None:
+        """modules_to_save: the encoder's task head always; the decoder's lm_head only with trainable='lora+head'
+        (the authors' setting, which trains a vocabulary-sized matrix)."""
+        if trainable not in TRAINABLE:
+            raise ValueError(f"Unknown trainable {trainable!r}; valid choices: {', '.join(TRAINABLE)}.")
+        names = {name.rsplit(".", 1)[-1] for name, _ in self.model.named_modules()}
+        if self.architecture == "encoder":
+            return [head for head in ENCODER_HEADS[task.kind] if head in names]
+        return DECODER_HEADS if trainable == "lora+head" else None
+
+
+def detect_architecture(model_name: str) -> str:
+    config = AutoConfig.from_pretrained(model_name)
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(
+            f"{model_name} is an encoder-decoder model ({config.model_type}); the pipeline runs encoder and "
+            "decoder-only models so far. The FLARE core supports encoder-decoder models directly (get_flare_model)."
+        )
+    return "encoder" if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "decoder"
+
+
+def load_model(model_name: str, task: TaskSpec, architecture: str = "auto", load_in_4bit: bool = False) -> LoadedModel:
+    """The base model with the head for `task`: sequence classification or QA for encoders, the LM for decoders."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"Unknown architecture {architecture!r}; valid choices: {', '.join(ARCHITECTURES)}.")
+    if architecture == "auto":
+        architecture = detect_architecture(model_name)
+    tokenizer = AutoTokenizer.from_pretrained(model_name)
+    kwargs = {}
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+        )
+    if architecture == "encoder":
+        tokenizer.padding_side = "right"
+        if task.kind == "classification":
+            model = AutoModelForSequenceClassification.from_pretrained(
+                model_name, num_labels=len(task.label_names), **kwargs
+            )
+        else:
+            model = AutoModelForQuestionAnswering.from_pretrained(model_name, **kwargs)
+    else:
+        tokenizer.padding_side = "left"  # generation appends on the right
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(model_name, **kwargs)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return LoadedModel(model, tokenizer, architecture)

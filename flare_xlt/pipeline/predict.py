@@ -1,0 +1,79 @@
+"""Predictions of a (FLARE) model on paired examples, in the form the metrics take."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from ..evaluation import extract_generated_answer, parse_verbalized
+from ..qa import postprocess_qa_predictions
+from ..tasks import PairedCollator, TaskEncoder, TaskSpec
+
+GENERATION_TOKENS = {"classification": 8, "extractive_qa": 32}
+
+
+def predict(
+    model,
+    tokenizer,
+    task: TaskSpec,
+    architecture: str,
+    pairs: list[dict],
+    view: str,
+    max_length: int,
+    batch_size: int = 32,
+    source_embeds=None,
+) -> tuple[list, list[str]]:
+    """(predictions, raw outputs). Classification: class ids, or None for a generation that names no class.
+    QA: answer strings. `source_embeds(ids)` gives FLARE-MT states for a batch of example ids."""
+    model.eval()
+    encoder = TaskEncoder(task, tokenizer, architecture, view=view, max_length=max_length, for_generation=True)
+    features, _, windows = encoder.encode(pairs)
+    collate = PairedCollator.for_tokenizer(tokenizer)
+    device = next(model.parameters()).device
+    outputs, start_logits, end_logits = [], [], []
+    bar = tqdm(range(0, len(features), batch_size), desc=f"evaluate {task.name}", unit="batch", disable=None)
+    for start in bar:
+        chunk = features[start : start + batch_size]
+        batch = {key: value.to(device) for key, value in collate(chunk).items() if key not in _LABEL_KEYS}
+        if source_embeds is not None:
+            example_ids = [pairs[index]["id"] for index in _example_indices(windows, start, len(chunk))]
+            embeds, mask = source_embeds(example_ids)
+            batch["source_embeds"], batch["source_attention_mask"] = embeds.to(device), mask.to(device)
+        with torch.no_grad():
+            if architecture == "decoder":
+                generated = model.generate(
+                    **batch,
+                    max_new_tokens=GENERATION_TOKENS[task.kind],
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+                new_tokens = generated[:, batch["input_ids"].shape[1] :]
+                outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+            elif task.kind == "classification":
+                logits = model(**batch).logits
+                outputs.extend(str(label) for label in logits.argmax(-1).tolist())
+            else:
+                result = model(**batch)
+                start_logits.extend(result.start_logits.float().cpu())
+                end_logits.extend(result.end_logits.float().cpu())
+    if task.kind == "extractive_qa" and architecture == "encoder":
+        contexts = [pair["source_context"] if view == "source" else pair["context"] for pair in pairs]
+        length = max(len(row) for row in start_logits)
+        padded_start = torch.stack([torch.nn.functional.pad(row, (0, length - len(row))) for row in start_logits])
+        padded_end = torch.stack([torch.nn.functional.pad(row, (0, length - len(row))) for row in end_logits])
+        answers = postprocess_qa_predictions(contexts, windows, padded_start, padded_end)
+        return answers, answers
+    if task.kind == "classification":
+        if architecture == "decoder":
+            return [parse_verbalized(text, task.answer_words) for text in outputs], outputs
+        return [int(label) for label in outputs], outputs
+    return [extract_generated_answer(text) for text in outputs], outputs
+
+
+_LABEL_KEYS = ("labels", "start_positions", "end_positions")
+
+
+def _example_indices(windows, start: int, count: int) -> list[int]:
+    if windows is None:
+        return list(range(start, start + count))
+    return windows.example_index[start : start + count]

@@ -1,0 +1,343 @@
+"""Stage 1 (English fine-tuning) and stage 2 (transfer with every method), each in its own run directory.
+
+A run directory is named by task, language, method and seed plus a hash of the resolved config, so a different
+run never overwrites another; a finished run (metrics.json present) is skipped when asked again. It holds the
+adapter (PEFT format, plus flare_config.json for FLARE), metrics.json, predictions.jsonl, config.json and
+environment.json, each written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import peft
+import torch
+import transformers
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import Trainer, TrainingArguments, set_seed
+
+from .. import __version__
+from ..config import FlareConfig
+from ..evaluation import task_scores
+from ..io import write_text_atomic
+from ..model import get_flare_model
+from ..mt.states import EncoderStateStore
+from ..tasks import PairedCollator, TaskEncoder, TaskSpec, get_task, load_record_file, load_task_splits, pair_views
+from .models import load_model
+from .predict import predict
+
+METHODS = ("zero-shot", "translate-test", "lora", "input-fusion", "flare", "flare-mt", "x-mixup")
+# The input each method sees: the target text, the English text, both in one sequence, or both as a FLARE pair.
+METHOD_VIEWS = {
+    "zero-shot": "target",
+    "translate-test": "source",
+    "lora": "target",
+    "input-fusion": "input_fusion",
+    "flare": "paired",
+    "flare-mt": "target",
+}
+STAGE1_MODES = ("merge", "frozen")
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate (linear schedule)."})
+    batch_size: int = field(default=32, metadata={"help": "Examples per device and step."})
+    epochs: float = field(default=3.0, metadata={"help": "Training epochs."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many steps (-1: use epochs)."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps with linear warm-up."})
+    max_length: int = field(default=128, metadata={"help": "Tokens per input; cuts are counted in the report."})
+    seed: int = field(default=42, metadata={"help": "Seed of data order and adapter initialisation."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations; fusion stays on."})
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU)."})
+    report_to: str = field(default="none", metadata={"help": "Trainer loggers: none, tensorboard, wandb."})
+
+
+@dataclass
+class AdapterConfig:
+    r: int = 8
+    lora_alpha: float = 16
+    lora_dropout: float = 0.0
+    target_modules: list[str] | str | None = None
+    fusion: str = "add_relu"
+    fusion_modules: list[str] | str | None = None
+    source_site: str = "linear_input"
+    source_layer_offset: int = 0
+    cross_attention_heads: int = 1
+
+
+def run_directory(output: Path, name: str, config: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return Path(output) / f"{name}-{digest}"
+
+
+def environment() -> dict:
+    return {
+        "flare_xlt": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def _write_json(path: Path, value: dict) -> None:
+    write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def _self_pairs(task: TaskSpec, records: list[dict]) -> list[dict]:
+    """English-only data as pairs whose two views are the same records (stage 1 reads the target view)."""
+    return pair_views(task, records, records)
+
+
+def _train(model, tokenizer, features: list[dict], config: TrainConfig, run_dir: Path, collator) -> None:
+    if config.gradient_checkpointing:
+        model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    arguments = TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        warmup_steps=config.warmup_ratio,  # transformers 5: a float in [0, 1) is the share of steps
+        lr_scheduler_type="linear",
+        seed=config.seed,
+        bf16=config.bf16,
+        report_to=config.report_to,
+        remove_unused_columns=False,  # the Trainer would drop source_* (not in the base model's forward signature)
+        save_strategy="no",
+        logging_steps=10,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    Trainer(model=model, args=arguments, train_dataset=features, data_collator=collator).train()
+
+
+def _evaluate(
+    model, loaded, task: TaskSpec, pairs, view, config: TrainConfig, run_dir: Path, summary: dict, states=None
+):
+    predictions, raw = predict(
+        model,
+        loaded.tokenizer,
+        task,
+        loaded.architecture,
+        pairs,
+        view,
+        config.max_length,
+        config.batch_size,
+        source_embeds=states.batch if states is not None else None,
+    )
+    if task.kind == "classification":
+        references = [pair["label"] for pair in pairs]
+    else:
+        answers_key = "source_answers" if view == "source" else "answers"
+        references = [pair[answers_key]["text"] for pair in pairs]
+    ids = [pair["id"] for pair in pairs]
+    scores = task_scores(task, ids, [pair["language"] for pair in pairs], predictions, references)
+    rows = [
+        {"id": i, "prediction": p, "reference": r, "output": o}
+        for i, p, r, o in zip(ids, predictions, references, raw, strict=True)
+    ]
+    write_text_atomic(
+        run_dir / "predictions.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    )
+    metrics = {
+        **summary,
+        "metric": task.metric if task.metric != "squad" else "f1",
+        "scores": scores,
+        "run": run_dir.name,
+    }
+    _write_json(run_dir / "metrics.json", metrics)
+    headline = scores["average"][metrics["metric"]]
+    print(f"{run_dir.name}: {metrics['metric']} {headline:.4f} on {scores['average']['count']} examples")
+    return metrics
+
+
+def finetune(
+    model: str,
+    task: str,
+    output: Path = Path("runs"),
+    data: str = "hub",
+    architecture: str = "auto",
+    trainable: str = "lora",
+    load_in_4bit: bool = False,
+    adapter: AdapterConfig | None = None,
+    train: TrainConfig | None = None,
+) -> Path:
+    """Stage 1: a LoRA (plus the task head) trained on English, evaluated on the English test set."""
+    spec, adapter, train = get_task(task), adapter or AdapterConfig(), train or TrainConfig()
+    config = {
+        "stage": "finetune",
+        "model": model,
+        "task": spec.name,
+        "data": data,
+        "architecture": architecture,
+        "trainable": trainable,
+        "load_in_4bit": load_in_4bit,
+        "adapter": asdict(adapter),
+        "train": asdict(train),
+    }
+    run_dir = run_directory(output, f"{spec.name}-en-finetune-seed{train.seed}", config)
+    if (run_dir / "metrics.json").exists():
+        print(f"{run_dir.name}: finished earlier, skipped")
+        return run_dir
+    set_seed(train.seed)
+    loaded = load_model(model, spec, architecture, load_in_4bit)
+    lora = LoraConfig(
+        r=adapter.r,
+        lora_alpha=adapter.lora_alpha,
+        lora_dropout=adapter.lora_dropout,
+        target_modules=adapter.target_modules,
+        modules_to_save=loaded.head_modules(spec, trainable),
+    )
+    network = get_peft_model(loaded.model, lora)
+    splits = load_task_splits(spec, spec.source_language, ["train", "test"], data)
+    features, report, _ = TaskEncoder(spec, loaded.tokenizer, loaded.architecture, "target", train.max_length).encode(
+        _self_pairs(spec, splits["train"])
+    )
+    print(f"train: {report.summary()}")
+    _train(network, loaded.tokenizer, features, train, run_dir, PairedCollator.for_tokenizer(loaded.tokenizer))
+    network.save_pretrained(run_dir / "adapter")
+    _write_json(run_dir / "config.json", config)
+    _write_json(run_dir / "environment.json", environment())
+    summary = {
+        "task": spec.name,
+        "method": "finetune",
+        "seed": train.seed,
+        "language": spec.source_language,
+        "config_hash": run_dir.name.rsplit("-", 1)[1],
+    }
+    _evaluate(network, loaded, spec, _self_pairs(spec, splits["test"]), "target", train, run_dir, summary)
+    return run_dir
+
+
+def transfer(
+    model: str,
+    task: str,
+    language: str,
+    method: str,
+    stage1: Path,
+    translations: Path | None = None,
+    output: Path = Path("runs"),
+    data: str = "hub",
+    mt_states: Path | None = None,
+    stage1_mode: str = "merge",
+    architecture: str = "auto",
+    trainable: str = "lora",
+    load_in_4bit: bool = False,
+    adapter: AdapterConfig | None = None,
+    train: TrainConfig | None = None,
+) -> Path:
+    """Stage 2 for one target language: evaluate the stage-1 model (zero-shot, translate-test) or train a new
+    adapter on translated data (lora, input-fusion, flare, flare-mt) and evaluate it on the target test set.
+
+    translations: folder with {task}_train_en-{language}.jsonl and {task}_test_{language}-en.jsonl, as written
+    by flare-xlt translate.
+    mt_states: for flare-mt, a folder with the encoder-state stores train/ and test/ (flare-xlt mt-states).
+    """
+    spec, adapter, train = get_task(task), adapter or AdapterConfig(), train or TrainConfig()
+    spec.check_language(language)
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; valid choices: {', '.join(METHODS)}.")
+    if method == "x-mixup":
+        raise ValueError("x-mixup is not available yet; valid choices today: " + ", ".join(METHOD_VIEWS) + ".")
+    if stage1_mode not in STAGE1_MODES:
+        raise ValueError(f"Unknown stage1_mode {stage1_mode!r}; valid choices: {', '.join(STAGE1_MODES)}.")
+    needs_translations = method != "zero-shot"
+    if needs_translations and translations is None:
+        raise ValueError(f"Method {method!r} needs --translations (the folder written by flare-xlt translate).")
+    if method == "flare-mt" and mt_states is None:
+        raise ValueError("Method 'flare-mt' needs --mt_states (a folder with train/ and test/ state stores).")
+    trains_adapter = method in ("lora", "input-fusion", "flare", "flare-mt")
+    # Only what changes this method's result enters the config (and its hash): the same run asked again is found.
+    config = {
+        "stage": "transfer",
+        "model": model,
+        "task": spec.name,
+        "language": language,
+        "method": method,
+        "stage1": str(stage1),
+        "translations": str(translations) if needs_translations else None,
+        "data": data,
+        "mt_states": str(mt_states) if method == "flare-mt" else None,
+        "stage1_mode": stage1_mode if trains_adapter else None,
+        "architecture": architecture,
+        "trainable": trainable if trains_adapter else None,
+        "load_in_4bit": load_in_4bit,
+        "adapter": asdict(adapter) if trains_adapter else None,
+        "train": asdict(train),
+    }
+    run_dir = run_directory(output, f"{spec.name}-{language}-{method}-seed{train.seed}", config)
+    if (run_dir / "metrics.json").exists():
+        print(f"{run_dir.name}: finished earlier, skipped")
+        return run_dir
+    set_seed(train.seed)
+    loaded = load_model(model, spec, architecture, load_in_4bit)
+    network = PeftModel.from_pretrained(loaded.model, Path(stage1) / "adapter")
+    view = METHOD_VIEWS[method]
+
+    test_target = load_task_splits(spec, language, ["test"], data)["test"]
+    if needs_translations:
+        test_english = load_record_file(spec, Path(translations) / f"{spec.name}_test_{language}-en.jsonl")
+        test_pairs = pair_views(spec, test_target, test_english)
+    else:
+        test_pairs = _self_pairs(spec, test_target)
+    states = None
+    if trains_adapter:
+        store = EncoderStateStore(Path(mt_states) / "train") if method == "flare-mt" else None
+        flare_config = FlareConfig(
+            r=adapter.r,
+            lora_alpha=adapter.lora_alpha,
+            lora_dropout=adapter.lora_dropout,
+            target_modules=adapter.target_modules,
+            fusion_modules=adapter.fusion_modules,
+            fusion=adapter.fusion if method.startswith("flare") else None,
+            source_site=adapter.source_site,
+            source_layer_offset=adapter.source_layer_offset,
+            cross_attention_heads=adapter.cross_attention_heads,
+            modules_to_save=loaded.head_modules(spec, trainable),
+            mt_source_dim=store.d_model if store else None,
+        )
+        network = get_flare_model(network, flare_config, stage1=stage1_mode)
+        train_target = load_record_file(
+            spec, Path(translations) / f"{spec.name}_train_{spec.source_language}-{language}.jsonl"
+        )
+        english = load_task_splits(spec, spec.source_language, ["train"], data)["train"]
+        train_pairs = pair_views(spec, train_target, english)
+        encoder = TaskEncoder(spec, loaded.tokenizer, loaded.architecture, view, train.max_length)
+        features, report, windows = encoder.encode(train_pairs)
+        print(f"train: {report.summary()}")
+        collator = PairedCollator.for_tokenizer(loaded.tokenizer)
+        if store is not None:
+            indices = windows.example_index if windows is not None else range(len(features))
+            for feature, index in zip(features, indices, strict=True):
+                feature["example_id"] = train_pairs[index]["id"]
+            collator = _with_mt_states(collator, store)
+        _train(network, loaded.tokenizer, features, train, run_dir, collator)
+        network.save_pretrained(run_dir / "adapter")
+        states = EncoderStateStore(Path(mt_states) / "test") if store is not None else None
+    _write_json(run_dir / "config.json", config)
+    _write_json(run_dir / "environment.json", environment())
+    summary = {
+        "task": spec.name,
+        "method": method,
+        "seed": train.seed,
+        "language": language,
+        "config_hash": run_dir.name.rsplit("-", 1)[1],
+    }
+    _evaluate(network, loaded, spec, test_pairs, view, train, run_dir, summary, states)
+    return run_dir
+
+
+def _with_mt_states(collator: PairedCollator, store: EncoderStateStore):
+    def collate(features: list[dict]) -> dict:
+        batch = collator(features)
+        batch["source_embeds"], batch["source_attention_mask"] = store.batch([f["example_id"] for f in features])
+        return batch
+
+    return collate
