@@ -7,10 +7,11 @@ from pathlib import Path
 
 from jsonargparse import CLI
 
-from .mt.data import translate_fields, translate_record_file, translate_task
-from .mt.languages import nllb_code
-from .mt.states import EncoderStateStore, encoder_states
+from .mt.data import translate_fields, translate_record_file, translate_task, write_encoder_states
 from .mt.translator import DEFAULT_MT_MODEL, GenerationSettings, Translator
+from .pipeline import finetune, transfer
+from .pipeline.recipes import load_recipe, run_recipe
+from .report import write_report
 from .tasks import get_task, read_rows
 
 
@@ -114,26 +115,50 @@ def mt_states(
     if (task is None) == (template is None):
         raise ValueError("Give exactly one of --task (its encoder template) or --template.")
     text_template = get_task(task).encoder_template if task is not None else template
-    ids, texts = [], []
-    for line, row in read_rows(input):
-        if "id" not in row:
-            raise ValueError(f"{input} line {line}: no id column.")
-        try:
-            texts.append(text_template.format(**row))
-        except KeyError as error:
-            raise ValueError(
-                f"{input} line {line}: the template needs field {error}; present: {sorted(row)}."
-            ) from error
-        ids.append(str(row["id"]))
-    loader = Translator(model, device=device, dtype=dtype)
-    states = encoder_states(loader.model, loader.tokenizer, texts, nllb_code(language), max_length, batch_size)
-    metadata = {"model": model, "language": language, "template": text_template}
-    store = EncoderStateStore.write(output, ids, states, shard_size=shard_size, metadata=metadata)
+    records = [row for _, row in read_rows(input)]
+    translator = Translator(model, device=device, dtype=dtype)
+    store = write_encoder_states(
+        records, language, output, text_template, translator, max_length, batch_size, shard_size
+    )
     print(json.dumps({"records": len(store), "d_model": store.d_model, "output": str(output)}))
 
 
+def run(recipe: Path) -> None:
+    """Run a recipe: translations and FLARE-MT states made where missing, then stage 1 and every transfer run per
+    seed; finished runs are skipped; ends with the report.
+
+    Args:
+        recipe: A recipe YAML file (see configs/).
+    """
+    recipe_settings = load_recipe(recipe)
+    run_recipe(recipe_settings)
+    for path in write_report(recipe_settings.output):
+        print(f"wrote {path}")
+
+
+def report(directory: Path, output: Path | None = None) -> None:
+    """Paper-style tables (Markdown, CSV) and a bar chart per task from the finished runs below `directory`.
+
+    Args:
+        directory: Folder searched recursively for metrics.json.
+        output: Folder for the report files (default: `directory`).
+    """
+    for path in write_report(directory, output):
+        print(f"wrote {path}")
+
+
 def main() -> None:
-    CLI({"translate": translate, "mt-states": mt_states}, as_positional=False)
+    CLI(
+        {
+            "translate": translate,
+            "mt-states": mt_states,
+            "finetune": finetune,
+            "transfer": transfer,
+            "run": run,
+            "report": report,
+        },
+        as_positional=False,
+    )
 
 
 if __name__ == "__main__":

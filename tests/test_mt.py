@@ -217,7 +217,7 @@ def test_cli_translates_any_file_by_fields_and_writes_mt_states(nllb_dir, tmp_pa
         "d_model": 32,
         "output": str(tmp_path / "states"),
     }
-    with pytest.raises(ValueError, match=r"line 1: the template needs field 'premise'"):
+    with pytest.raises(ValueError, match=r"record 1 \(1\): the template needs field 'premise'"):
         cli.mt_states(
             input=tmp_path / "reviews_sw.jsonl",
             language="sw",

@@ -5,66 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from conftest import DECODER_SIZES, ENCODER_SIZES, FIXTURES, build_nllb, train_tokenizer
-from transformers import LlamaConfig, LlamaForCausalLM, XLMRobertaConfig, XLMRobertaForMaskedLM
+from conftest import NUSAX_DATA
 
-from flare_xlt.cli import mt_states
-from flare_xlt.mt import GenerationSettings, Translator
-from flare_xlt.mt.data import translate_task, write_records
 from flare_xlt.pipeline import AdapterConfig, TrainConfig, finetune, transfer
-from flare_xlt.tasks import NUSAX, load_original_view
 
-NUSAX_DATA = str(FIXTURES / "nusax")
 QUICK = TrainConfig(batch_size=2, max_steps=2, learning_rate=1e-3, max_length=48, seed=3)
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """Tiny encoder and decoder checkpoints with their tokenizers, and NusaX translations made by a tiny NLLB."""
-    root = tmp_path_factory.mktemp("workflow")
-    torch.manual_seed(0)
-    encoder_tokenizer = train_tokenizer("encoder")
-    XLMRobertaForMaskedLM(XLMRobertaConfig(**{**ENCODER_SIZES, "vocab_size": len(encoder_tokenizer)})).save_pretrained(
-        root / "encoder"
-    )
-    encoder_tokenizer.save_pretrained(root / "encoder")
-    decoder_tokenizer = train_tokenizer("decoder")
-    sizes = {
-        **DECODER_SIZES,
-        "vocab_size": len(decoder_tokenizer),
-        "pad_token_id": decoder_tokenizer.pad_token_id,
-        "bos_token_id": decoder_tokenizer.bos_token_id,
-        "eos_token_id": decoder_tokenizer.eos_token_id,
-    }
-    LlamaForCausalLM(LlamaConfig(**sizes)).save_pretrained(root / "decoder")
-    decoder_tokenizer.save_pretrained(root / "decoder")
-
-    corpus = [path.read_text(encoding="utf-8") for path in sorted(FIXTURES.rglob("*")) if path.is_file()]
-    nllb_tokenizer, nllb = build_nllb(corpus, vocab_size=400)
-    nllb.save_pretrained(root / "nllb")
-    nllb_tokenizer.save_pretrained(root / "nllb")
-    translator = Translator(root / "nllb", GenerationSettings(1, 48, 12), progress=False)
-    translate_task(NUSAX, ["train"], "en", "id", translator, root / "translations", data=NUSAX_DATA)
-    translate_task(NUSAX, ["test"], "id", "en", translator, root / "translations", data=NUSAX_DATA)
-    mt_states(
-        input=root / "translations" / "nusax_train_en-id.jsonl",
-        language="id",
-        output=root / "states" / "train",
-        task="nusax",
-        model=str(root / "nllb"),
-        device="cpu",
-    )
-    write_records(root / "test_id.jsonl", load_original_view(NUSAX, "id", "test", NUSAX_DATA))
-    mt_states(
-        input=root / "test_id.jsonl",
-        language="id",
-        output=root / "states" / "test",
-        task="nusax",
-        model=str(root / "nllb"),
-        device="cpu",
-    )
-    return root
 
 
 def read_metrics(run_dir):

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from ..io import write_text_atomic
 from ..tasks import TaskSpec, load_record_file, load_task_splits, read_rows
+from .languages import nllb_code
 from .projection import project_qa_records
+from .states import EncoderStateStore, encoder_states
 from .translator import TranslationReport, Translator
 
 
@@ -136,3 +138,30 @@ def translate_fields(
         "records": len(records),
         "translation": _report_dict(translation_report),
     }
+
+
+def write_encoder_states(
+    records: list[dict],
+    language: str,
+    output: str | Path,
+    template: str,
+    translator: Translator,
+    max_length: int = 256,
+    batch_size: int = 32,
+    shard_size: int = 1024,
+) -> EncoderStateStore:
+    """FLARE-MT: the NLLB encoder states of `template` filled with each record, stored by record id."""
+    ids, texts = [], []
+    for position, record in enumerate(records, start=1):
+        if "id" not in record:
+            raise ValueError(f"record {position}: no id.")
+        try:
+            texts.append(template.format(**record))
+        except KeyError as error:
+            raise ValueError(
+                f"record {position} ({record['id']}): the template needs field {error}; present: {sorted(record)}."
+            ) from error
+        ids.append(str(record["id"]))
+    states = encoder_states(translator.model, translator.tokenizer, texts, nllb_code(language), max_length, batch_size)
+    metadata = {"model": translator.model_name, "language": language, "template": template}
+    return EncoderStateStore.write(output, ids, states, shard_size=shard_size, metadata=metadata)

@@ -1,0 +1,163 @@
+"""Recipes: a YAML grid of languages x methods x seeds for one model and task, planned and run with skipping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import yaml
+
+from ..mt.data import output_name, translate_task, write_encoder_states
+from ..mt.translator import DEFAULT_MT_MODEL, Translator
+from ..tasks import get_task, load_record_file, load_task_splits
+from .runs import METHODS, STAGE1_MODES, AdapterConfig, TrainConfig, finetune, transfer
+
+
+@dataclass
+class Recipe:
+    model: str = field(metadata={"help": "Model name or path."})
+    task: str = field(metadata={"help": "Task name or task spec file."})
+    languages: list[str] = field(metadata={"help": "Target languages."})
+    methods: list[str] = field(metadata={"help": f"Methods, from {', '.join(METHODS)}."})
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3], metadata={"help": "Seeds; every run repeats per seed."})
+    output: str = field(default="runs", metadata={"help": "Folder of the run directories and reports."})
+    data: str = field(default="hub", metadata={"help": "'hub' or the folder of the original release files."})
+    translations: str = field(
+        default="translations", metadata={"help": "Folder of translated files (made if missing)."}
+    )
+    mt_model: str = field(default=DEFAULT_MT_MODEL, metadata={"help": "NLLB model for missing translations."})
+    mt_states: str = field(default="mt_states", metadata={"help": "Folder of FLARE-MT state stores (made if missing)."})
+    architecture: str = field(default="auto", metadata={"help": "auto, encoder or decoder."})
+    trainable: str = field(default="lora", metadata={"help": "lora, or lora+head (decoders: also train lm_head)."})
+    stage1_mode: str = field(default="merge", metadata={"help": f"Stage-1 adapter: {', '.join(STAGE1_MODES)}."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "Load the base in 4-bit NF4 (bitsandbytes, GPU)."})
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        task = get_task(self.task)
+        for language in self.languages:
+            task.check_language(language)
+        unknown = [method for method in self.methods if method not in METHODS]
+        if unknown:
+            raise ValueError(f"Unknown methods {unknown}; valid choices: {', '.join(METHODS)}.")
+        if self.stage1_mode not in STAGE1_MODES:
+            raise ValueError(f"Unknown stage1_mode {self.stage1_mode!r}; valid choices: {', '.join(STAGE1_MODES)}.")
+        if isinstance(self.adapter, dict):
+            self.adapter = _build(AdapterConfig, self.adapter, "adapter")
+        if isinstance(self.train, dict):
+            self.train = _build(TrainConfig, self.train, "train")
+
+
+def _build(cls, values: dict, section: str):
+    known = {item.name for item in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"Unknown {section} settings {unknown}; valid settings: {sorted(known)}.")
+    return cls(**values)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a recipe is a mapping of settings.")
+    try:
+        return _build(Recipe, values, "recipe")
+    except TypeError as error:  # a required setting is missing
+        raise ValueError(f"{path}: {error}") from error
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    kind: str  # translate, mt-states, finetune, transfer
+    language: str
+    method: str | None = None
+    seed: int | None = None
+    split: str | None = None  # translate / mt-states: train (English -> target) or test (target -> English)
+
+
+def plan(recipe: Recipe) -> list[PlannedStep]:
+    """Every step `run` takes, in order; a step whose output exists is skipped when run."""
+    source = get_task(recipe.task).source_language
+    steps = []
+    for language in recipe.languages:
+        if any(method != "zero-shot" for method in recipe.methods):
+            steps.append(PlannedStep("translate", language, split="train"))
+            steps.append(PlannedStep("translate", language, split="test"))
+        if "flare-mt" in recipe.methods:
+            steps.append(PlannedStep("mt-states", language, split="train"))
+            steps.append(PlannedStep("mt-states", language, split="test"))
+    for seed in recipe.seeds:
+        steps.append(PlannedStep("finetune", source, seed=seed))
+        for language in recipe.languages:
+            steps.extend(PlannedStep("transfer", language, method, seed) for method in recipe.methods)
+    return steps
+
+
+def run_recipe(recipe: Recipe) -> list[Path]:
+    """Run every planned step; translations, state stores and runs that already exist are reused."""
+    task = get_task(recipe.task)
+    source = task.source_language
+    translations, states_root = Path(recipe.translations), Path(recipe.mt_states)
+    translator = None
+    stage1: dict[int, Path] = {}
+    run_dirs = []
+    for step in plan(recipe):
+        if step.kind in ("translate", "mt-states"):
+            if step.kind == "translate":
+                languages = (source, step.language) if step.split == "train" else (step.language, source)
+                done = (translations / output_name(task, step.split, *languages)).exists()
+            else:
+                done = (states_root / step.language / step.split / "index.json").exists()
+            if done:
+                continue
+            translator = translator or Translator(recipe.mt_model)
+            if step.kind == "translate":
+                translate_task(task, [step.split], *languages, translator, translations, recipe.data)
+            else:
+                if step.split == "train":
+                    path = translations / output_name(task, "train", source, step.language)
+                    records = load_record_file(task, path)
+                else:
+                    records = load_task_splits(task, step.language, ["test"], recipe.data)["test"]
+                write_encoder_states(
+                    records, step.language, states_root / step.language / step.split, task.encoder_template, translator
+                )
+        elif step.kind == "finetune":
+            train = replace(recipe.train, seed=step.seed)
+            stage1[step.seed] = finetune(
+                recipe.model,
+                recipe.task,
+                Path(recipe.output),
+                recipe.data,
+                recipe.architecture,
+                recipe.trainable,
+                recipe.load_in_4bit,
+                recipe.adapter,
+                train,
+            )
+        else:
+            run_dirs.append(
+                transfer(
+                    recipe.model,
+                    recipe.task,
+                    step.language,
+                    step.method,
+                    stage1[step.seed],
+                    translations,
+                    Path(recipe.output),
+                    recipe.data,
+                    states_root / step.language,
+                    recipe.stage1_mode,
+                    recipe.architecture,
+                    recipe.trainable,
+                    recipe.load_in_4bit,
+                    recipe.adapter,
+                    replace(recipe.train, seed=step.seed),
+                )
+            )
+    return run_dirs

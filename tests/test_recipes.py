@@ -1,0 +1,92 @@
+"""Recipes: every shipped recipe loads and plans offline; a tiny recipe runs the whole workflow through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import NUSAX_DATA
+
+from flare_xlt import cli
+from flare_xlt.pipeline.recipes import load_recipe, plan
+from flare_xlt.tasks import get_task
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def test_the_paper_recipes_are_all_there():
+    assert {path.stem for path in CONFIGS} >= {
+        f"{task}-{model}"
+        for task in ("xnli", "tydiqa", "nusax")
+        for model in ("xlmr-large", "mt5-xl", "llama3.1-8b", "gemma2-9b")
+    }
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[path.stem for path in CONFIGS])
+def test_recipe_loads_and_plans_without_downloads(path):
+    recipe = load_recipe(path)
+    assert (recipe.adapter.r, recipe.adapter.lora_alpha, recipe.train.learning_rate) == (8, 16, 2e-5)
+    assert (recipe.train.batch_size, recipe.train.epochs, recipe.train.warmup_ratio, recipe.train.max_length) == (
+        32,
+        3,
+        0.1,
+        128,
+    )
+    assert recipe.mt_model == "facebook/nllb-200-3.3B"
+    decoder = "llama" in path.stem or "gemma" in path.stem
+    assert recipe.load_in_4bit == decoder and (recipe.adapter.target_modules == "all-linear") == decoder
+    assert set(recipe.languages) == set(get_task(recipe.task).languages) - {"en"}
+    steps = plan(recipe)
+    kinds = [step.kind for step in steps]
+    languages, methods, seeds = len(recipe.languages), len(recipe.methods), len(recipe.seeds)
+    assert kinds.count("translate") == 2 * languages and kinds.count("mt-states") == 2 * languages
+    assert kinds.count("finetune") == seeds and kinds.count("transfer") == seeds * languages * methods
+    assert kinds.index("finetune") > max(i for i, kind in enumerate(kinds) if kind in ("translate", "mt-states"))
+
+
+def test_recipe_errors_name_the_setting(tmp_path):
+    base = {"model": "m", "task": "nusax", "languages": ["id"], "methods": ["flare"]}
+    cases = [
+        ({**base, "methods": ["mixup"]}, "Unknown methods \\['mixup'\\]; valid choices: zero-shot"),
+        ({**base, "languages": ["xx"]}, "has no language 'xx'"),
+        ({**base, "epochs": 3}, "Unknown recipe settings \\['epochs'\\]"),
+        ({**base, "train": {"lr": 1}}, "Unknown train settings \\['lr'\\]; valid settings: \\['batch_size'"),
+        ({"task": "nusax"}, "missing"),
+    ]
+    for values, message in cases:
+        path = tmp_path / "recipe.yaml"
+        path.write_text(yaml.safe_dump(values))
+        with pytest.raises(ValueError, match=message):
+            load_recipe(path)
+
+
+def test_tiny_recipe_runs_the_whole_workflow(workspace, tmp_path, capsys):
+    recipe = {
+        "model": str(workspace / "encoder"),
+        "task": "nusax",
+        "languages": ["id"],
+        "methods": ["zero-shot", "lora", "flare", "flare-mt"],
+        "seeds": [1, 2],
+        "output": str(tmp_path / "runs"),
+        "data": NUSAX_DATA,
+        "translations": str(tmp_path / "translations"),
+        "mt_model": str(workspace / "nllb"),
+        "mt_states": str(tmp_path / "states"),
+        "train": {"batch_size": 2, "max_steps": 2, "learning_rate": 1e-3, "max_length": 48},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    cli.run(path)
+    runs = sorted(p.parent.name for p in (tmp_path / "runs").rglob("metrics.json"))
+    assert len(runs) == 2 * (1 + 4)  # per seed: stage 1 and four transfer runs
+    assert (tmp_path / "translations" / "nusax_train_en-id.jsonl").is_file()
+    assert (tmp_path / "states" / "id" / "test" / "index.json").is_file()
+    table = (tmp_path / "runs" / "report_nusax.md").read_text()
+    assert "flare" in table and "±" in table and (tmp_path / "runs" / "report_nusax.png").stat().st_size > 0
+    first = capsys.readouterr().out
+    cli.run(path)  # everything is found finished: nothing is trained again
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 10 and "finished earlier" not in first
+    metrics = json.loads(next((tmp_path / "runs").glob("nusax-id-flare-seed2-*/metrics.json")).read_text())
+    assert metrics["seed"] == 2 and metrics["method"] == "flare"

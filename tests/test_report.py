@@ -1,0 +1,317 @@
+"""Reports from fake finished runs; every expected number below is worked out by hand in the comments."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from flare_xlt.report import METHOD_ORDER, collect_runs, summarize, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# xnli (accuracy), values[method][language] = one score per seed 1, 2, 3 (None = that seed has no result).
+XNLI = {
+    "zero-shot": {"de": [0.50, 0.52, 0.54], "sw": [0.40, 0.40, 0.40], "th": [0.30, 0.33, 0.36]},
+    "lora": {"de": [0.60, 0.62, 0.64], "sw": [0.40, 0.44, None], "th": [0.35, 0.35, 0.38]},
+    "flare": {"de": [0.70, 0.70, 0.70], "sw": [0.41, 0.42, 0.43]},  # no th: dropped from Avg and ranks
+}
+# tydiqa (f1), seeds 1 and 2; "custom" is not in METHOD_ORDER so it comes last.
+TYDIQA = {
+    "flare": {"ar": [0.70, 0.72], "sw": [0.60, 0.64]},
+    "custom": {"ar": [0.65, 0.65], "sw": [0.50, 0.52]},
+    "zero-shot": {"ar": [0.50, 0.60], "sw": [0.40, 0.42]},
+}
+
+
+def classification(accuracy: float) -> dict:
+    return {"accuracy": accuracy, "macro_f1": accuracy - 0.01, "unparseable": 0, "count": 100}
+
+
+def qa(f1: float) -> dict:
+    return {"exact_match": f1 - 0.1, "f1": f1, "count": 50}
+
+
+def write_run(path: Path, **fields: object) -> Path:
+    path.mkdir(parents=True)
+    metrics = {"run": path.name, "config_hash": "0123abcd", **fields}
+    (path / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    return path / "metrics.json"
+
+
+def write_runs(root: Path) -> None:
+    # zero-shot: one run per seed scoring every language, with a bogus "average" that the report must ignore.
+    for seed in (1, 2, 3):
+        scores = {language: classification(values[seed - 1]) for language, values in XNLI["zero-shot"].items()}
+        scores["average"] = classification(0.99)
+        write_run(
+            root / "xnli" / "zero-shot" / f"seed{seed}",
+            task="xnli",
+            method="zero-shot",
+            seed=seed,
+            language="en",
+            metric="accuracy",
+            scores=scores,
+        )
+    # lora and flare: one run per target language and seed, at another depth to exercise the recursive search.
+    for method in ("lora", "flare"):
+        for language, values in XNLI[method].items():
+            for seed, value in enumerate(values, start=1):
+                if value is None:
+                    continue
+                scores = {language: classification(value)}
+                # The de runs also evaluate sw on the side; only the dedicated sw runs may fill that cell, even for
+                # seed 3, which has no sw run.
+                if language == "de":
+                    scores["sw"] = classification(0.99)
+                write_run(
+                    root / "xnli" / method / language / f"seed{seed}",
+                    task="xnli",
+                    method=method,
+                    seed=seed,
+                    language=language,
+                    metric="accuracy",
+                    scores=scores,
+                )
+    for method, per_language in TYDIQA.items():
+        for seed in (1, 2):
+            write_run(
+                root / f"tydiqa-{method}-{seed}",
+                task="tydiqa",
+                method=method,
+                seed=seed,
+                language="en",
+                metric="f1",
+                scores={language: qa(values[seed - 1]) for language, values in per_language.items()},
+            )
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    write_runs(root)
+    return root
+
+
+def test_collect_runs_finds_every_metrics_file_recursively(runs_dir: Path) -> None:
+    runs = collect_runs(runs_dir)
+    # xnli: 3 zero-shot + lora (3 de + 2 sw + 3 th) + flare (3 de + 3 sw); tydiqa: 3 methods x 2 seeds.
+    assert len(runs) == 3 + 8 + 6 + 6
+    assert {run["task"] for run in runs} == {"xnli", "tydiqa"}
+    assert all(run["path"].name == "metrics.json" and run["config_hash"] == "0123abcd" for run in runs)
+
+
+def test_means_sample_std_and_seed_counts(runs_dir: Path) -> None:
+    xnli = summarize(collect_runs(runs_dir))["xnli"]
+    assert xnli["metric"] == "accuracy"
+    assert xnli["methods"] == ["zero-shot", "lora", "flare"]
+    assert xnli["languages"] == ["de", "sw", "th"]
+    table = xnli["table"]
+    # de 0.50, 0.52, 0.54: mean 0.52; deviations ±0.02 and 0, sum of squares 0.0008 / (3 - 1) -> std 0.02.
+    assert table["zero-shot"]["de"] == pytest.approx((0.52, 0.02, 3))
+    assert table["zero-shot"]["sw"] == pytest.approx((0.40, 0.0, 3))
+    # lora sw has seeds 1 and 2 only (the de runs' side evaluations at 0.99 are not taken): 0.40, 0.44 -> mean
+    # 0.42, deviations ±0.02, 0.0008 / (2 - 1) -> std sqrt(0.0008) = 0.02 * sqrt(2).
+    assert table["lora"]["sw"] == pytest.approx((0.42, 0.02 * math.sqrt(2), 2))
+    # lora th 0.35, 0.35, 0.38: mean 0.36; deviations -0.01, -0.01, 0.02 -> 0.0006 / 2 = 0.0003.
+    assert table["lora"]["th"] == pytest.approx((0.36, math.sqrt(0.0003), 3))
+    assert table["flare"]["sw"] == pytest.approx((0.42, 0.01, 3))
+    assert "th" not in table["flare"]
+
+
+def test_single_seed_has_zero_std(tmp_path: Path) -> None:
+    write_run(
+        tmp_path / "one",
+        task="xnli",
+        method="lora",
+        seed=7,
+        language="de",
+        metric="accuracy",
+        scores={"de": classification(0.5)},
+    )
+    assert summarize(collect_runs(tmp_path))["xnli"]["table"]["lora"]["de"] == (0.5, 0.0, 1)
+
+
+def test_average_over_common_languages_only(runs_dir: Path) -> None:
+    xnli = summarize(collect_runs(runs_dir))["xnli"]
+    assert xnli["average_languages"] == ["de", "sw"]
+    assert xnli["dropped"] == {"th": ["flare"]}
+    table = xnli["table"]
+    # zero-shot: mean (0.52 + 0.40) / 2 = 0.46 (th's 0.33 is left out); per-seed averages 0.45, 0.46, 0.47 -> std 0.01.
+    assert table["zero-shot"]["average"] == pytest.approx((0.46, 0.01, 3))
+    # lora: mean (0.62 + 0.42) / 2 = 0.52; only seeds 1 and 2 cover de and sw: (0.60 + 0.40) / 2 = 0.50 and
+    # (0.62 + 0.44) / 2 = 0.53 -> std 0.03 / sqrt(2).
+    assert table["lora"]["average"] == pytest.approx((0.52, 0.03 / math.sqrt(2), 2))
+    # flare: (0.70 + 0.42) / 2 = 0.56; per seed 0.555, 0.56, 0.565 -> std 0.005.
+    assert table["flare"]["average"] == pytest.approx((0.56, 0.005, 3))
+
+
+def test_average_ranks_with_a_tie(runs_dir: Path) -> None:
+    ranks = summarize(collect_runs(runs_dir))["xnli"]["ranks"]
+    # de: flare 0.70 -> 1, lora 0.62 -> 2, zero-shot 0.52 -> 3. sw: lora 0.42 and flare 0.42 tie for ranks 1 and 2
+    # -> 1.5 each (their means differ only by float noise), zero-shot 0.40 -> 3. th is not ranked (flare lacks it).
+    assert ranks == {"flare": pytest.approx(1.25), "lora": pytest.approx(1.75), "zero-shot": pytest.approx(3.0)}
+
+
+def test_metric_override(runs_dir: Path) -> None:
+    # xnli runs have no exact_match, so only the tydiqa runs are summarized.
+    runs = [run for run in collect_runs(runs_dir) if run["task"] == "tydiqa"]
+    tydiqa = summarize(runs, metric="exact_match")["tydiqa"]
+    assert tydiqa["metric"] == "exact_match"
+    # exact_match = f1 - 0.1: flare ar 0.60, 0.62.
+    assert tydiqa["table"]["flare"]["ar"] == pytest.approx((0.61, 0.01 * math.sqrt(2), 2))
+
+
+def test_unknown_methods_come_after_method_order_alphabetically() -> None:
+    runs = [
+        {
+            "task": "t",
+            "method": method,
+            "seed": 1,
+            "language": "de",
+            "metric": "accuracy",
+            "run": method,
+            "scores": {"de": classification(0.5)},
+        }
+        for method in ("zeta", "flare-mt", "alpha", "zero-shot")
+    ]
+    assert summarize(runs)["t"]["methods"] == ["zero-shot", "flare-mt", "alpha", "zeta"]
+    assert METHOD_ORDER.index("zero-shot") < METHOD_ORDER.index("flare-mt")
+
+
+def test_markdown_table(runs_dir: Path, tmp_path: Path) -> None:
+    paths = write_report(runs_dir, tmp_path / "out")
+    markdown = (tmp_path / "out" / "report_tydiqa.md").read_text(encoding="utf-8")
+    # zero-shot ar 0.50, 0.60: 55.0 ± 7.1 (0.1 / sqrt 2); sw 0.40, 0.42: 41.0 ± 1.4; Avg (55 + 41) / 2 = 48.0 with
+    # per-seed averages 0.45, 0.51 -> 0.06 / sqrt 2 = 4.2. flare: 71.0 ± 1.4, 62.0 ± 2.8, Avg 66.5 with per-seed
+    # 0.65, 0.68 -> 2.1. custom: 65.0 ± 0.0, 51.0 ± 1.4, Avg 58.0 with per-seed 0.575, 0.585 -> 0.7.
+    # Ranks: flare first and custom second in both languages.
+    assert markdown == (
+        "# tydiqa: f1\n"
+        "\n"
+        "| Method | ar | sw | Avg | Avg. rank |\n"
+        "| :--- | ---: | ---: | ---: | ---: |\n"
+        "| zero-shot | 55.0 ± 7.1 | 41.0 ± 1.4 | 48.0 ± 4.2 | 3.00 |\n"
+        "| flare | 71.0 ± 1.4 | 62.0 ± 2.8 | 66.5 ± 2.1 | 1.00 |\n"
+        "| custom | 65.0 ± 0.0 | 51.0 ± 1.4 | 58.0 ± 0.7 | 2.00 |\n"
+        "\n"
+        "f1 in percent: mean ± sample std (ddof=1; 0.0 for one seed) over seeds; – marks a missing result.\n"
+        "\n"
+        "Seeds per cell: 2.\n"
+        "\n"
+        "Avg. (std over seeds of each seed's average) and Avg. rank (1 = best, ties share the average rank) "
+        "are over ar, sw.\n"
+    )
+    assert sorted(path.name for path in paths) == sorted(
+        f"report_{task}.{suffix}" for task in ("xnli", "tydiqa") for suffix in ("md", "csv", "png")
+    )
+
+
+def test_markdown_missing_cell_varying_seeds_and_dropped_language(runs_dir: Path) -> None:
+    write_report(runs_dir)
+    lines = (runs_dir / "report_xnli.md").read_text(encoding="utf-8").splitlines()
+    assert lines[2] == "| Method | de | sw | th | Avg | Avg. rank |"
+    # flare has no th; its Avg is (0.70 + 0.42) / 2 with std 0.005; ranks (1 + 1.5) / 2.
+    assert lines[6] == "| flare | 70.0 ± 0.0 | 42.0 ± 1.0 | – | 56.0 ± 0.5 | 1.25 |"
+    assert "Seeds per cell: 3, except lora/sw 2, lora/Avg 2." in lines
+    assert lines[-1].endswith("are over de, sw. Dropped from both: th (missing for flare).")
+
+
+def test_csv_columns_and_values(runs_dir: Path, tmp_path: Path) -> None:
+    write_report(runs_dir, tmp_path)
+    with (tmp_path / "report_xnli.csv").open(encoding="utf-8", newline="") as stream:
+        reader = csv.DictReader(stream)
+        rows = {row["method"]: row for row in reader}
+    assert reader.fieldnames == [
+        "method",
+        *(f"{language}_{part}" for language in ("de", "sw", "th", "avg") for part in ("mean", "std", "n")),
+        "avg_rank",
+    ]
+    assert list(rows) == ["zero-shot", "lora", "flare"]
+    lora = rows["lora"]
+    assert float(lora["sw_mean"]) == pytest.approx(0.42)
+    assert float(lora["sw_std"]) == pytest.approx(0.02 * math.sqrt(2))
+    assert lora["sw_n"] == "2"
+    assert float(lora["avg_mean"]) == pytest.approx(0.52)
+    assert float(lora["avg_std"]) == pytest.approx(0.03 / math.sqrt(2))
+    assert float(lora["avg_rank"]) == pytest.approx(1.75)
+    # A missing result is empty fields, not a zero.
+    assert (rows["flare"]["th_mean"], rows["flare"]["th_std"], rows["flare"]["th_n"]) == ("", "", "")
+
+
+def test_png_is_written(runs_dir: Path, tmp_path: Path) -> None:
+    write_report(runs_dir, tmp_path)
+    for task in ("xnli", "tydiqa"):
+        data = (tmp_path / f"report_{task}.png").read_bytes()
+        assert len(data) > len(PNG_SIGNATURE)
+        assert data[:8] == PNG_SIGNATURE
+
+
+def test_no_temporary_files_remain(runs_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "reports"
+    write_report(runs_dir, output)
+    # Only the six reports: a leftover ".<name>.<random>.tmp" from the atomic writes would show up here.
+    assert sorted(path.name for path in output.rglob("*")) == sorted(
+        f"report_{task}.{suffix}" for task in ("tydiqa", "xnli") for suffix in ("csv", "md", "png")
+    )
+
+
+def test_malformed_metrics_names_file_and_key(runs_dir: Path) -> None:
+    broken = runs_dir / "xnli" / "lora" / "de" / "seed1" / "metrics.json"
+    metrics = json.loads(broken.read_text(encoding="utf-8"))
+    del metrics["seed"]
+    broken.write_text(json.dumps(metrics), encoding="utf-8")
+    with pytest.raises(ValueError, match="missing key 'seed'") as caught:
+        collect_runs(runs_dir)
+    assert str(broken) in str(caught.value)
+
+
+def test_invalid_json_names_file(tmp_path: Path) -> None:
+    broken = tmp_path / "run" / "metrics.json"
+    broken.parent.mkdir()
+    broken.write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match="not valid JSON") as caught:
+        collect_runs(tmp_path)
+    assert str(broken) in str(caught.value)
+
+
+def test_missing_metric_in_scores_names_file(tmp_path: Path) -> None:
+    path = write_run(
+        tmp_path / "run",
+        task="tydiqa",
+        method="lora",
+        seed=1,
+        language="ar",
+        metric="f1",
+        scores={"ar": {"exact_match": 0.5, "count": 3}},
+    )
+    with pytest.raises(ValueError, match="missing key 'f1'") as caught:
+        summarize(collect_runs(tmp_path))
+    assert str(path) in str(caught.value)
+
+
+def test_ambiguous_duplicate_results_are_rejected(tmp_path: Path) -> None:
+    paths = [
+        write_run(
+            tmp_path / name,
+            task="xnli",
+            method="zero-shot",
+            seed=1,
+            language="en",
+            metric="accuracy",
+            scores={"de": classification(0.5)},
+        )
+        for name in ("first", "second")
+    ]
+    with pytest.raises(ValueError, match="2 results for 'de'") as caught:
+        summarize(collect_runs(tmp_path))
+    assert all(str(path) in str(caught.value) for path in paths)
+
+
+def test_empty_directory_is_an_error(tmp_path: Path) -> None:
+    assert collect_runs(tmp_path) == []
+    with pytest.raises(ValueError, match=r"No metrics\.json"):
+        write_report(tmp_path)
