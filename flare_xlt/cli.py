@@ -8,6 +8,7 @@ from pathlib import Path
 from jsonargparse import CLI
 
 from .mt.data import translate_fields, translate_record_file, translate_task, write_encoder_states
+from .mt.languages import nllb_code
 from .mt.translator import DEFAULT_MT_MODEL, GenerationSettings, Translator
 from .pipeline import finetune, transfer
 from .pipeline.recipes import load_recipe, run_recipe
@@ -57,6 +58,12 @@ def translate(
         raise ValueError("Give exactly one of --task (a task's splits or records) or --fields (fields of any --input).")
     if fields is not None and input is None:
         raise ValueError("--fields translates the fields of an --input file; give --input.")
+    task_spec = None
+    if task is not None:
+        task_spec = get_task(task)
+        task_spec.check_language(src)
+        task_spec.check_language(tgt)
+    nllb_code(src), nllb_code(tgt)  # unknown codes fail here, before the model loads
     folder = output.parent if input is not None else output
     translator = Translator(
         model,
@@ -66,15 +73,12 @@ def translate(
         device=device,
         dtype=dtype,
     )
-    if fields is not None:
+    if task_spec is None:
         report = translate_fields(input, fields, src, tgt, translator, output)
+    elif input is not None:
+        report = translate_record_file(task_spec, input, src, tgt, translator, output)
     else:
-        task_spec = get_task(task)
-        task_spec.check_language(src)
-        if input is not None:
-            report = translate_record_file(task_spec, input, src, tgt, translator, output)
-        else:
-            report = translate_task(task_spec, splits or ["train", "validation"], src, tgt, translator, output, data)
+        report = translate_task(task_spec, splits or ["train", "validation"], src, tgt, translator, output, data)
     print(json.dumps(_summary(report), indent=2, ensure_ascii=False))
 
 

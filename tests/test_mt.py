@@ -226,3 +226,24 @@ def test_cli_translates_any_file_by_fields_and_writes_mt_states(nllb_dir, tmp_pa
             model=str(nllb_dir),
             device="cpu",
         )
+
+
+def test_language_checks_come_before_any_work(nllb_dir, tmp_path):
+    from flare_xlt import cli
+
+    with pytest.raises(ValueError, match="has no language 'jav'; valid choices: ar, bg"):
+        cli.translate(tgt="jav", task="xnli", output=tmp_path, model=str(nllb_dir), device="cpu")
+    translator = Translator(nllb_dir, GREEDY, progress=False)
+    with pytest.raises(ValueError, match="no language token 'xxx_Latn'"):
+        translator.translate(["hello"], "xxx_Latn", "sw")
+
+
+def test_artifacts_are_readable_like_ordinary_files(tmp_path):
+    import stat
+
+    from flare_xlt.io import write_text_atomic
+
+    write_text_atomic(tmp_path / "report.json", "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "report.json").stat().st_mode) == 0o666 & ~umask

@@ -107,8 +107,9 @@ class Translator:
             return {}
         self.tokenizer.src_lang = source_code
         target_id = self.tokenizer.convert_tokens_to_ids(target_code)
-        if target_id == self.tokenizer.unk_token_id:
-            raise ValueError(f"The tokenizer of {self.model_name} has no language token {target_code!r}.")
+        for code in (source_code, target_code):
+            if self.tokenizer.convert_tokens_to_ids(code) == self.tokenizer.unk_token_id:
+                raise ValueError(f"The tokenizer of {self.model_name} has no language token {code!r}.")
         encoded = self.tokenizer(texts, truncation=False)["input_ids"]
         limit = self.settings.max_input_length
         report.truncated = sum(len(ids) > limit for ids in encoded)

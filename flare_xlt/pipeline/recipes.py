@@ -115,7 +115,7 @@ def run_recipe(recipe: Recipe) -> list[Path]:
                 done = (states_root / step.language / step.split / "index.json").exists()
             if done:
                 continue
-            translator = translator or Translator(recipe.mt_model)
+            translator = translator or Translator(recipe.mt_model, cache=translations / "translation_cache.sqlite")
             if step.kind == "translate":
                 translate_task(task, [step.split], *languages, translator, translations, recipe.data)
             else:
