@@ -25,7 +25,7 @@ def test_every_method_runs_end_to_end(workspace, kind, capsys):
     assert (stage1 / "adapter" / "adapter_config.json").is_file()
     methods = ["zero-shot", "translate-test", "lora", "input-fusion", "flare"]
     if kind == "encoder":
-        methods.append("flare-mt")
+        methods += ["flare-mt", "x-mixup"]
     for method in methods:
         run_dir = transfer(
             str(workspace / kind),
@@ -44,8 +44,10 @@ def test_every_method_runs_end_to_end(workspace, kind, capsys):
         assert metrics["metric"] == "macro_f1" and metrics["scores"]["id"]["count"] == 3
         assert [row["id"] for row in predictions] == ["11", "12", "13"]
         assert [row["reference"] for row in predictions] == [2, 0, 1]
-        if method in ("lora", "input-fusion", "flare", "flare-mt"):
+        if method in ("lora", "input-fusion", "flare", "flare-mt", "x-mixup"):
             assert (run_dir / "adapter" / "adapter_config.json").is_file()
+        if method == "x-mixup":
+            assert (run_dir / "adapter" / "xmixup.safetensors").is_file()
         if method.startswith("flare"):
             assert (run_dir / "adapter" / "flare_config.json").is_file()
         assert json.loads((run_dir / "config.json").read_text())["method"] == method

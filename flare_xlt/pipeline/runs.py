@@ -27,6 +27,7 @@ from ..io import write_text_atomic
 from ..model import get_flare_model
 from ..mt.states import EncoderStateStore
 from ..tasks import PairedCollator, TaskEncoder, TaskSpec, get_task, load_record_file, load_task_splits, pair_views
+from ..xmixup import XMixupConfig, XMixupModel
 from .models import load_model
 from .predict import predict
 
@@ -39,6 +40,7 @@ METHOD_VIEWS = {
     "input-fusion": "input_fusion",
     "flare": "paired",
     "flare-mt": "target",
+    "x-mixup": "paired",
 }
 STAGE1_MODES = ("merge", "frozen")
 
@@ -98,7 +100,10 @@ def _self_pairs(task: TaskSpec, records: list[dict]) -> list[dict]:
 
 def _train(model, tokenizer, features: list[dict], config: TrainConfig, run_dir: Path, collator) -> None:
     if config.gradient_checkpointing:
-        model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        peft_model = model.model if isinstance(model, XMixupModel) else model
+        peft_model.get_base_model().gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
     arguments = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=config.batch_size,
@@ -244,8 +249,6 @@ def transfer(
     spec.check_language(language)
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; valid choices: {', '.join(METHODS)}.")
-    if method == "x-mixup":
-        raise ValueError("x-mixup is not available yet; valid choices today: " + ", ".join(METHOD_VIEWS) + ".")
     if stage1_mode not in STAGE1_MODES:
         raise ValueError(f"Unknown stage1_mode {stage1_mode!r}; valid choices: {', '.join(STAGE1_MODES)}.")
     needs_translations = method != "zero-shot"
@@ -253,7 +256,7 @@ def transfer(
         raise ValueError(f"Method {method!r} needs --translations (the folder written by flare-xlt translate).")
     if method == "flare-mt" and mt_states is None:
         raise ValueError("Method 'flare-mt' needs --mt_states (a folder with train/ and test/ state stores).")
-    trains_adapter = method in ("lora", "input-fusion", "flare", "flare-mt")
+    trains_adapter = method in ("lora", "input-fusion", "flare", "flare-mt", "x-mixup")
     # Only what changes this method's result enters the config (and its hash): the same run asked again is found.
     config = {
         "stage": "transfer",
@@ -304,6 +307,11 @@ def transfer(
             mt_source_dim=store.d_model if store else None,
         )
         network = get_flare_model(network, flare_config, stage1=stage1_mode)
+        if method == "x-mixup":
+            if loaded.architecture != "encoder":
+                raise ValueError("x-mixup mixes encoder hidden states; it runs on encoder models only.")
+            # A new LoRA trains together with the mixing gates, on top of the stage-1 model.
+            network = XMixupModel(network, XMixupConfig())
         train_target = load_record_file(
             spec, Path(translations) / f"{spec.name}_train_{spec.source_language}-{language}.jsonl"
         )
