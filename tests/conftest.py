@@ -277,9 +277,9 @@ def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("workflow")
     torch.manual_seed(0)
     encoder_tokenizer = train_tokenizer("encoder")
-    XLMRobertaForMaskedLM(XLMRobertaConfig(**{**ENCODER_SIZES, "vocab_size": len(encoder_tokenizer)})).save_pretrained(
-        root / "encoder"
-    )
+    XLMRobertaForMaskedLM(
+        XLMRobertaConfig(**{**ENCODER_SIZES, "vocab_size": len(encoder_tokenizer), "max_position_embeddings": 160})
+    ).save_pretrained(root / "encoder")
     encoder_tokenizer.save_pretrained(root / "encoder")
     decoder_tokenizer = train_tokenizer("decoder")
     sizes = {

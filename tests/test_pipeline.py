@@ -88,4 +88,6 @@ def test_transfer_errors_name_the_choices(workspace):
         transfer(str(workspace / "encoder"), "nusax", "id", "flare", workspace)
     with pytest.raises(ValueError, match=r"Unknown stage1_mode 'keep'; valid choices: merge, frozen"):
         transfer(str(workspace / "encoder"), "nusax", "id", "flare", workspace, workspace, stage1_mode="keep")
+    with pytest.raises(ValueError, match=r"max_length=300 exceeds the 159 positions this model can encode"):
+        finetune(str(workspace / "encoder"), "nusax", data=NUSAX_DATA, train=TrainConfig(max_length=300))
     assert AdapterConfig().fusion == "add_relu"

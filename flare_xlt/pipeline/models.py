@@ -80,3 +80,17 @@ def load_model(model_name: str, task: TaskSpec, architecture: str = "auto", load
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return LoadedModel(model, tokenizer, architecture)
+
+
+def check_max_length(loaded: LoadedModel, max_length: int) -> None:
+    """A max_length beyond the position table would fail deep inside the model; say so up front."""
+    positions = getattr(loaded.model.config, "max_position_embeddings", None)
+    if positions is None:
+        return
+    # RoBERTa-style models (XLM-R) start their positions after the padding index.
+    offset = loaded.model.config.pad_token_id + 1 if "roberta" in loaded.model.config.model_type else 0
+    if max_length > positions - offset:
+        raise ValueError(
+            f"max_length={max_length} exceeds the {positions - offset} positions this model can encode; "
+            f"lower --train.max_length."
+        )

@@ -28,7 +28,7 @@ from ..model import get_flare_model
 from ..mt.states import EncoderStateStore
 from ..tasks import PairedCollator, TaskEncoder, TaskSpec, get_task, load_record_file, load_task_splits, pair_views
 from ..xmixup import XMixupConfig, XMixupModel
-from .models import load_model
+from .models import check_max_length, load_model
 from .predict import predict
 
 METHODS = ("zero-shot", "translate-test", "lora", "input-fusion", "flare", "flare-mt", "x-mixup")
@@ -193,6 +193,7 @@ def finetune(
         return run_dir
     set_seed(train.seed)
     loaded = load_model(model, spec, architecture, load_in_4bit)
+    check_max_length(loaded, train.max_length)
     lora = LoraConfig(
         r=adapter.r,
         lora_alpha=adapter.lora_alpha,
@@ -281,6 +282,7 @@ def transfer(
         return run_dir
     set_seed(train.seed)
     loaded = load_model(model, spec, architecture, load_in_4bit)
+    check_max_length(loaded, train.max_length)
     network = PeftModel.from_pretrained(loaded.model, Path(stage1) / "adapter")
     view = METHOD_VIEWS[method]
 
