@@ -6,16 +6,23 @@ import os
 import sys
 
 import torch
-from conftest import ENCODER_SIZES, FIXTURES, train_tokenizer
+from conftest import ENCODER_SIZES, FIXTURES
 from safetensors.torch import save_file
-from transformers import Trainer, TrainingArguments, XLMRobertaConfig, XLMRobertaForSequenceClassification
+from transformers import (
+    AutoTokenizer,
+    Trainer,
+    TrainingArguments,
+    XLMRobertaConfig,
+    XLMRobertaForSequenceClassification,
+)
 
 from flare_xlt import FlareConfig, get_flare_model
 from flare_xlt.tasks import NUSAX, PairedCollator, TaskEncoder, load_original_view, pair_views
 
 
-def main(output: str, per_device_batch: int) -> None:
-    tokenizer = train_tokenizer("encoder")
+def main(output: str, per_device_batch: int, tokenizer_dir: str) -> None:
+    # One tokenizer for every process and run: training it in each process need not give identical vocabularies.
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
     config = XLMRobertaConfig(**{**ENCODER_SIZES, "vocab_size": len(tokenizer)}, num_labels=3)
     flare = get_flare_model(XLMRobertaForSequenceClassification(config), FlareConfig(modules_to_save=["classifier"]))
@@ -49,4 +56,4 @@ def main(output: str, per_device_batch: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3])
