@@ -299,6 +299,7 @@ def workspace(tmp_path_factory):
     translator = Translator(root / "nllb", GenerationSettings(1, 48, 12), progress=False)
     translate_task(NUSAX, ["train"], "en", "id", translator, root / "translations", data=NUSAX_DATA)
     translate_task(NUSAX, ["test"], "id", "en", translator, root / "translations", data=NUSAX_DATA)
+    translate_task(NUSAX, ["validation"], "en", "id", translator, root / "translations", data=NUSAX_DATA)
     cli.mt_states(
         input=root / "translations" / "nusax_train_en-id.jsonl",
         language="id",

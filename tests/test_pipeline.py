@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import NUSAX_DATA
+import torch
+from conftest import FIXTURES, NUSAX_DATA
 
 from flare_xlt.pipeline import AdapterConfig, TrainConfig, finetune, transfer
 
@@ -91,3 +92,48 @@ def test_transfer_errors_name_the_choices(workspace):
     with pytest.raises(ValueError, match=r"max_length=300 exceeds the 159 positions this model can encode"):
         finetune(str(workspace / "encoder"), "nusax", data=NUSAX_DATA, train=TrainConfig(max_length=300))
     assert AdapterConfig().fusion == "add_relu"
+
+
+def test_best_on_validation_restores_the_best_epoch():
+    from flare_xlt.pipeline.runs import BestOnValidation
+
+    model = torch.nn.Linear(2, 1)
+    model.bias.requires_grad_(False)
+    scores = iter([0.5, 0.8, 0.6])
+    callback = BestOnValidation(model, lambda: next(scores))
+    weights_by_epoch = []
+    for epoch in range(3):
+        with torch.no_grad():
+            model.weight.fill_(float(epoch))
+            model.bias.fill_(10.0 + epoch)
+        weights_by_epoch.append(model.weight.detach().clone())
+        callback.on_epoch_end(None, None, None)
+    callback.on_train_end(None, None, None)
+    assert torch.equal(model.weight, weights_by_epoch[1])  # epoch 2 scored best
+    assert model.bias.item() == 12.0  # frozen parameters are neither saved nor restored
+    assert callback.summary() == {"validation_history": [0.5, 0.8, 0.6], "best_epoch": 2}
+
+
+def test_selection_on_validation_is_recorded_and_refused_without_a_validation_set(workspace):
+    select = TrainConfig(
+        batch_size=2, epochs=2, learning_rate=1e-3, max_length=48, seed=5, select_best_on_validation=True
+    )
+    stage1 = finetune(
+        str(workspace / "encoder"), "nusax", output=workspace / "runs-select", data=NUSAX_DATA, train=select
+    )
+    metrics = json.loads((stage1 / "metrics.json").read_text())
+    assert len(metrics["validation_history"]) == 2 and metrics["best_epoch"] in (1, 2)
+    run_dir = transfer(
+        str(workspace / "encoder"),
+        "nusax",
+        "id",
+        "flare",
+        stage1,
+        workspace / "translations",
+        output=workspace / "runs-select",
+        data=NUSAX_DATA,
+        train=select,
+    )
+    assert len(json.loads((run_dir / "metrics.json").read_text())["validation_history"]) == 2
+    with pytest.raises(ValueError, match="tydiqa uses its 'validation' split as the test set"):
+        finetune(str(workspace / "encoder"), "tydiqa", data=str(FIXTURES / "tydiqa"), train=select)

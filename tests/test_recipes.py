@@ -41,7 +41,10 @@ def test_recipe_loads_and_plans_without_downloads(path):
     steps = plan(recipe)
     kinds = [step.kind for step in steps]
     languages, methods, seeds = len(recipe.languages), len(recipe.methods), len(recipe.seeds)
-    assert kinds.count("translate") == 2 * languages and kinds.count("mt-states") == 2 * languages
+    # The paper selects checkpoints on the translated validation set, except for TyDiQA (its validation is the test).
+    assert recipe.train.select_best_on_validation == (recipe.task != "tydiqa")
+    splits = 3 if recipe.train.select_best_on_validation else 2
+    assert kinds.count("translate") == splits * languages and kinds.count("mt-states") == splits * languages
     assert kinds.count("finetune") == seeds and kinds.count("transfer") == seeds * languages * methods
     assert kinds.index("finetune") > max(i for i, kind in enumerate(kinds) if kind in ("translate", "mt-states"))
 
@@ -74,7 +77,13 @@ def test_tiny_recipe_runs_the_whole_workflow(workspace, tmp_path, capsys):
         "translations": str(tmp_path / "translations"),
         "mt_model": str(workspace / "nllb"),
         "mt_states": str(tmp_path / "states"),
-        "train": {"batch_size": 2, "max_steps": 2, "learning_rate": 1e-3, "max_length": 48},
+        "train": {
+            "batch_size": 2,
+            "epochs": 1,
+            "learning_rate": 1e-3,
+            "max_length": 48,
+            "select_best_on_validation": True,
+        },
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -83,6 +92,7 @@ def test_tiny_recipe_runs_the_whole_workflow(workspace, tmp_path, capsys):
     assert len(runs) == 2 * (1 + 4)  # per seed: stage 1 and four transfer runs
     assert (tmp_path / "translations" / "nusax_train_en-id.jsonl").is_file()
     assert (tmp_path / "states" / "id" / "test" / "index.json").is_file()
+    assert (tmp_path / "states" / "id" / "validation" / "index.json").is_file()
     table = (tmp_path / "runs" / "report_nusax.md").read_text()
     assert "flare" in table and "±" in table and (tmp_path / "runs" / "report_nusax.png").stat().st_size > 0
     first = capsys.readouterr().out

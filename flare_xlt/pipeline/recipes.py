@@ -77,7 +77,7 @@ class PlannedStep:
     language: str
     method: str | None = None
     seed: int | None = None
-    split: str | None = None  # translate / mt-states: train (English -> target) or test (target -> English)
+    split: str | None = None  # translate / mt-states: train or validation (English -> target), test (target -> English)
 
 
 def plan(recipe: Recipe) -> list[PlannedStep]:
@@ -85,12 +85,12 @@ def plan(recipe: Recipe) -> list[PlannedStep]:
     source = get_task(recipe.task).source_language
     steps = []
     for language in recipe.languages:
+        # validation (English -> target) is translated only for checkpoint selection.
+        splits = ["train", "validation", "test"] if recipe.train.select_best_on_validation else ["train", "test"]
         if any(method != "zero-shot" for method in recipe.methods):
-            steps.append(PlannedStep("translate", language, split="train"))
-            steps.append(PlannedStep("translate", language, split="test"))
+            steps.extend(PlannedStep("translate", language, split=split) for split in splits)
         if "flare-mt" in recipe.methods:
-            steps.append(PlannedStep("mt-states", language, split="train"))
-            steps.append(PlannedStep("mt-states", language, split="test"))
+            steps.extend(PlannedStep("mt-states", language, split=split) for split in splits)
     for seed in recipe.seeds:
         steps.append(PlannedStep("finetune", source, seed=seed))
         for language in recipe.languages:
@@ -109,7 +109,7 @@ def run_recipe(recipe: Recipe) -> list[Path]:
     for step in plan(recipe):
         if step.kind in ("translate", "mt-states"):
             if step.kind == "translate":
-                languages = (source, step.language) if step.split == "train" else (step.language, source)
+                languages = (step.language, source) if step.split == "test" else (source, step.language)
                 done = (translations / output_name(task, step.split, *languages)).exists()
             else:
                 done = (states_root / step.language / step.split / "index.json").exists()
@@ -119,11 +119,11 @@ def run_recipe(recipe: Recipe) -> list[Path]:
             if step.kind == "translate":
                 translate_task(task, [step.split], *languages, translator, translations, recipe.data)
             else:
-                if step.split == "train":
-                    path = translations / output_name(task, "train", source, step.language)
-                    records = load_record_file(task, path)
-                else:
+                if step.split == "test":  # FLARE-MT reads the original target-language test text
                     records = load_task_splits(task, step.language, ["test"], recipe.data)["test"]
+                else:
+                    path = translations / output_name(task, step.split, source, step.language)
+                    records = load_record_file(task, path)
                 write_encoder_states(
                     records, step.language, states_root / step.language / step.split, task.encoder_template, translator
                 )

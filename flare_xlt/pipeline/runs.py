@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import peft
 import torch
 import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from .. import __version__
 from ..config import FlareConfig
@@ -57,6 +58,13 @@ class TrainConfig:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations; fusion stays on."})
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU)."})
     report_to: str = field(default="none", metadata={"help": "Trainer loggers: none, tensorboard, wandb."})
+    select_best_on_validation: bool = field(
+        default=False,
+        metadata={
+            "help": "Score the (translated) validation set after every epoch and keep the best adapter, as the paper "
+            "selects its checkpoints. Transfer runs read {task}_validation_en-{language}.jsonl."
+        },
+    )
 
 
 @dataclass
@@ -98,7 +106,37 @@ def _self_pairs(task: TaskSpec, records: list[dict]) -> list[dict]:
     return pair_views(task, records, records)
 
 
-def _train(model, tokenizer, features: list[dict], config: TrainConfig, run_dir: Path, collator) -> None:
+class BestOnValidation(TrainerCallback):
+    """After each epoch, score the validation set; at the end, put back the trainable weights of the best epoch."""
+
+    def __init__(self, model: torch.nn.Module, score: Callable[[], float]) -> None:
+        self.model, self.score = model, score
+        self.history: list[float] = []
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.history.append(self.score())
+        if self.history[-1] >= max(self.history):  # ties keep the later, longer-trained epoch
+            self.best_weights = {
+                name: parameter.detach().clone()
+                for name, parameter in self.model.named_parameters()
+                if parameter.requires_grad
+            }
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.best_weights is not None:
+            with torch.no_grad():
+                for name, parameter in self.model.named_parameters():
+                    if name in self.best_weights:
+                        parameter.copy_(self.best_weights[name])
+        return control
+
+    def summary(self) -> dict:
+        return {"validation_history": self.history, "best_epoch": self.history.index(max(self.history)) + 1}
+
+
+def _train(model, tokenizer, features: list[dict], config: TrainConfig, run_dir: Path, collator, callbacks=()) -> None:
     if config.gradient_checkpointing:
         peft_model = model.model if isinstance(model, XMixupModel) else model
         peft_model.get_base_model().gradient_checkpointing_enable(
@@ -120,12 +158,14 @@ def _train(model, tokenizer, features: list[dict], config: TrainConfig, run_dir:
         logging_steps=10,
         use_cpu=not torch.cuda.is_available(),
     )
-    Trainer(model=model, args=arguments, train_dataset=features, data_collator=collator).train()
+    trainer = Trainer(
+        model=model, args=arguments, train_dataset=features, data_collator=collator, callbacks=list(callbacks)
+    )
+    trainer.train()
 
 
-def _evaluate(
-    model, loaded, task: TaskSpec, pairs, view, config: TrainConfig, run_dir: Path, summary: dict, states=None
-):
+def _score(model, loaded, task: TaskSpec, pairs, view, config: TrainConfig, states=None):
+    """(predictions, raw outputs, references, per-language scores) of `model` on `pairs`."""
     predictions, raw = predict(
         model,
         loaded.tokenizer,
@@ -143,7 +183,30 @@ def _evaluate(
         answers_key = "source_answers" if view == "source" else "answers"
         references = [pair[answers_key]["text"] for pair in pairs]
     ids = [pair["id"] for pair in pairs]
-    scores = task_scores(task, ids, [pair["language"] for pair in pairs], predictions, references)
+    return (
+        predictions,
+        raw,
+        references,
+        task_scores(task, ids, [pair["language"] for pair in pairs], predictions, references),
+    )
+
+
+def _headline(task: TaskSpec) -> str:
+    return "f1" if task.metric == "squad" else task.metric
+
+
+def _validation_callback(model, loaded, task: TaskSpec, pairs, view, config: TrainConfig, states=None):
+    def score() -> float:
+        return _score(model, loaded, task, pairs, view, config, states)[3]["average"][_headline(task)]
+
+    return BestOnValidation(model, score)
+
+
+def _evaluate(
+    model, loaded, task: TaskSpec, pairs, view, config: TrainConfig, run_dir: Path, summary: dict, states=None
+):
+    predictions, raw, references, scores = _score(model, loaded, task, pairs, view, config, states)
+    ids = [pair["id"] for pair in pairs]
     rows = [
         {"id": i, "prediction": p, "reference": r, "output": o}
         for i, p, r, o in zip(ids, predictions, references, raw, strict=True)
@@ -153,7 +216,7 @@ def _evaluate(
     )
     metrics = {
         **summary,
-        "metric": task.metric if task.metric != "squad" else "f1",
+        "metric": _headline(task),
         "scores": scores,
         "run": run_dir.name,
     }
@@ -202,16 +265,24 @@ def finetune(
         modules_to_save=loaded.head_modules(spec, trainable),
     )
     network = get_peft_model(loaded.model, lora)
-    splits = load_task_splits(spec, spec.source_language, ["train", "test"], data)
+    roles = ["train", "validation", "test"] if train.select_best_on_validation else ["train", "test"]
+    splits = load_task_splits(spec, spec.source_language, roles, data)
     features, report, _ = TaskEncoder(spec, loaded.tokenizer, loaded.architecture, "target", train.max_length).encode(
         _self_pairs(spec, splits["train"])
     )
     print(f"train: {report.summary()}")
-    _train(network, loaded.tokenizer, features, train, run_dir, PairedCollator.for_tokenizer(loaded.tokenizer))
+    callbacks = []
+    if train.select_best_on_validation:
+        _check_validation_role(spec)
+        pairs = _self_pairs(spec, splits["validation"])
+        callbacks.append(_validation_callback(network, loaded, spec, pairs, "target", train))
+    collator = PairedCollator.for_tokenizer(loaded.tokenizer)
+    _train(network, loaded.tokenizer, features, train, run_dir, collator, callbacks)
     network.save_pretrained(run_dir / "adapter")
     _write_json(run_dir / "config.json", config)
     _write_json(run_dir / "environment.json", environment())
     summary = {
+        **(callbacks[0].summary() if callbacks else {}),
         "task": spec.name,
         "method": "finetune",
         "seed": train.seed,
@@ -292,7 +363,7 @@ def transfer(
         test_pairs = pair_views(spec, test_target, test_english)
     else:
         test_pairs = _self_pairs(spec, test_target)
-    states = None
+    states, selection = None, {}
     if trains_adapter:
         store = EncoderStateStore(Path(mt_states) / "train") if method == "flare-mt" else None
         flare_config = FlareConfig(
@@ -328,12 +399,26 @@ def transfer(
             for feature, index in zip(features, indices, strict=True):
                 feature["example_id"] = train_pairs[index]["id"]
             collator = _with_mt_states(collator, store)
-        _train(network, loaded.tokenizer, features, train, run_dir, collator)
+        callbacks = []
+        if train.select_best_on_validation:
+            _check_validation_role(spec)
+            validation = pair_views(
+                spec,
+                load_record_file(
+                    spec, Path(translations) / f"{spec.name}_validation_{spec.source_language}-{language}.jsonl"
+                ),
+                load_task_splits(spec, spec.source_language, ["validation"], data)["validation"],
+            )
+            validation_states = EncoderStateStore(Path(mt_states) / "validation") if store is not None else None
+            callbacks.append(_validation_callback(network, loaded, spec, validation, view, train, validation_states))
+        _train(network, loaded.tokenizer, features, train, run_dir, collator, callbacks)
         network.save_pretrained(run_dir / "adapter")
         states = EncoderStateStore(Path(mt_states) / "test") if store is not None else None
+        selection = callbacks[0].summary() if callbacks else {}
     _write_json(run_dir / "config.json", config)
     _write_json(run_dir / "environment.json", environment())
     summary = {
+        **selection,
         "task": spec.name,
         "method": method,
         "seed": train.seed,
@@ -342,6 +427,14 @@ def transfer(
     }
     _evaluate(network, loaded, spec, test_pairs, view, train, run_dir, summary, states)
     return run_dir
+
+
+def _check_validation_role(task: TaskSpec) -> None:
+    if task.splits["validation"] == task.splits["test"]:
+        raise ValueError(
+            f"{task.name} uses its {task.splits['test']!r} split as the test set, so it has no separate validation "
+            "set to select on; turn select_best_on_validation off (the paper does not select for it either)."
+        )
 
 
 def _with_mt_states(collator: PairedCollator, store: EncoderStateStore):
