@@ -137,3 +137,18 @@ def test_selection_on_validation_is_recorded_and_refused_without_a_validation_se
     assert len(json.loads((run_dir / "metrics.json").read_text())["validation_history"]) == 2
     with pytest.raises(ValueError, match="tydiqa uses its 'validation' split as the test set"):
         finetune(str(workspace / "encoder"), "tydiqa", data=str(FIXTURES / "tydiqa"), train=select)
+
+
+def test_trainable_choices_pick_the_modules_to_save(workspace):
+    from flare_xlt.pipeline import load_model
+    from flare_xlt.tasks import NUSAX, TYDIQA
+
+    decoder = load_model(str(workspace / "decoder"), NUSAX)
+    assert decoder.architecture == "decoder" and decoder.tokenizer.padding_side == "left"
+    assert decoder.head_modules(NUSAX, "lora") is None
+    assert decoder.head_modules(NUSAX, "lora+head") == ["lm_head"]
+    assert decoder.head_modules(NUSAX, "lora+head+embeddings") == ["lm_head", "embed_tokens"]
+    encoder = load_model(str(workspace / "encoder"), TYDIQA)
+    assert encoder.architecture == "encoder" and encoder.head_modules(TYDIQA, "lora") == ["qa_outputs"]
+    with pytest.raises(ValueError, match="valid choices: lora, lora\\+head, lora\\+head\\+embeddings"):
+        decoder.head_modules(NUSAX, "everything")

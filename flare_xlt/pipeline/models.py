@@ -17,10 +17,10 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 from ..tasks import TaskSpec
 
 ARCHITECTURES = ("auto", "encoder", "decoder")
-TRAINABLE = ("lora", "lora+head")
+TRAINABLE = ("lora", "lora+head", "lora+head+embeddings")
 # Task heads, trained in full in stage 1 (and kept trainable in stage 2) as modules_to_save.
 ENCODER_HEADS = {"classification": ["classifier", "score"], "extractive_qa": ["qa_outputs"]}
-DECODER_HEADS = ["lm_head"]
+DECODER_HEADS = {"lora": None, "lora+head": ["lm_head"], "lora+head+embeddings": ["lm_head", "embed_tokens"]}
 
 
 @dataclass
@@ -30,14 +30,15 @@ class LoadedModel:
     architecture: str  # "encoder" or "decoder"
 
     def head_modules(self, task: TaskSpec, trainable: str) -> list[str] | None:
-        """modules_to_save: the encoder's task head always; the decoder's lm_head only with trainable='lora+head'
-        (the authors' setting, which trains a vocabulary-sized matrix)."""
+        """modules_to_save: the encoder's task head always. Decoders: none with 'lora'; lm_head with 'lora+head';
+        lm_head and embed_tokens with 'lora+head+embeddings' (the authors' Llama setting). Each is a
+        vocabulary-sized matrix trained in full, which the 'parameter-efficient' label does not cover."""
         if trainable not in TRAINABLE:
             raise ValueError(f"Unknown trainable {trainable!r}; valid choices: {', '.join(TRAINABLE)}.")
         names = {name.rsplit(".", 1)[-1] for name, _ in self.model.named_modules()}
         if self.architecture == "encoder":
             return [head for head in ENCODER_HEADS[task.kind] if head in names]
-        return DECODER_HEADS if trainable == "lora+head" else None
+        return DECODER_HEADS[trainable]
 
 
 def detect_architecture(model_name: str) -> str:
