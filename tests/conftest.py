@@ -291,6 +291,20 @@ def workspace(tmp_path_factory):
     }
     LlamaForCausalLM(LlamaConfig(**sizes)).save_pretrained(root / "decoder")
     decoder_tokenizer.save_pretrained(root / "decoder")
+    seq2seq_sizes = {
+        "vocab_size": len(decoder_tokenizer),
+        "d_model": 32,
+        "d_kv": 8,
+        "d_ff": 64,
+        "num_layers": 2,
+        "num_heads": 4,
+        "dropout_rate": 0.0,
+        "pad_token_id": decoder_tokenizer.pad_token_id,
+        "eos_token_id": decoder_tokenizer.eos_token_id,
+        "decoder_start_token_id": decoder_tokenizer.pad_token_id,
+    }
+    MT5ForConditionalGeneration(MT5Config(**seq2seq_sizes)).save_pretrained(root / "seq2seq")
+    decoder_tokenizer.save_pretrained(root / "seq2seq")
 
     corpus = [path.read_text(encoding="utf-8") for path in sorted(FIXTURES.rglob("*")) if path.is_file()]
     nllb_tokenizer, nllb = build_nllb(corpus, vocab_size=400)

@@ -19,7 +19,7 @@ def read_metrics(run_dir):
     return metrics, predictions
 
 
-@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+@pytest.mark.parametrize("kind", ["encoder", "decoder", "seq2seq"])
 def test_every_method_runs_end_to_end(workspace, kind, capsys):
     runs = workspace / f"runs-{kind}"
     stage1 = finetune(str(workspace / kind), "nusax", output=runs, data=NUSAX_DATA, train=QUICK)

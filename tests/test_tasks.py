@@ -415,3 +415,20 @@ def test_loader_consistency_errors(tmp_path):
     ]
     with pytest.raises(ValueError, match=r"3 pairs have a label in neither view \(first: \['11', '12', '13'\]\)"):
         pair_views(NUSAX, unlabelled, unlabelled)
+
+
+def test_seq2seq_features_put_the_answer_in_the_labels():
+    pairs = xnli_pairs()
+    features, _, _ = TaskEncoder(XNLI, DECODER_TOKENIZER, "seq2seq").encode(pairs)
+    prompt = DECODER_TOKENIZER(
+        XNLI.decoder_template.format(premise=pairs[1]["premise"], hypothesis=pairs[1]["hypothesis"])
+    )["input_ids"]
+    answer = DECODER_TOKENIZER("neutral", add_special_tokens=False)["input_ids"] + [DECODER_TOKENIZER.eos_token_id]
+    assert features[1]["input_ids"] == prompt and features[1]["labels"] == answer
+    right = train_tokenizer("decoder")
+    right.padding_side = "right"
+    batch = PairedCollator.for_tokenizer(right)(features)
+    longest_answer = max(len(feature["labels"]) for feature in features)
+    assert batch["labels"].shape == (3, longest_answer)  # the decoder's own length, not the inputs'
+    assert batch["labels"][1].tolist() == answer + [-100] * (longest_answer - len(answer))
+    assert batch["input_ids"].shape == batch["source_input_ids"].shape

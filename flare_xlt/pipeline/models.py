@@ -9,6 +9,7 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForQuestionAnswering,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
 )
@@ -16,7 +17,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 
 from ..tasks import TaskSpec
 
-ARCHITECTURES = ("auto", "encoder", "decoder")
+ARCHITECTURES = ("auto", "encoder", "decoder", "seq2seq")
 TRAINABLE = ("lora", "lora+head", "lora+head+embeddings")
 # Task heads, trained in full in stage 1 (and kept trainable in stage 2) as modules_to_save.
 ENCODER_HEADS = {"classification": ["classifier", "score"], "extractive_qa": ["qa_outputs"]}
@@ -44,10 +45,7 @@ class LoadedModel:
 def detect_architecture(model_name: str) -> str:
     config = AutoConfig.from_pretrained(model_name)
     if getattr(config, "is_encoder_decoder", False):
-        raise ValueError(
-            f"{model_name} is an encoder-decoder model ({config.model_type}); the pipeline runs encoder and "
-            "decoder-only models so far. The FLARE core supports encoder-decoder models directly (get_flare_model)."
-        )
+        return "seq2seq"
     return "encoder" if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "decoder"
 
 
@@ -73,6 +71,9 @@ def load_model(model_name: str, task: TaskSpec, architecture: str = "auto", load
             )
         else:
             model = AutoModelForQuestionAnswering.from_pretrained(model_name, **kwargs)
+    elif architecture == "seq2seq":  # classification and QA by generation (mT5)
+        tokenizer.padding_side = "right"
+        model = AutoModelForSeq2SeqLM.from_pretrained(model_name, **kwargs)
     else:
         tokenizer.padding_side = "left"  # generation appends on the right
         if tokenizer.pad_token is None:

@@ -40,14 +40,15 @@ def predict(
             embeds, mask = source_embeds(example_ids)
             batch["source_embeds"], batch["source_attention_mask"] = embeds.to(device), mask.to(device)
         with torch.no_grad():
-            if architecture == "decoder":
+            if architecture in ("decoder", "seq2seq"):
                 generated = model.generate(
                     **batch,
                     max_new_tokens=GENERATION_TOKENS[task.kind],
                     do_sample=False,
                     pad_token_id=tokenizer.pad_token_id,
                 )
-                new_tokens = generated[:, batch["input_ids"].shape[1] :]
+                # A decoder-only model continues its prompt; an encoder-decoder model starts a new sequence.
+                new_tokens = generated[:, batch["input_ids"].shape[1] :] if architecture == "decoder" else generated
                 outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
             elif task.kind == "classification":
                 logits = model(**batch).logits
@@ -64,7 +65,7 @@ def predict(
         answers = postprocess_qa_predictions(contexts, windows, padded_start, padded_end)
         return answers, answers
     if task.kind == "classification":
-        if architecture == "decoder":
+        if architecture != "encoder":
             return [parse_verbalized(text, task.answer_words) for text in outputs], outputs
         return [int(label) for label in outputs], outputs
     return [extract_generated_answer(text) for text in outputs], outputs

@@ -14,7 +14,8 @@ class PairedCollator:
     """Pads target and source of a batch to one common length, on the model's padding side.
 
     Returns input_ids / attention_mask / labels and, for paired batches, source_input_ids / source_attention_mask.
-    Token-level labels (decoders) are padded with -100; scalar labels and QA start/end positions are stacked.
+    Token-level labels are padded with -100: with the inputs when they line up with them (decoder-only models), on
+    the right to their own length otherwise (encoder-decoder models); scalar labels and QA positions are stacked.
     Other keys (ids, offsets) are left out: they are bookkeeping, not model inputs.
     """
 
@@ -39,7 +40,9 @@ class PairedCollator:
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         sequence_keys = [key for key in SEQUENCE_KEYS if key in features[0]]
         token_labels = "labels" in features[0] and isinstance(features[0]["labels"], list)
-        if token_labels:
+        # Decoder-only labels line up with input_ids; encoder-decoder labels are the decoder's own sequence.
+        aligned = token_labels and all(len(feature["labels"]) == len(feature["input_ids"]) for feature in features)
+        if aligned:
             sequence_keys.append("labels")
         length = max(len(feature[key]) for feature in features for key in sequence_keys)
         if self.pad_to_multiple_of:
@@ -60,6 +63,11 @@ class PairedCollator:
                     padding + list(feature[key]) if self.padding_side == "left" else list(feature[key]) + padding
                 )
             batch[key] = torch.tensor(rows, dtype=torch.long)
+        if token_labels and not aligned:
+            label_length = max(len(feature["labels"]) for feature in features)
+            batch["labels"] = torch.tensor(
+                [list(f["labels"]) + [self.label_pad_id] * (label_length - len(f["labels"])) for f in features]
+            )
         for key in ("labels", "start_positions", "end_positions"):
             if key in features[0] and key not in batch:
                 batch[key] = torch.tensor([feature[key] for feature in features], dtype=torch.long)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..qa import QAFeatures, prepare_qa_features
 from .spec import TaskSpec
 
-ARCHITECTURES = ("encoder", "decoder")
+ARCHITECTURES = ("encoder", "decoder", "seq2seq")
 VIEWS = ("paired", "target", "source", "input_fusion")
 IGNORE_INDEX = -100
 
@@ -60,8 +60,8 @@ class TaskEncoder:
             raise ValueError(f"Unknown view {self.view!r}; valid choices: {', '.join(VIEWS)}.")
         if self.sentence_pair and (self.architecture != "encoder" or len(self.task.text_fields) != 2):
             raise ValueError("sentence_pair encoding needs an encoder and a task with exactly two text fields.")
-        if self.architecture == "decoder" and not self.for_generation and self.tokenizer.eos_token_id is None:
-            raise ValueError("Decoder training appends EOS after the answer, but the tokenizer has no eos_token.")
+        if self.architecture != "encoder" and not self.for_generation and self.tokenizer.eos_token_id is None:
+            raise ValueError("Generative training appends EOS after the answer, but the tokenizer has no eos_token.")
 
     def encode(self, pairs: list[dict]) -> tuple[list[dict], EncodingReport, QAFeatures | None]:
         """Features (one per example, or per window for encoder QA), the report, and QA windows if any."""
@@ -99,9 +99,12 @@ class TaskEncoder:
             feature["labels"] = pair["label"]
         else:
             prompt_ids = self.tokenizer(self._prompt(pair, side))["input_ids"]
-            if self.for_generation:
+            if self.for_generation or self.architecture == "seq2seq":
                 prompt_ids = self._fit_prompt(prompt_ids, self.max_length, report)
                 feature = {"input_ids": prompt_ids, "attention_mask": [1] * len(prompt_ids)}
+                if self.architecture == "seq2seq" and not self.for_generation:
+                    # The encoder reads the prompt, the decoder learns the answer: labels are the answer and EOS.
+                    feature["labels"] = self._answer_ids(self._answer(pair))
             else:
                 feature = self._decoder_training(prompt_ids, self._answer(pair), report)
         if self.view == "paired":
@@ -123,8 +126,11 @@ class TaskEncoder:
             raise ValueError(f"{self.task.name} example {pair['id']!r} has no answer to train on.")
         return answers["text"][0]
 
+    def _answer_ids(self, answer: str) -> list[int]:
+        return [*self.tokenizer(answer, add_special_tokens=False)["input_ids"], self.tokenizer.eos_token_id]
+
     def _decoder_training(self, prompt_ids: list[int], answer: str, report: EncodingReport) -> dict:
-        answer_ids = [*self.tokenizer(answer, add_special_tokens=False)["input_ids"], self.tokenizer.eos_token_id]
+        answer_ids = self._answer_ids(answer)
         room = self.max_length - len(answer_ids)
         if room < 1:
             raise ValueError(f"max_length={self.max_length} leaves no room for a prompt before the answer {answer!r}.")
