@@ -18,10 +18,8 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 import statistics
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from io import BytesIO, StringIO
@@ -30,7 +28,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .io import write_text_atomic
+from .io import write_bytes_atomic, write_text_atomic
 
 METHOD_ORDER = ("zero-shot", "translate-test", "lora", "input-fusion", "x-mixup", "flare", "flare-mt")
 
@@ -239,7 +237,7 @@ def write_report(directory: str | Path, output: str | Path | None = None) -> lis
         markdown, table, chart = (output / f"report_{task}.{suffix}" for suffix in ("md", "csv", "png"))
         write_text_atomic(markdown, _markdown(task, summary))
         write_text_atomic(table, _csv(summary))
-        _write_bytes_atomic(chart, _png(task, summary))
+        write_bytes_atomic(chart, _png(task, summary))
         paths += [markdown, table, chart]
     return paths
 
@@ -352,18 +350,3 @@ def _png(task: str, summary: Mapping) -> bytes:
     buffer = BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
     return buffer.getvalue()
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    """write_text_atomic for bytes: the file is either complete or absent, never truncated."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -9,11 +9,8 @@ safetensors shards, which training reads through memory maps.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
+
+from ..io import replace_atomically
 
 INDEX_NAME = "index.json"
 SHARD_NAME = "shard-{:05d}.safetensors"
@@ -102,21 +101,6 @@ def encoder_states(
     return states
 
 
-def _replace_atomically(target: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the target's folder and rename it into place, so that a reader never sees a
-    half-written file and a crash leaves the previous version."""
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        with open(temporary, "rb+") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 class EncoderStateStore:
     """float16 safetensors shards on disk and an index; memory-mapped when read at training time.
 
@@ -192,9 +176,9 @@ class EncoderStateStore:
                     raise ValueError(f"The state of {example_id!r} is not finite in float16 (NaN, or beyond ±65504).")
                 tensors[example_id] = half
                 shard_of[example_id] = name
-            _replace_atomically(directory / name, lambda path, tensors=tensors: save_file(tensors, path))
+            replace_atomically(directory / name, lambda path, tensors=tensors: save_file(tensors, path))
         index = {"ids": shard_of, "d_model": d_model, "metadata": metadata or {}}
-        _replace_atomically(
+        replace_atomically(
             directory / INDEX_NAME, lambda path: Path(path).write_text(json.dumps(index), encoding="utf-8")
         )
         # Shards of an earlier, larger store in this folder are no longer referenced.

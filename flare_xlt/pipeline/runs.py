@@ -101,6 +101,21 @@ def _write_json(path: Path, value: dict) -> None:
     write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+def _finished(run_dir: Path) -> bool:
+    """A run whose metrics.json exists is complete (it is written last): asking for it again does nothing."""
+    if (run_dir / "metrics.json").exists():
+        print(f"{run_dir.name}: finished earlier, skipped")
+        return True
+    return False
+
+
+def _load(model: str, task: TaskSpec, architecture: str, load_in_4bit: bool, train: TrainConfig):
+    set_seed(train.seed)
+    loaded = load_model(model, task, architecture, load_in_4bit)
+    check_max_length(loaded, train.max_length)
+    return loaded
+
+
 def _self_pairs(task: TaskSpec, records: list[dict]) -> list[dict]:
     """English-only data as pairs whose two views are the same records (stage 1 reads the target view)."""
     return pair_views(task, records, records)
@@ -251,12 +266,9 @@ def finetune(
         "train": asdict(train),
     }
     run_dir = run_directory(output, f"{spec.name}-en-finetune-seed{train.seed}", config)
-    if (run_dir / "metrics.json").exists():
-        print(f"{run_dir.name}: finished earlier, skipped")
+    if _finished(run_dir):
         return run_dir
-    set_seed(train.seed)
-    loaded = load_model(model, spec, architecture, load_in_4bit)
-    check_max_length(loaded, train.max_length)
+    loaded = _load(model, spec, architecture, load_in_4bit, train)
     lora = LoraConfig(
         r=adapter.r,
         lora_alpha=adapter.lora_alpha,
@@ -348,12 +360,9 @@ def transfer(
         "train": asdict(train),
     }
     run_dir = run_directory(output, f"{spec.name}-{language}-{method}-seed{train.seed}", config)
-    if (run_dir / "metrics.json").exists():
-        print(f"{run_dir.name}: finished earlier, skipped")
+    if _finished(run_dir):
         return run_dir
-    set_seed(train.seed)
-    loaded = load_model(model, spec, architecture, load_in_4bit)
-    check_max_length(loaded, train.max_length)
+    loaded = _load(model, spec, architecture, load_in_4bit, train)
     network = PeftModel.from_pretrained(loaded.model, Path(stage1) / "adapter")
     view = METHOD_VIEWS[method]
 
