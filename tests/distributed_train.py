@@ -53,6 +53,11 @@ def main(output: str, per_device_batch: int, tokenizer_dir: str) -> None:
         weights = {name: p.detach().contiguous() for name, p in flare.named_parameters() if p.requires_grad}
         weights["training_loss"] = torch.tensor([result.training_loss])
         save_file(weights, output)
+    if torch.distributed.is_initialized():
+        # A gloo group still alive at interpreter exit can abort a rank ("terminate called without an active
+        # exception"); close it once every rank is done.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

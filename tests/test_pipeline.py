@@ -9,6 +9,7 @@ import torch
 from conftest import FIXTURES, NUSAX_DATA
 
 from flare_xlt.pipeline import AdapterConfig, TrainConfig, finetune, transfer
+from flare_xlt.report import write_report
 
 QUICK = TrainConfig(batch_size=2, max_steps=2, learning_rate=1e-3, max_length=48, seed=3)
 
@@ -24,9 +25,9 @@ def test_every_method_runs_end_to_end(workspace, kind, capsys):
     runs = workspace / f"runs-{kind}"
     stage1 = finetune(str(workspace / kind), "nusax", output=runs, data=NUSAX_DATA, train=QUICK)
     assert (stage1 / "adapter" / "adapter_config.json").is_file()
-    methods = ["zero-shot", "translate-test", "lora", "input-fusion", "flare"]
+    methods = ["zero-shot", "translate-test", "lora", "input-fusion", "flare", "flare-mt"]
     if kind == "encoder":
-        methods += ["flare-mt", "x-mixup"]
+        methods.append("x-mixup")
     for method in methods:
         run_dir = transfer(
             str(workspace / kind),
@@ -53,6 +54,9 @@ def test_every_method_runs_end_to_end(workspace, kind, capsys):
             assert (run_dir / "adapter" / "flare_config.json").is_file()
         assert json.loads((run_dir / "config.json").read_text())["method"] == method
         assert "torch" in json.loads((run_dir / "environment.json").read_text())
+    written = write_report(runs)
+    table = next(path for path in written if path.name == "report_nusax.md").read_text()
+    assert all(f"| {method} |" in table for method in methods)
     # The same request again finds the finished run; another seed is another directory.
     again = transfer(
         str(workspace / kind),
