@@ -156,3 +156,23 @@ def test_trainable_choices_pick_the_modules_to_save(workspace):
     assert encoder.architecture == "encoder" and encoder.head_modules(TYDIQA, "lora") == ["qa_outputs"]
     with pytest.raises(ValueError, match="valid choices: lora, lora\\+head, lora\\+head\\+embeddings"):
         decoder.head_modules(NUSAX, "everything")
+
+
+def test_frozen_stage1_mode_runs_and_is_a_different_run(workspace):
+    runs = workspace / "runs-frozen"
+    stage1 = finetune(str(workspace / "encoder"), "nusax", output=runs, data=NUSAX_DATA, train=QUICK)
+    common = dict(output=runs, data=NUSAX_DATA, train=QUICK)
+    merged = transfer(str(workspace / "encoder"), "nusax", "id", "flare", stage1, workspace / "translations", **common)
+    frozen = transfer(
+        str(workspace / "encoder"),
+        "nusax",
+        "id",
+        "flare",
+        stage1,
+        workspace / "translations",
+        stage1_mode="frozen",
+        **common,
+    )
+    assert merged != frozen
+    assert json.loads((frozen / "config.json").read_text())["stage1_mode"] == "frozen"
+    assert read_metrics(frozen)[0]["scores"]["id"]["count"] == 3
