@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 
 from .io import write_bytes_atomic, write_text_atomic
 
+STAGE1_METHOD = "finetune"
 METHOD_ORDER = ("zero-shot", "translate-test", "lora", "input-fusion", "x-mixup", "flare", "flare-mt")
 
 # The metrics.json contract: the only keys read, each with the JSON type it must have.
@@ -224,9 +225,10 @@ def write_report(directory: str | Path, output: str | Path | None = None) -> lis
     """Per task, report_<task>.md, .csv and .png in output (default: directory); returns the paths written."""
     directory = Path(directory)
     output = directory if output is None else Path(output)
-    runs = collect_runs(directory)
+    # Stage-1 runs (method "finetune") score English, not a transfer: they are not rows of the transfer tables.
+    runs = [run for run in collect_runs(directory) if run["method"] != STAGE1_METHOD]
     if not runs:
-        raise ValueError(f"No metrics.json below {directory}.")
+        raise ValueError(f"No transfer runs (metrics.json) below {directory}.")
     summaries = summarize(runs)
     # Checked before writing anything, so a bad name cannot leave a partial report behind.
     for task in summaries:

@@ -58,7 +58,7 @@ def test_task_split_end_to_end_in_the_tasks_format(nllb_dir, tmp_path):
     english = load_original_view(XNLI, "en", "validation", FIXTURES / "XNLI-1.0")
     pairs = pair_views(XNLI, translated, english)
     assert [pair["label"] for pair in pairs] == [0, 1, 2]
-    assert (tmp_path / "xnli_report_en-sw.json").is_file()
+    assert (tmp_path / "xnli_report_validation-test_en-sw.json").is_file()
 
 
 def test_dedup_cache_and_batching(nllb_dir, tmp_path):

@@ -91,6 +91,8 @@ def test_transfer_errors_name_the_choices(workspace):
         transfer(str(workspace / "encoder"), "nusax", "xx", "flare", workspace)
     with pytest.raises(ValueError, match="needs --translations"):
         transfer(str(workspace / "encoder"), "nusax", "id", "flare", workspace)
+    with pytest.raises(ValueError, match="translate-test for extractive QA"):
+        transfer(str(workspace / "encoder"), "tydiqa", "sw", "translate-test", workspace, workspace)
     with pytest.raises(ValueError, match=r"Unknown stage1_mode 'keep'; valid choices: merge, frozen"):
         transfer(str(workspace / "encoder"), "nusax", "id", "flare", workspace, workspace, stage1_mode="keep")
     with pytest.raises(ValueError, match=r"max_length=300 exceeds the 159 positions this model can encode"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def test_recipe_errors_name_the_setting(tmp_path):
         ({**base, "epochs": 3}, "Unknown recipe settings \\['epochs'\\]"),
         ({**base, "train": {"lr": 1}}, "Unknown train settings \\['lr'\\]; valid settings: \\['batch_size'"),
         ({"task": "nusax"}, "missing"),
+        ({**base, "task": "tydiqa", "languages": ["sw"], "methods": ["translate-test"]}, "extractive QA"),
     ]
     for values, message in cases:
         path = tmp_path / "recipe.yaml"
@@ -93,6 +95,11 @@ def test_tiny_recipe_runs_the_whole_workflow(workspace, tmp_path, capsys):
     assert (tmp_path / "translations" / "nusax_train_en-id.jsonl").is_file()
     assert (tmp_path / "states" / "id" / "test" / "index.json").is_file()
     assert (tmp_path / "states" / "id" / "validation" / "index.json").is_file()
+    averages = {
+        row["method"]: row["avg_mean"] for row in csv.DictReader((tmp_path / "runs" / "report_nusax.csv").open())
+    }
+    assert set(averages) == {"zero-shot", "lora", "flare", "flare-mt"}  # stage-1 runs are not transfer rows
+    assert all(value != "" for value in averages.values())  # so every method has an average over languages
     table = (tmp_path / "runs" / "report_nusax.md").read_text()
     assert "flare" in table and "±" in table and (tmp_path / "runs" / "report_nusax.png").stat().st_size > 0
     first = capsys.readouterr().out

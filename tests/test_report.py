@@ -313,5 +313,35 @@ def test_ambiguous_duplicate_results_are_rejected(tmp_path: Path) -> None:
 
 def test_empty_directory_is_an_error(tmp_path: Path) -> None:
     assert collect_runs(tmp_path) == []
-    with pytest.raises(ValueError, match=r"No metrics\.json"):
+    with pytest.raises(ValueError, match=r"No transfer runs \(metrics\.json\)"):
         write_report(tmp_path)
+
+
+def test_stage1_runs_are_not_rows_of_the_transfer_tables(tmp_path):
+    from flare_xlt.report import write_report
+
+    def run(folder, method, language, value):
+        (tmp_path / folder).mkdir()
+        scores = {language: {"accuracy": value, "count": 3}, "average": {"accuracy": value, "count": 3}}
+        (tmp_path / folder / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "task": "xnli",
+                    "method": method,
+                    "seed": 1,
+                    "language": language,
+                    "metric": "accuracy",
+                    "scores": scores,
+                    "run": folder,
+                    "config_hash": "0",
+                }
+            )
+        )
+
+    run("stage1", "finetune", "en", 0.9)
+    run("flare", "flare", "sw", 0.6)
+    run("lora", "lora", "sw", 0.5)
+    write_report(tmp_path)
+    rows = {row["method"]: row for row in csv.DictReader((tmp_path / "report_xnli.csv").open())}
+    assert set(rows) == {"flare", "lora"}
+    assert (float(rows["flare"]["avg_mean"]), float(rows["flare"]["avg_rank"])) == (0.6, 1.0)

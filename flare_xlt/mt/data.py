@@ -103,7 +103,8 @@ def translate_task(
     )
     for split, records in translated.items():
         write_records(output / output_name(task, split, source, target), records)
-    write_text_atomic(output / f"{task.name}_report_{source}-{target}.json", json.dumps(report, indent=2) + "\n")
+    name = f"{task.name}_report_{'-'.join(splits)}_{source}-{target}.json"  # one report per call: none overwritten
+    write_text_atomic(output / name, json.dumps(report, indent=2) + "\n")
     return report
 
 

@@ -41,6 +41,8 @@ class Recipe:
         unknown = [method for method in self.methods if method not in METHODS]
         if unknown:
             raise ValueError(f"Unknown methods {unknown}; valid choices: {', '.join(METHODS)}.")
+        if task.kind == "extractive_qa" and "translate-test" in self.methods:
+            raise ValueError("translate-test does not run for extractive QA tasks (no back-projection of answers).")
         if self.stage1_mode not in STAGE1_MODES:
             raise ValueError(f"Unknown stage1_mode {self.stage1_mode!r}; valid choices: {', '.join(STAGE1_MODES)}.")
         if isinstance(self.adapter, dict):

@@ -62,7 +62,7 @@ class TrainConfig:
         default=False,
         metadata={
             "help": "Score the (translated) validation set after every epoch and keep the best adapter, as the paper "
-            "selects its checkpoints. Transfer runs read {task}_validation_en-{language}.jsonl."
+            "selects its checkpoints. Transfer runs read {task}_validation_<source>-{language}.jsonl."
         },
     )
 
@@ -70,7 +70,7 @@ class TrainConfig:
 @dataclass
 class AdapterConfig:
     r: int = 8
-    lora_alpha: float = 16
+    lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     target_modules: list[str] | str | None = None
     fusion: str = "add_relu"
@@ -80,8 +80,22 @@ class AdapterConfig:
     cross_attention_heads: int = 1
 
 
+def _canonical(value):
+    """One spelling per setting, so the same run asked for from a recipe or the CLI gets one hash."""
+    if isinstance(value, dict):
+        return {key: _canonical(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(item) for item in value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, Path) or (isinstance(value, str) and Path(value).exists()):
+        return str(Path(value).resolve())
+    return value
+
+
 def run_directory(output: Path, name: str, config: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    canonical = json.dumps(_canonical(config), sort_keys=True, default=str)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:8]
     return Path(output) / f"{name}-{digest}"
 
 
@@ -113,7 +127,15 @@ def _load(model: str, task: TaskSpec, architecture: str, load_in_4bit: bool, tra
     set_seed(train.seed)
     loaded = load_model(model, task, architecture, load_in_4bit)
     check_max_length(loaded, train.max_length)
+    if torch.cuda.is_available() and not load_in_4bit:  # 4-bit weights are placed on the GPU when loaded
+        # Evaluation-only methods (zero-shot, translate-test) never pass through the Trainer, which moves models.
+        loaded.model.to("cuda")
     return loaded
+
+
+def _is_main_process() -> bool:
+    """Under torchrun every process trains; only the first evaluates and writes the run's files."""
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
 def _self_pairs(task: TaskSpec, records: list[dict]) -> list[dict]:
@@ -220,6 +242,8 @@ def _validation_callback(model, loaded, task: TaskSpec, pairs, view, config: Tra
 def _evaluate(
     model, loaded, task: TaskSpec, pairs, view, config: TrainConfig, run_dir: Path, summary: dict, states=None
 ):
+    if not _is_main_process():
+        return None
     predictions, raw, references, scores = _score(model, loaded, task, pairs, view, config, states)
     ids = [pair["id"] for pair in pairs]
     rows = [
@@ -265,7 +289,7 @@ def finetune(
         "adapter": asdict(adapter),
         "train": asdict(train),
     }
-    run_dir = run_directory(output, f"{spec.name}-en-finetune-seed{train.seed}", config)
+    run_dir = run_directory(output, f"{spec.name}-{spec.source_language}-finetune-seed{train.seed}", config)
     if _finished(run_dir):
         return run_dir
     loaded = _load(model, spec, architecture, load_in_4bit, train)
@@ -290,9 +314,10 @@ def finetune(
         callbacks.append(_validation_callback(network, loaded, spec, pairs, "target", train))
     collator = PairedCollator.for_tokenizer(loaded.tokenizer)
     _train(network, loaded.tokenizer, features, train, run_dir, collator, callbacks)
-    network.save_pretrained(run_dir / "adapter")
-    _write_json(run_dir / "config.json", config)
-    _write_json(run_dir / "environment.json", environment())
+    if _is_main_process():
+        network.save_pretrained(run_dir / "adapter")
+        _write_json(run_dir / "config.json", config)
+        _write_json(run_dir / "environment.json", environment())
     summary = {
         **(callbacks[0].summary() if callbacks else {}),
         "task": spec.name,
@@ -325,14 +350,20 @@ def transfer(
     """Stage 2 for one target language: evaluate the stage-1 model (zero-shot, translate-test) or train a new
     adapter on translated data (lora, input-fusion, flare, flare-mt) and evaluate it on the target test set.
 
-    translations: folder with {task}_train_en-{language}.jsonl and {task}_test_{language}-en.jsonl, as written
-    by flare-xlt translate.
-    mt_states: for flare-mt, a folder with the encoder-state stores train/ and test/ (flare-xlt mt-states).
+    translations: folder with {task}_train_<source>-{language}.jsonl and {task}_test_{language}-<source>.jsonl
+    (and {task}_validation_<source>-{language}.jsonl when selecting on validation), as written by flare-xlt translate.
+    mt_states: for flare-mt, a folder with the encoder-state stores train/, test/ (and validation/ when selecting),
+    as written by flare-xlt mt-states.
     """
     spec, adapter, train = get_task(task), adapter or AdapterConfig(), train or TrainConfig()
     spec.check_language(language)
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; valid choices: {', '.join(METHODS)}.")
+    if method == "translate-test" and spec.kind == "extractive_qa":
+        raise ValueError(
+            "translate-test for extractive QA would need the English answer spans projected back into the target "
+            "context, which flare-xlt does not do; it runs for classification tasks."
+        )
     if stage1_mode not in STAGE1_MODES:
         raise ValueError(f"Unknown stage1_mode {stage1_mode!r}; valid choices: {', '.join(STAGE1_MODES)}.")
     needs_translations = method != "zero-shot"
@@ -368,7 +399,9 @@ def transfer(
 
     test_target = load_task_splits(spec, language, ["test"], data)["test"]
     if needs_translations:
-        test_english = load_record_file(spec, Path(translations) / f"{spec.name}_test_{language}-en.jsonl")
+        test_english = load_record_file(
+            spec, Path(translations) / f"{spec.name}_test_{language}-{spec.source_language}.jsonl"
+        )
         test_pairs = pair_views(spec, test_target, test_english)
     else:
         test_pairs = _self_pairs(spec, test_target)
@@ -421,11 +454,13 @@ def transfer(
             validation_states = EncoderStateStore(Path(mt_states) / "validation") if store is not None else None
             callbacks.append(_validation_callback(network, loaded, spec, validation, view, train, validation_states))
         _train(network, loaded.tokenizer, features, train, run_dir, collator, callbacks)
-        network.save_pretrained(run_dir / "adapter")
+        if _is_main_process():
+            network.save_pretrained(run_dir / "adapter")
         states = EncoderStateStore(Path(mt_states) / "test") if store is not None else None
         selection = callbacks[0].summary() if callbacks else {}
-    _write_json(run_dir / "config.json", config)
-    _write_json(run_dir / "environment.json", environment())
+    if _is_main_process():
+        _write_json(run_dir / "config.json", config)
+        _write_json(run_dir / "environment.json", environment())
     summary = {
         **selection,
         "task": spec.name,
