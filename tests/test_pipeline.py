@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -178,3 +179,19 @@ def test_frozen_stage1_mode_runs_and_is_a_different_run(workspace):
     assert merged != frozen
     assert json.loads((frozen / "config.json").read_text())["stage1_mode"] == "frozen"
     assert read_metrics(frozen)[0]["scores"]["id"]["count"] == 3
+
+
+def test_run_hash_spells_numbers_and_paths_one_way(tmp_path, monkeypatch):
+    from flare_xlt.pipeline.runs import run_directory
+
+    (tmp_path / "translations").mkdir()
+    monkeypatch.chdir(tmp_path)
+    relative = run_directory(Path("runs"), "x", {"train": {"epochs": 3}, "translations": "translations", "method": "a"})
+    absolute = run_directory(
+        Path("runs"), "x", {"train": {"epochs": 3.0}, "translations": str(tmp_path / "translations"), "method": "a"}
+    )
+    assert relative == absolute
+    assert (
+        run_directory(Path("runs"), "x", {"train": {"epochs": 2}, "translations": "translations", "method": "a"})
+        != relative
+    )

@@ -80,15 +80,19 @@ class AdapterConfig:
     cross_attention_heads: int = 1
 
 
-def _canonical(value):
-    """One spelling per setting, so the same run asked for from a recipe or the CLI gets one hash."""
+PATH_SETTINGS = ("model", "data", "stage1", "translations", "mt_states")
+
+
+def _canonical(value, key: str = ""):
+    """One spelling per setting, so the same run asked for from a recipe or the CLI gets one hash: numbers as floats,
+    path settings that name an existing file or folder as absolute paths."""
     if isinstance(value, dict):
-        return {key: _canonical(item) for key, item in value.items()}
+        return {name: _canonical(item, name) for name, item in value.items()}
     if isinstance(value, list | tuple):
         return [_canonical(item) for item in value]
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    if isinstance(value, Path) or (isinstance(value, str) and Path(value).exists()):
+    if key in PATH_SETTINGS and value is not None and Path(value).exists():
         return str(Path(value).resolve())
     return value
 
@@ -348,7 +352,7 @@ def transfer(
     train: TrainConfig | None = None,
 ) -> Path:
     """Stage 2 for one target language: evaluate the stage-1 model (zero-shot, translate-test) or train a new
-    adapter on translated data (lora, input-fusion, flare, flare-mt) and evaluate it on the target test set.
+    adapter on translated data (lora, input-fusion, flare, flare-mt, x-mixup) and evaluate it on the target test set.
 
     translations: folder with {task}_train_<source>-{language}.jsonl and {task}_test_{language}-<source>.jsonl
     (and {task}_validation_<source>-{language}.jsonl when selecting on validation), as written by flare-xlt translate.
