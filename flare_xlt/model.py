@@ -187,6 +187,7 @@ class FlareModel(PeftModel):
         self._input_stream_causal = not self.is_encoder_decoder and any(
             getattr(module, "is_causal", False) is True for module in network.modules()
         )
+        self.encoder_prefix = self._find_encoder_prefix(network)
         self.fused_modules = self._configure_layers(network)
         self._mixes_causal_positions = flare_config.fusion in POSITION_MIXING_FUSIONS and any(
             self._stream_is_causal(layer.flare_stream) for layer in self.fused_modules.values()
@@ -241,7 +242,6 @@ class FlareModel(PeftModel):
                         )
             if not fused_names:
                 raise ValueError(f"fusion_modules={patterns!r} matches none of the LoRA targets: {sorted(targets)}.")
-        encoder_prefix = self._encoder_prefix(network)
         for name, layer in targets.items():
             fused = name in fused_names
             layer.configure_flare(
@@ -252,19 +252,18 @@ class FlareModel(PeftModel):
             )
             layer.flare_state = self.flare_state
             layer.flare_module_name = name
-            layer.flare_stream = self._stream_of(name, encoder_prefix)
+            layer.flare_stream = self._stream_of(name)
         return {name: targets[name] for name in fused_names}
 
     @staticmethod
-    def _encoder_prefix(network: nn.Module) -> str | None:
+    def _find_encoder_prefix(network: nn.Module) -> str | None:
         if not getattr(network.config, "is_encoder_decoder", False):
             return None
         encoder = network.get_encoder()
         return next(name for name, module in network.named_modules() if module is encoder) + "."
 
-    @staticmethod
-    def _stream_of(name: str, encoder_prefix: str | None) -> str:
-        if encoder_prefix is None or name.startswith(encoder_prefix):
+    def _stream_of(self, name: str) -> str:
+        if self.encoder_prefix is None or name.startswith(self.encoder_prefix):
             return INPUT_STREAM
         parent, _, leaf = name.rpartition(".")
         if leaf in _KEY_VALUE_LEAVES and _CROSS_ATTENTION_PARENT.search(parent):
@@ -281,9 +280,8 @@ class FlareModel(PeftModel):
         points = {}
         for name, layer in self.fused_modules.items():
             block = _enclosing_block(network, name)
-            if self.is_encoder_decoder and layer.flare_stream != self._stream_of(
-                block + ".x", self._encoder_prefix(network)
-            ):
+            in_encoder = self.encoder_prefix is None or block.startswith(self.encoder_prefix)
+            if layer.flare_stream != (INPUT_STREAM if in_encoder else DECODER_STREAM):
                 raise ValueError(
                     f"{name} reads encoder tokens inside decoder block {block}; source_site='block_input' cannot "
                     "pair it with that block's state. Use source_site='linear_input' or leave it out of fusion_modules."

@@ -75,3 +75,14 @@ def test_target_modules_absent_from_the_model():
 def test_fusion_none_is_plain_lora_with_no_fused_modules():
     flare = get_flare_model(build("llama"), FlareConfig(fusion=None))
     assert flare.fused_modules == {}
+
+
+def test_block_input_refuses_decoder_cross_attention_values_on_mt5():
+    with pytest.raises(
+        ValueError, match=r"EncDecAttention\.v reads encoder tokens inside decoder block decoder\.block\.0"
+    ):
+        get_flare_model(build("mt5"), FlareConfig(source_site="block_input"))
+    flare = get_flare_model(
+        build("mt5"), FlareConfig(source_site="block_input", fusion_modules=r".*SelfAttention\.(q|v)")
+    )
+    assert {layer.flare_stream for layer in flare.fused_modules.values()} == {"input", "decoder"}

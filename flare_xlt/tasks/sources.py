@@ -114,10 +114,8 @@ def load_original_view(task: TaskSpec, language: str, split: str, path: str | Pa
     task.check_language(language)
     path = Path(path)
     if task is XNLI:
-        names = {"validation": "xnli.dev.tsv", "test": "xnli.test.tsv"}
-        if split not in names:
-            raise ValueError(f"XNLI-1.0 ships the splits {list(names)}; got {split!r} (its train set is MultiNLI).")
-        file = path / names[split] if path.is_dir() else path
+        files = {"validation": "xnli.dev.tsv", "test": "xnli.test.tsv"}
+        file = _release_file(path, files, split, "XNLI-1.0 (whose train set is MultiNLI)")
         with _open(file) as stream:
             rows = list(csv.DictReader(stream, delimiter="\t", quoting=csv.QUOTE_NONE))
         _require_columns(file, rows, ("language", "gold_label", "sentence1", "sentence2", "pairID"))
@@ -134,10 +132,8 @@ def load_original_view(task: TaskSpec, language: str, split: str, path: str | Pa
             if row["language"] == language
         ]
     if task is TYDIQA:
-        names = {"train": "tydiqa-goldp-v1.1-train.json", "validation": "tydiqa-goldp-v1.1-dev.json"}
-        if split not in names:
-            raise ValueError(f"TyDiQA-GoldP ships the splits {list(names)}; got {split!r}.")
-        file = path / names[split] if path.is_dir() else path
+        files = {"train": "tydiqa-goldp-v1.1-train.json", "validation": "tydiqa-goldp-v1.1-dev.json"}
+        file = _release_file(path, files, split, "TyDiQA-GoldP")
         with _open(file) as stream:
             squad = json.load(stream)
         prefix = TYDIQA_ID_PREFIX[language] + "-"
@@ -243,6 +239,13 @@ def read_rows(path: Path) -> Iterable[tuple[int, dict]]:
                 yield reader.line_num, row
         else:
             raise ValueError(f"{path}: unsupported record file type {path.suffix!r}; valid: .jsonl, .json, .csv, .tsv.")
+
+
+def _release_file(path: Path, files: dict[str, str], split: str, release: str) -> Path:
+    """The file of `split` in a release folder (or `path` itself when it names the file)."""
+    if split not in files:
+        raise ValueError(f"{release} ships the splits {list(files)}; got {split!r}.")
+    return path / files[split] if path.is_dir() else path
 
 
 def _open(path: Path):
