@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,35 @@ def replace_atomically(path: str | Path, write: Callable[[str], None]) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def replace_directory_atomically(path: str | Path, write: Callable[[Path], None]) -> None:
+    """`write(staging)` fills a new folder beside `path`; its files are synced and the folder is renamed into place.
+
+    A folder already at `path` is renamed away whole before the new one takes its place and is deleted only then, so
+    a crash leaves the earlier folder (under a hidden name, at worst), never a half-written or half-deleted `path`.
+    Leftovers of an interrupted call are removed by the next call for the same `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.staging")
+    previous = path.with_name(f".{path.name}.previous")
+    for leftover in (staging, previous):
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging.mkdir()
+    try:
+        write(staging)
+        for file in staging.rglob("*"):
+            if file.is_file():
+                with open(file, "rb+") as written:
+                    os.fsync(written.fileno())
+        if path.exists():
+            os.replace(path, previous)
+        os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -6,7 +6,14 @@ import pytest
 from conftest import answer_tokens, train_tokenizer
 
 from flare_xlt.evaluation import parse_verbalized, task_scores
-from flare_xlt.tasks import PairedCollator, TaskEncoder, get_task, load_record_file, pair_views
+from flare_xlt.tasks import (
+    PairedCollator,
+    TaskEncoder,
+    get_task,
+    load_record_file,
+    load_task_splits,
+    pair_views,
+)
 
 SPEC = """\
 name: product-reviews
@@ -65,6 +72,27 @@ def test_custom_yaml_task_runs_through_formatting_and_metrics(custom_task):
     assert scores["de"]["macro_f1"] == pytest.approx((1 + 2 / 3) / 2)
     assert scores["de"]["accuracy"] == pytest.approx(2 / 3)
     assert scores["average"]["unparseable"] == 1
+
+
+def test_custom_task_splits_load_from_a_record_folder(custom_task):
+    task, folder = custom_task
+    (folder / "data" / "en").mkdir(parents=True)
+    (folder / "data" / "de").mkdir()
+    (folder / "en.csv").rename(folder / "data" / "en" / "test.csv")
+    (folder / "de.jsonl").rename(folder / "data" / "de" / "test.jsonl")
+    splits = load_task_splits(task, "de", ["test"], str(folder / "data"))
+    assert [(record["id"], record["body"], record["label"]) for record in splits["test"]] == [
+        ("1", "Funktioniert gut", 1),
+        ("2", "Nach einem Tag defekt", 0),
+        ("3", "Erfüllt den Zweck", 1),
+    ]
+    assert load_task_splits(task, "en", ["test"], str(folder / "data"))["test"][1]["title"] == "Broken"
+
+    with pytest.raises(FileNotFoundError, match=r"none of .*de/train.jsonl"):
+        load_task_splits(task, "de", ["train"], str(folder / "data"))
+    (folder / "data" / "de" / "test.csv").write_text("id,title,body,label\n1,a,b,good\n")
+    with pytest.raises(FileNotFoundError, match="more than one of"):
+        load_task_splits(task, "de", ["test"], str(folder / "data"))
 
 
 def test_custom_spec_errors_name_the_field(tmp_path):

@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import sqlite3
-import subprocess
-import sys
-import time
 
 import pytest
 from conftest import FIXTURES, build_nllb
@@ -91,83 +86,6 @@ def test_qa_projection_counts_what_it_drops(nllb_dir, tmp_path):
     kept = load_record_file(TYDIQA, tmp_path / "tydiqa_train_en-sw.jsonl") if split["kept"] else []
     assert split["records"] == 2 and split["kept"] + split["dropped"] == 2 == split["projection"]["total"]
     assert len(kept) == split["kept"] and len(split["dropped_ids"]) == split["dropped"]
-
-
-def many_records(path, count):
-    rows = [
-        {
-            "id": f"r{i}",
-            "premise": f"The cat number {i} sleeps on mat {i % 7}.",
-            "hypothesis": f"Animal {i} rests.",
-            "label": i % 3,
-        }
-        for i in range(count)
-    ]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return rows
-
-
-def test_killed_translation_resumes_without_loss_or_duplicates(nllb_dir, tmp_path):
-    rows = many_records(tmp_path / "train.jsonl", 400)
-    output, cache = tmp_path / "out" / "train_en-es.jsonl", tmp_path / "cache.sqlite"
-    command = [
-        sys.executable,
-        "-m",
-        "flare_xlt.cli",
-        "translate",
-        "--task",
-        "xnli",
-        "--src",
-        "en",
-        "--tgt",
-        "es",
-        "--input",
-        str(tmp_path / "train.jsonl"),
-        "--output",
-        str(output),
-        "--model",
-        str(nllb_dir),
-        "--num_beams",
-        "1",
-        "--max_new_tokens",
-        "12",
-        "--tokens_per_batch",
-        "16",
-        "--cache",
-        str(cache),
-        "--device",
-        "cpu",
-    ]
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    stored = 0
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if cache.exists():
-            try:
-                stored = sqlite3.connect(cache).execute("SELECT count(*) FROM translations").fetchone()[0]
-            except sqlite3.OperationalError:
-                stored = 0
-            if stored >= 40:
-                break
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert 40 <= stored < 800, "the run must be killed part-way through"
-    assert not output.exists(), "no partial output file"
-
-    finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr[-2000:]
-    summary = json.loads(finished.stdout[finished.stdout.index("{") :])
-    texts = {row[field] for row in rows for field in ("premise", "hypothesis")}
-    assert summary["translation"].startswith(f"{2 * len(rows)} texts: {len(texts)} distinct")
-    translated = load_record_file(XNLI, output)
-    assert [record["id"] for record in translated] == [row["id"] for row in rows]
-    count = sqlite3.connect(cache).execute("SELECT count(*), count(DISTINCT source) FROM translations").fetchone()
-    assert count == (len(texts), len(texts))
-    cached = dict(sqlite3.connect(cache).execute("SELECT source, translation FROM translations").fetchall())
-    for row, record in zip(rows, translated, strict=True):
-        assert record["premise"] == cached[row["premise"]] and record["label"] == row["label"]
 
 
 def test_translate_test_keeps_every_record_without_answers(nllb_dir, tmp_path):

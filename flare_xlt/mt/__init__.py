@@ -1,7 +1,8 @@
 """Machine translation: NLLB translate-train / translate-test data, QA span projection, FLARE-MT encoder states."""
 
+from .cache import TranslationCacheWarning
 from .languages import NLLB_CODES, NLLB_FALLBACKS, FallbackLanguageWarning, nllb_code
-from .translator import DEFAULT_MT_MODEL, GenerationSettings, TranslationReport, Translator
+from .translator import DEFAULT_MT_MODEL, GenerationSettings, TranslationInputWarning, TranslationReport, Translator
 
 __all__ = [
     "DEFAULT_MT_MODEL",
@@ -9,6 +10,8 @@ __all__ = [
     "NLLB_FALLBACKS",
     "FallbackLanguageWarning",
     "GenerationSettings",
+    "TranslationCacheWarning",
+    "TranslationInputWarning",
     "TranslationReport",
     "Translator",
     "nllb_code",

@@ -1,15 +1,22 @@
 """A persistent translation cache in SQLite: every finished batch is committed, so a killed run loses at most the
-batch in flight, and a re-run translates only what is missing. The primary key makes duplicates impossible."""
+batch in flight, and a re-run translates only what is missing. The primary key makes duplicates impossible.
+
+Damage never reaches a translation: a file SQLite cannot read is set aside and replaced by an empty cache, and an
+entry whose translation is not UTF-8 text is ignored, so that its text is translated again and the entry replaced;
+both with a `TranslationCacheWarning`.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import sqlite3
+import warnings
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+
+class TranslationCacheWarning(UserWarning):
+    """Part or all of the translation cache was unreadable and is translated again."""
 
 
 class TranslationCache:
@@ -34,28 +41,46 @@ class TranslationCache:
             connection.close()
             damaged = self.path.with_suffix(self.path.suffix + ".corrupt")
             self.path.replace(damaged)
-            logger.warning(
-                "Translation cache %s is unreadable (%s); moved to %s, starting afresh.", self.path, error, damaged
+            warnings.warn(
+                f"Translation cache {self.path} is unreadable ({error}); moved to {damaged}, starting afresh.",
+                TranslationCacheWarning,
+                stacklevel=3,
             )
             return self._connect()
         return connection
 
     def lookup(self, texts: list[str]) -> dict[str, str]:
-        found = {}
+        """The cached translations of `texts`; entries that are not UTF-8 text are left out, with a warning."""
+        found, damaged = {}, 0
         for start in range(0, len(texts), 500):  # SQLite limits the number of bound parameters
             chunk = texts[start : start + 500]
             marks = ",".join("?" * len(chunk))
+            # Read as bytes with the stored type: one undecodable entry would otherwise fail the whole query.
             rows = self.connection.execute(
-                f"SELECT source, translation FROM translations WHERE namespace = ? AND source IN ({marks})",
+                "SELECT source, typeof(translation), CAST(translation AS BLOB) FROM translations "
+                f"WHERE namespace = ? AND source IN ({marks})",
                 [self.namespace, *chunk],
             )
-            found.update(rows.fetchall())
+            for source, stored_type, raw in rows:
+                translation = _text(stored_type, raw)
+                if translation is None:
+                    damaged += 1
+                else:
+                    found[source] = translation
+        if damaged:
+            warnings.warn(
+                f"Translation cache {self.path}: {damaged} of {len(found) + damaged} cached entries for these texts "
+                "are unreadable (not UTF-8 text); they are skipped and translated again.",
+                TranslationCacheWarning,
+                stacklevel=3,
+            )
         return found
 
     def store(self, translations: dict[str, str]) -> None:
         with self.connection:  # one transaction per batch: all of it is stored, or none
             self.connection.executemany(
-                "INSERT OR IGNORE INTO translations (namespace, source, translation) VALUES (?, ?, ?)",
+                # REPLACE: a translation made again for an unreadable entry takes that entry's place.
+                "INSERT OR REPLACE INTO translations (namespace, source, translation) VALUES (?, ?, ?)",
                 [(self.namespace, source, target) for source, target in translations.items()],
             )
 
@@ -65,3 +90,12 @@ class TranslationCache:
 
     def close(self) -> None:
         self.connection.close()
+
+
+def _text(stored_type: str, raw: bytes | None) -> str | None:
+    if stored_type != "text" or raw is None:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None

@@ -7,6 +7,7 @@ repeat about three times) again each time.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,10 @@ from .languages import nllb_code
 DEFAULT_MT_MODEL = "facebook/nllb-200-distilled-600M"
 NLLB_MODELS = (DEFAULT_MT_MODEL, "facebook/nllb-200-distilled-1.3B", "facebook/nllb-200-1.3B", "facebook/nllb-200-3.3B")
 DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class TranslationInputWarning(UserWarning):
+    """Some texts were not translated as given: empty ones are kept empty, long ones are cut (counted in the report)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,12 @@ class Translator:
         distinct = list(dict.fromkeys(text for text in texts if text.strip()))
         report.empty = sum(1 for text in texts if not text.strip())
         report.unique = len(distinct)
+        if report.empty:
+            warnings.warn(
+                f"{report.empty} of {report.requested} texts are empty or blank; they stay empty, without the model.",
+                TranslationInputWarning,
+                stacklevel=2,
+            )
 
         cache = None
         if self.cache_path is not None:
@@ -113,6 +124,14 @@ class Translator:
         encoded = self.tokenizer(texts, truncation=False)["input_ids"]
         limit = self.settings.max_input_length
         report.truncated = sum(len(ids) > limit for ids in encoded)
+        if report.truncated:
+            warnings.warn(
+                f"{report.truncated} of {len(texts)} texts to translate are longer than max_input_length={limit} "
+                f"tokens; each is cut to its first {limit - 1} tokens (language tag included) and </s>, and only that "
+                "part is translated. Raise --max_input_length to keep more.",
+                TranslationInputWarning,
+                stacklevel=3,
+            )
         # Keep the language tag in front and </s> at the end when cutting, as the tokenizer's own truncation does.
         encoded = [ids if len(ids) <= limit else ids[: limit - 1] + ids[-1:] for ids in encoded]
         order = sorted(range(len(texts)), key=lambda index: -len(encoded[index]))

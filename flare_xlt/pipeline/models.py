@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -42,8 +43,19 @@ class LoadedModel:
         return DECODER_HEADS[trainable]
 
 
+def model_config(model_name: str):
+    """The model's config, or an OSError that names the model (transformers' own does not, offline)."""
+    try:
+        return AutoConfig.from_pretrained(model_name)
+    except OSError as error:
+        raise OSError(
+            f"Model {model_name!r} is neither a local model folder (with config.json) nor a hub model that can be "
+            f"downloaded or is cached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}): {error}"
+        ) from error
+
+
 def detect_architecture(model_name: str) -> str:
-    config = AutoConfig.from_pretrained(model_name)
+    config = model_config(model_name)
     if getattr(config, "is_encoder_decoder", False):
         return "seq2seq"
     return "encoder" if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "decoder"
@@ -55,7 +67,17 @@ def load_model(model_name: str, task: TaskSpec, architecture: str = "auto", load
         raise ValueError(f"Unknown architecture {architecture!r}; valid choices: {', '.join(ARCHITECTURES)}.")
     if architecture == "auto":
         architecture = detect_architecture(model_name)
+    else:
+        model_config(model_name)  # a missing model is named here, before the tokenizer fails on it
     tokenizer = AutoTokenizer.from_pretrained(model_name)
+    if architecture == "decoder" and tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # decoders pad on the left, where EOS is never attended to
+    if tokenizer.pad_token is None:
+        raise ValueError(
+            f"The tokenizer of {model_name} has no pad token{' and no EOS token' if architecture == 'decoder' else ''}"
+            f", which {architecture} batches need. Give it one (tokenizer.pad_token = ..., then "
+            "tokenizer.save_pretrained) in the model folder."
+        )
     kwargs = {}
     if load_in_4bit:
         from transformers import BitsAndBytesConfig
@@ -76,8 +98,6 @@ def load_model(model_name: str, task: TaskSpec, architecture: str = "auto", load
         model = AutoModelForSeq2SeqLM.from_pretrained(model_name, **kwargs)
     else:
         tokenizer.padding_side = "left"  # generation appends on the right
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
         model = AutoModelForCausalLM.from_pretrained(model_name, **kwargs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id

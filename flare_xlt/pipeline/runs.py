@@ -1,9 +1,10 @@
 """Stage 1 (English fine-tuning) and stage 2 (transfer with every method), each in its own run directory.
 
 A run directory is named by task, language, method and seed plus a hash of the resolved config, so a different
-run never overwrites another; a finished run (metrics.json present) is skipped when asked again. It holds the
-adapter (PEFT format, plus flare_config.json for FLARE), metrics.json, predictions.jsonl, config.json and
-environment.json, each written atomically.
+run never overwrites another; a finished run (metrics.json present) is skipped when asked again, and an interrupted
+one continues from its newest checkpoint. It holds config.json and environment.json (written first), checkpoints/
+while training, the adapter (PEFT format, plus flare_config.json for FLARE), predictions.jsonl and metrics.json
+(written last), each written atomically.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,16 +21,18 @@ import peft
 import torch
 import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from safetensors.torch import load_file, save_file
+from transformers import TrainingArguments, set_seed
 
 from .. import __version__
 from ..config import FlareConfig
 from ..evaluation import task_scores
-from ..io import write_text_atomic
+from ..io import replace_directory_atomically, write_text_atomic
 from ..model import get_flare_model
 from ..mt.states import EncoderStateStore
 from ..tasks import PairedCollator, TaskEncoder, TaskSpec, get_task, load_record_file, load_task_splits, pair_views
 from ..xmixup import XMixupConfig, XMixupModel
+from .checkpoints import CheckpointedCallback, CheckpointSchedule, ResumableTrainer, latest_checkpoint
 from .models import check_max_length, load_model
 from .predict import predict
 
@@ -44,6 +48,7 @@ METHOD_VIEWS = {
     "x-mixup": "paired",
 }
 STAGE1_MODES = ("merge", "frozen")
+CHECKPOINTS = "checkpoints"
 
 
 @dataclass
@@ -58,6 +63,13 @@ class TrainConfig:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations; fusion stays on."})
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU)."})
     report_to: str = field(default="none", metadata={"help": "Trainer loggers: none, tensorboard, wandb."})
+    save_steps: int = field(
+        default=500,
+        metadata={
+            "help": "Write a resumable checkpoint every this many steps and at the end of every epoch; 0: none. "
+            "Not part of the run's config: it does not change the result."
+        },
+    )
     select_best_on_validation: bool = field(
         default=False,
         metadata={
@@ -78,6 +90,26 @@ class AdapterConfig:
     source_site: str = "linear_input"
     source_layer_offset: int = 0
     cross_attention_heads: int = 1
+
+    def __post_init__(self) -> None:
+        self.flare_config(self.fusion)  # FlareConfig's checks, before any model loads
+
+    def flare_config(
+        self, fusion: str | None, modules_to_save: list[str] | None = None, mt_source_dim: int | None = None
+    ) -> FlareConfig:
+        return FlareConfig(
+            r=self.r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=self.target_modules,
+            fusion_modules=self.fusion_modules,
+            fusion=fusion,
+            source_site=self.source_site,
+            source_layer_offset=self.source_layer_offset,
+            cross_attention_heads=self.cross_attention_heads,
+            modules_to_save=modules_to_save,
+            mt_source_dim=mt_source_dim,
+        )
 
 
 PATH_SETTINGS = ("model", "data", "stage1", "translations", "mt_states")
@@ -119,12 +151,60 @@ def _write_json(path: Path, value: dict) -> None:
     write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
-def _finished(run_dir: Path) -> bool:
-    """A run whose metrics.json exists is complete (it is written last): asking for it again does nothing."""
+def _finished(run_dir: Path, config: dict) -> bool:
+    """A run whose metrics.json exists is complete (it is written last): asking for it again does nothing. A run
+    directory that records another config is refused, before it could be skipped or resumed as this run."""
+    _check_run_directory(run_dir, config)
     if (run_dir / "metrics.json").exists():
+        shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)  # left if a crash followed metrics.json
         print(f"{run_dir.name}: finished earlier, skipped")
         return True
     return False
+
+
+def _check_run_directory(run_dir: Path, config: dict) -> None:
+    """The name of a run directory is a hash of its config, but a folder can be copied, edited or collide: the
+    config.json it holds must be this config (compared as the hash compares, numbers and paths in one spelling)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path} line {error.lineno}: not valid JSON ({error.msg}); the run directory {run_dir} cannot be "
+            "checked, so it is neither resumed nor skipped. Remove it to start this run again."
+        ) from error
+    expected = json.loads(json.dumps(config, default=str))
+    differences = _differences(_canonical(recorded), _canonical(expected))
+    if differences:
+        raise ValueError(
+            f"{run_dir} holds a different run: its config.json differs from this one in {len(differences)} "
+            f"settings ({'; '.join(differences[:5])}). Give another --output, or remove the folder."
+        )
+
+
+def _differences(recorded, expected, prefix: str = "") -> list[str]:
+    """'setting: recorded -> asked' for every setting that differs, nested settings as dotted names."""
+    if isinstance(recorded, dict) and isinstance(expected, dict):
+        return [
+            difference
+            for key in sorted(recorded.keys() | expected.keys())
+            for difference in _differences(recorded.get(key), expected.get(key), f"{prefix}{key}.")
+        ]
+    return [] if recorded == expected else [f"{prefix.rstrip('.')}: {recorded!r} -> {expected!r}"]
+
+
+def _start_run(run_dir: Path, config: dict) -> None:
+    """config.json and environment.json come first, so that an interrupted run is recognised when asked again."""
+    if _is_main_process():
+        _write_json(run_dir / "config.json", config)
+        _write_json(run_dir / "environment.json", environment())
+
+
+def _save_adapter(model: torch.nn.Module, run_dir: Path) -> None:
+    if _is_main_process():
+        replace_directory_atomically(run_dir / "adapter", model.save_pretrained)
 
 
 def _load(model: str, task: TaskSpec, architecture: str, load_in_4bit: bool, train: TrainConfig):
@@ -147,8 +227,13 @@ def _self_pairs(task: TaskSpec, records: list[dict]) -> list[dict]:
     return pair_views(task, records, records)
 
 
-class BestOnValidation(TrainerCallback):
-    """After each epoch, score the validation set; at the end, put back the trainable weights of the best epoch."""
+VALIDATION_HISTORY_NAME = "validation_history.json"
+BEST_WEIGHTS_NAME = "best_trainable.safetensors"
+
+
+class BestOnValidation(CheckpointedCallback):
+    """After each epoch, score the validation set; at the end, put back the trainable weights of the best epoch.
+    The scores and the best weights so far are part of every checkpoint."""
 
     def __init__(self, model: torch.nn.Module, score: Callable[[], float]) -> None:
         self.model, self.score = model, score
@@ -176,15 +261,35 @@ class BestOnValidation(TrainerCallback):
     def summary(self) -> dict:
         return {"validation_history": self.history, "best_epoch": self.history.index(max(self.history)) + 1}
 
+    def save_state(self, directory: Path) -> None:
+        (directory / VALIDATION_HISTORY_NAME).write_text(json.dumps(self.history) + "\n", encoding="utf-8")
+        if self.best_weights is not None:
+            best = {name: weight.to("cpu").contiguous() for name, weight in self.best_weights.items()}
+            save_file(best, str(directory / BEST_WEIGHTS_NAME), metadata={"format": "pt"})
 
-def _train(model, tokenizer, features: list[dict], config: TrainConfig, run_dir: Path, collator, callbacks=()) -> None:
+    def load_state(self, directory: Path) -> None:
+        self.history = json.loads((directory / VALIDATION_HISTORY_NAME).read_text(encoding="utf-8"))
+        best_path = directory / BEST_WEIGHTS_NAME
+        self.best_weights = None
+        if best_path.is_file():
+            devices = {name: parameter.device for name, parameter in self.model.named_parameters()}
+            self.best_weights = {name: weight.to(devices[name]) for name, weight in load_file(best_path).items()}
+
+
+def _train(
+    model, features: list[dict], config: TrainConfig, run_dir: Path, collator, callbacks=(), resume: bool = True
+) -> None:
+    """Train with the HF Trainer, continuing from the newest checkpoint of `run_dir` when `resume` allows."""
     if config.gradient_checkpointing:
         peft_model = model.model if isinstance(model, XMixupModel) else model
         peft_model.get_base_model().gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False}
         )
+    checkpoints = run_dir / CHECKPOINTS
+    if not resume:
+        shutil.rmtree(checkpoints, ignore_errors=True)
     arguments = TrainingArguments(
-        output_dir=str(run_dir / "checkpoints"),
+        output_dir=str(checkpoints),
         per_device_train_batch_size=config.batch_size,
         learning_rate=config.learning_rate,
         num_train_epochs=config.epochs,
@@ -195,14 +300,22 @@ def _train(model, tokenizer, features: list[dict], config: TrainConfig, run_dir:
         bf16=config.bf16,
         report_to=config.report_to,
         remove_unused_columns=False,  # the Trainer would drop source_* (not in the base model's forward signature)
-        save_strategy="no",
+        save_strategy="no",  # CheckpointSchedule decides when to save
         logging_steps=10,
         use_cpu=not torch.cuda.is_available(),
     )
-    trainer = Trainer(
-        model=model, args=arguments, train_dataset=features, data_collator=collator, callbacks=list(callbacks)
+    schedule = [CheckpointSchedule(config.save_steps)] if config.save_steps > 0 else []
+    trainer = ResumableTrainer(
+        model=model,
+        args=arguments,
+        train_dataset=features,
+        data_collator=collator,
+        callbacks=[*callbacks, *schedule],
     )
-    trainer.train()
+    checkpoint = latest_checkpoint(checkpoints)
+    if checkpoint is not None:
+        print(f"{run_dir.name}: resuming from {checkpoint.name}")
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
 
 
 def _score(model, loaded, task: TaskSpec, pairs, view, config: TrainConfig, states=None):
@@ -264,6 +377,7 @@ def _evaluate(
         "run": run_dir.name,
     }
     _write_json(run_dir / "metrics.json", metrics)
+    shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)  # the run is complete: nothing is left to resume
     headline = scores["average"][metrics["metric"]]
     print(f"{run_dir.name}: {metrics['metric']} {headline:.4f} on {scores['average']['count']} examples")
     return metrics
@@ -279,8 +393,14 @@ def finetune(
     load_in_4bit: bool = False,
     adapter: AdapterConfig | None = None,
     train: TrainConfig | None = None,
+    resume: bool = True,
 ) -> Path:
-    """Stage 1: a LoRA (plus the task head) trained on English, evaluated on the English test set."""
+    """Stage 1: a LoRA (plus the task head) trained on English, evaluated on the English test set.
+
+    Args:
+        resume: Continue an interrupted run from the newest checkpoint in its run directory (asking for the same run
+            again does this); false discards the run's checkpoints and trains from the start.
+    """
     spec, adapter, train = get_task(task), adapter or AdapterConfig(), train or TrainConfig()
     config = {
         "stage": "finetune",
@@ -291,12 +411,13 @@ def finetune(
         "trainable": trainable,
         "load_in_4bit": load_in_4bit,
         "adapter": asdict(adapter),
-        "train": asdict(train),
+        "train": _result_settings(train),
     }
     run_dir = run_directory(output, f"{spec.name}-{spec.source_language}-finetune-seed{train.seed}", config)
-    if _finished(run_dir):
+    if _finished(run_dir, config):
         return run_dir
     loaded = _load(model, spec, architecture, load_in_4bit, train)
+    _check_target_modules(loaded.model, adapter.target_modules, model)
     lora = LoraConfig(
         r=adapter.r,
         lora_alpha=adapter.lora_alpha,
@@ -317,11 +438,9 @@ def finetune(
         pairs = _self_pairs(spec, splits["validation"])
         callbacks.append(_validation_callback(network, loaded, spec, pairs, "target", train))
     collator = PairedCollator.for_tokenizer(loaded.tokenizer)
-    _train(network, loaded.tokenizer, features, train, run_dir, collator, callbacks)
-    if _is_main_process():
-        network.save_pretrained(run_dir / "adapter")
-        _write_json(run_dir / "config.json", config)
-        _write_json(run_dir / "environment.json", environment())
+    _start_run(run_dir, config)
+    _train(network, features, train, run_dir, collator, callbacks, resume)
+    _save_adapter(network, run_dir)
     summary = {
         **(callbacks[0].summary() if callbacks else {}),
         "task": spec.name,
@@ -350,14 +469,19 @@ def transfer(
     load_in_4bit: bool = False,
     adapter: AdapterConfig | None = None,
     train: TrainConfig | None = None,
+    resume: bool = True,
 ) -> Path:
     """Stage 2 for one target language: evaluate the stage-1 model (zero-shot, translate-test) or train a new
     adapter on translated data (lora, input-fusion, flare, flare-mt, x-mixup) and evaluate it on the target test set.
 
-    translations: folder with {task}_train_<source>-{language}.jsonl and {task}_test_{language}-<source>.jsonl
-    (and {task}_validation_<source>-{language}.jsonl when selecting on validation), as written by flare-xlt translate.
-    mt_states: for flare-mt, a folder with the encoder-state stores train/, test/ (and validation/ when selecting),
-    as written by flare-xlt mt-states.
+    Args:
+        translations: Folder with {task}_train_<source>-{language}.jsonl and {task}_test_{language}-<source>.jsonl
+            (and {task}_validation_<source>-{language}.jsonl when selecting on validation), as written by
+            flare-xlt translate.
+        mt_states: For flare-mt, a folder with the encoder-state stores train/, test/ (and validation/ when
+            selecting), as written by flare-xlt mt-states.
+        resume: Continue an interrupted run from the newest checkpoint in its run directory (asking for the same run
+            again does this); false discards the run's checkpoints and trains from the start.
     """
     spec, adapter, train = get_task(task), adapter or AdapterConfig(), train or TrainConfig()
     spec.check_language(language)
@@ -375,6 +499,12 @@ def transfer(
         raise ValueError(f"Method {method!r} needs --translations (the folder written by flare-xlt translate).")
     if method == "flare-mt" and mt_states is None:
         raise ValueError("Method 'flare-mt' needs --mt_states (a folder with train/ and test/ state stores).")
+    stage1_adapter = Path(stage1) / "adapter"
+    if not (stage1_adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"{stage1_adapter / 'adapter_config.json'} not found: --stage1 must be a stage-1 run directory, as "
+            "flare-xlt finetune writes it."
+        )
     trains_adapter = method in ("lora", "input-fusion", "flare", "flare-mt", "x-mixup")
     # Only what changes this method's result enters the config (and its hash): the same run asked again is found.
     config = {
@@ -392,13 +522,15 @@ def transfer(
         "trainable": trainable if trains_adapter else None,
         "load_in_4bit": load_in_4bit,
         "adapter": asdict(adapter) if trains_adapter else None,
-        "train": asdict(train),
+        "train": _result_settings(train),
     }
     run_dir = run_directory(output, f"{spec.name}-{language}-{method}-seed{train.seed}", config)
-    if _finished(run_dir):
+    if _finished(run_dir, config):
         return run_dir
     loaded = _load(model, spec, architecture, load_in_4bit, train)
-    network = PeftModel.from_pretrained(loaded.model, Path(stage1) / "adapter")
+    if trains_adapter:
+        _check_target_modules(loaded.model, adapter.target_modules, model)
+    network = _load_stage1(loaded.model, stage1_adapter, model)
     view = METHOD_VIEWS[method]
 
     test_target = load_task_splits(spec, language, ["test"], data)["test"]
@@ -412,18 +544,13 @@ def transfer(
     states, selection = None, {}
     if trains_adapter:
         store = EncoderStateStore(Path(mt_states) / "train") if method == "flare-mt" else None
-        flare_config = FlareConfig(
-            r=adapter.r,
-            lora_alpha=adapter.lora_alpha,
-            lora_dropout=adapter.lora_dropout,
-            target_modules=adapter.target_modules,
-            fusion_modules=adapter.fusion_modules,
-            fusion=adapter.fusion if method.startswith("flare") else None,
-            source_site=adapter.source_site,
-            source_layer_offset=adapter.source_layer_offset,
-            cross_attention_heads=adapter.cross_attention_heads,
-            modules_to_save=loaded.head_modules(spec, trainable),
-            mt_source_dim=store.d_model if store else None,
+        if store is not None:  # the test states are read after training: check them before it
+            states = EncoderStateStore(Path(mt_states) / "test")
+            _check_states(states, test_pairs)
+        flare_config = adapter.flare_config(
+            adapter.fusion if method.startswith("flare") else None,
+            loaded.head_modules(spec, trainable),
+            store.d_model if store else None,
         )
         network = get_flare_model(network, flare_config, stage1=stage1_mode)
         if method == "x-mixup":
@@ -436,6 +563,8 @@ def transfer(
         )
         english = load_task_splits(spec, spec.source_language, ["train"], data)["train"]
         train_pairs = pair_views(spec, train_target, english)
+        if store is not None:
+            _check_states(store, train_pairs)
         encoder = TaskEncoder(spec, loaded.tokenizer, loaded.architecture, view, train.max_length)
         features, report, windows = encoder.encode(train_pairs)
         print(f"train: {report.summary()}")
@@ -455,16 +584,17 @@ def transfer(
                 ),
                 load_task_splits(spec, spec.source_language, ["validation"], data)["validation"],
             )
-            validation_states = EncoderStateStore(Path(mt_states) / "validation") if store is not None else None
+            validation_states = None
+            if store is not None:
+                validation_states = EncoderStateStore(Path(mt_states) / "validation")
+                _check_states(validation_states, validation)
             callbacks.append(_validation_callback(network, loaded, spec, validation, view, train, validation_states))
-        _train(network, loaded.tokenizer, features, train, run_dir, collator, callbacks)
-        if _is_main_process():
-            network.save_pretrained(run_dir / "adapter")
-        states = EncoderStateStore(Path(mt_states) / "test") if store is not None else None
+        _start_run(run_dir, config)
+        _train(network, features, train, run_dir, collator, callbacks, resume)
+        _save_adapter(network, run_dir)
         selection = callbacks[0].summary() if callbacks else {}
-    if _is_main_process():
-        _write_json(run_dir / "config.json", config)
-        _write_json(run_dir / "environment.json", environment())
+    else:
+        _start_run(run_dir, config)
     summary = {
         **selection,
         "task": spec.name,
@@ -482,6 +612,47 @@ def _check_validation_role(task: TaskSpec) -> None:
         raise ValueError(
             f"{task.name} uses its {task.splits['test']!r} split as the test set, so it has no separate validation "
             "set to select on; turn select_best_on_validation off (the paper does not select for it either)."
+        )
+
+
+def _result_settings(train: TrainConfig) -> dict:
+    """The training settings that enter a run's config and hash: all but how often it is checkpointed."""
+    return {name: value for name, value in asdict(train).items() if name != "save_steps"}
+
+
+def _check_target_modules(model: torch.nn.Module, target_modules: list[str] | str | None, model_name: str) -> None:
+    """PEFT names only the missing targets; the linear layers the model does have are the valid choices."""
+    if not isinstance(target_modules, list):  # None (PEFT's default), "all-linear" or a regex
+        return
+    names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    missing = [target for target in target_modules if not any(_is_suffix(target, name) for name in names)]
+    if missing:
+        leaves = sorted({name.rsplit(".", 1)[-1] for name in names})
+        raise ValueError(
+            f"target_modules {missing} match no linear layer of {model_name}; its linear layers are named: "
+            f"{', '.join(leaves)}."
+        )
+
+
+def _is_suffix(target: str, name: str) -> bool:
+    return name == target or name.endswith("." + target)
+
+
+def _load_stage1(base: torch.nn.Module, adapter: Path, model_name: str) -> PeftModel:
+    try:
+        return PeftModel.from_pretrained(base, adapter)
+    except RuntimeError as error:  # torch's load_state_dict lists every size mismatch
+        raise ValueError(f"The stage-1 adapter {adapter} does not fit {model_name}: {error}") from error
+
+
+def _check_states(store: EncoderStateStore, pairs: list[dict]) -> None:
+    """Every example of `pairs` must have encoder states, checked before training rather than at its first batch,
+    or, for the test set, after it."""
+    missing = [pair["id"] for pair in pairs if pair["id"] not in store]
+    if missing:
+        raise ValueError(
+            f"The encoder state store {store.directory} lacks {len(missing)} of {len(pairs)} ids (first: "
+            f"{missing[:5]}); write it from the same records with flare-xlt mt-states."
         )
 
 

@@ -110,6 +110,7 @@ def load_original_view(task: TaskSpec, language: str, split: str, path: str | Pa
     XNLI: the XNLI-1.0 folder (or its xnli.dev.tsv / xnli.test.tsv); ids are the pairIDs shared across languages.
     TyDiQA: the folder with tydiqa-goldp-v1.1-{train,dev}.json (or one of them).
     NusaX: the datasets/sentiment folder with <language name>/{train,valid,test}.csv.
+    Custom tasks: a folder with <language>/<split>.jsonl (or .json, .csv, .tsv) record files.
     """
     task.check_language(language)
     path = Path(path)
@@ -166,7 +167,23 @@ def load_original_view(task: TaskSpec, language: str, split: str, path: str | Pa
             )
             for line, row in enumerate(rows, start=2)
         ]
-    raise ValueError(f"Task {task.name!r} has no original release format; give its data as record files.")
+    return _load_record_folder_view(task, language, split, path)
+
+
+RECORD_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
+
+
+def _load_record_folder_view(task: TaskSpec, language: str, split: str, folder: Path) -> list[dict]:
+    """A custom task's data: <folder>/<language>/<split>.jsonl (or .json, .csv, .tsv), one record file per split."""
+    candidates = [folder / language / f"{split}{suffix}" for suffix in RECORD_SUFFIXES]
+    found = [path for path in candidates if path.is_file()]
+    if len(found) != 1:
+        problem = "none of" if not found else "more than one of"
+        raise FileNotFoundError(
+            f"Task {task.name!r} reads its {language} {split} split from a record file, but {problem} "
+            f"{[str(path) for path in candidates]} exists; give exactly one."
+        )
+    return load_record_file(task, found[0], language)
 
 
 def load_record_file(task: TaskSpec, path: str | Path, language: str | None = None) -> list[dict]:
@@ -232,8 +249,11 @@ def read_rows(path: Path) -> Iterable[tuple[int, dict]]:
             for row in reader:
                 header_width = header_width or len(reader.fieldnames)
                 if None in row or None in row.values():
+                    # DictReader puts extra values under the key None and fills missing ones with None.
+                    extra = len(row.get(None, []))
+                    missing = sum(value is None for key, value in row.items() if key is not None)
                     raise ValueError(
-                        f"{path} line {reader.line_num}: {len(row) - (None in row)} columns expected "
+                        f"{path} line {reader.line_num}: {header_width + extra - missing} columns, expected "
                         f"{header_width} ({', '.join(reader.fieldnames)})."
                     )
                 yield reader.line_num, row
