@@ -7,6 +7,7 @@ from pathlib import Path
 
 from jsonargparse import CLI
 
+from .demo.experiment import DemoConfig, run_demo
 from .mt.data import translate_fields, translate_record_file, translate_task, write_encoder_states
 from .mt.languages import nllb_code
 from .mt.translator import DEFAULT_MT_MODEL, GenerationSettings, Translator
@@ -151,6 +152,30 @@ def report(directory: Path, output: Path | None = None) -> None:
         print(f"wrote {path}")
 
 
+def demo(
+    output: Path = Path("demo"),
+    model_type: str = "decoder",
+    target_resource: float = 0.05,
+    mt_error_rate: float = 0.1,
+    flare_mt: bool = True,
+    seeds: list[int] | None = None,
+) -> None:
+    """The embedded benchmark: a synthetic English/Tolan world, a tiny model pretrained on it from scratch, and every
+    transfer method over 3 seeds on CPU; prints the table. Pretrained models, data and finished runs under `output`
+    are reused, so a second run only adds what is missing.
+
+    Args:
+        output: Folder of the cached pretrained models, the world's data, the runs and the report.
+        model_type: decoder (a tiny Llama) or encoder (a tiny XLM-R).
+        target_resource: Tolan pretraining text per English sentence (0.05: one Tolan sentence per 20 English).
+        mt_error_rate: Share of words the simulated MT drops or replaces, in both directions.
+        flare_mt: Also run FLARE-MT, with a pretrained tiny encoder standing in for the NLLB encoder.
+        seeds: Seeds of every stage-1 and transfer run (default 1 2 3).
+    """
+    config = DemoConfig(output, model_type, target_resource, mt_error_rate, flare_mt, tuple(seeds or (1, 2, 3)))
+    print(run_demo(config))
+
+
 def main() -> None:
     CLI(
         {
@@ -160,6 +185,7 @@ def main() -> None:
             "transfer": transfer,
             "run": run,
             "report": report,
+            "demo": demo,
         },
         as_positional=False,
     )

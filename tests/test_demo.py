@@ -1,0 +1,161 @@
+"""The embedded benchmark: the synthetic world's grammar and labels, the simulated MT, the pretraining cache, and the
+whole `flare-xlt demo` code path at reduced sizes."""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+
+import pytest
+
+from flare_xlt.demo.experiment import TARGET, DemoConfig, DemoSizes, run_demo, setting_name
+from flare_xlt.demo.pretrain import PretrainingConfig, pretrained_model, pretraining_corpus, train_tokenizer
+from flare_xlt.demo.world import (
+    NEGATIVE,
+    NEUTRAL,
+    POSITIVE,
+    Clause,
+    Lexicon,
+    Meaning,
+    NoisyMT,
+    realise_english,
+    realise_tolan,
+    sample_meaning,
+    vocabulary,
+)
+from flare_xlt.pipeline.runs import AdapterConfig, TrainConfig
+
+LEXICON = Lexicon.invent(0)
+
+
+def copula(word: str, polarity: int, negated: bool = False, intensifier: str | None = None) -> Clause:
+    return Clause("copula", "food", "the", polarity, word, negated, intensifier)
+
+
+def test_sentiment_is_compositional():
+    assert Meaning((copula("good", POSITIVE),)).label == POSITIVE
+    assert Meaning((copula("good", POSITIVE, negated=True),)).label == NEGATIVE
+    assert Meaning((copula("bad", NEGATIVE, negated=True),)).label == NEUTRAL  # "not bad"
+    assert Meaning((copula("red", NEUTRAL, negated=True),)).label == NEUTRAL
+    contrast = Meaning((copula("good", POSITIVE), copula("awful", NEGATIVE)))
+    assert contrast.label == NEGATIVE  # "A but B" means B
+    assert Meaning((copula("awful", NEGATIVE), copula("good", POSITIVE, negated=True))).label == NEGATIVE
+
+
+def test_tolan_differs_in_words_morphology_and_order():
+    word = LEXICON.tolan
+    meaning = Meaning(
+        (
+            copula("good", POSITIVE, negated=True, intensifier="very"),
+            Clause("verb", "hotel", "our", NEGATIVE, "hate", negated=False, subject="my friend"),
+        ),
+        time="yesterday",
+    )
+    assert realise_english(meaning) == "yesterday the food was not very good but my friend hated our hotel"
+    good, hate = word["good"], word["hate"]
+    assert realise_tolan(meaning, LEXICON) == (
+        f"{word['food']} {word['the']} ma{good}-{good} {word['was']} {word['but']} "
+        f"{word['my']} {word['friend']} {word['hotel']} {word['our']} {hate}ta {word['yesterday']}"
+    )
+    # Every intensifier becomes the same reduplication: Tolan has one word where English has three.
+    quite = Meaning((copula("good", POSITIVE, intensifier="quite"),))
+    really = Meaning((copula("good", POSITIVE, intensifier="really"),))
+    assert realise_tolan(quite, LEXICON) == realise_tolan(really, LEXICON)
+    assert len(set(word.values())) == len(word)  # invented words are distinct
+    assert Lexicon.invent(0).tolan == word and Lexicon.invent(1).tolan != word
+
+
+def test_noisy_mt_rate_and_determinism():
+    rng = random.Random(5)
+    meanings = [sample_meaning(rng) for _ in range(800)]
+    exact = NoisyMT(LEXICON, 0.0)
+    assert all(exact.translate(m, TARGET, str(i)) == realise_tolan(m, LEXICON) for i, m in enumerate(meanings))
+    assert all(exact.translate(m, "en", str(i)) == realise_english(m) for i, m in enumerate(meanings))
+
+    noisy = NoisyMT(LEXICON, 0.3)
+    words = sum(len(realise_english(m).split()) for m in meanings)
+    translated = [noisy.translate(m, "en", str(i)) for i, m in enumerate(meanings)]
+    kept = sum(len(text.split()) for text in translated)
+    # Each word is dropped with probability 0.15: the kept share is 0.85 within 3 standard errors.
+    assert abs(kept / words - 0.85) < 3 * (0.15 * 0.85 / words) ** 0.5
+    assert translated == [noisy.translate(m, "en", str(i)) for i, m in enumerate(meanings)]
+    with pytest.raises(ValueError, match=r"mt_error_rate must be in \[0, 1\]"):
+        NoisyMT(LEXICON, 1.5)
+
+
+def test_target_resource_sets_the_corpus_mix_and_tolan_is_cut_into_more_pieces():
+    config = PretrainingConfig(
+        english_sentences=2000, target_resource=0.05, parallel_sentences=0, code_switched_sentences=0
+    )
+    corpus = pretraining_corpus(config, LEXICON)
+    english_words = set(vocabulary("en", LEXICON))
+    english_lines = [line for line in corpus if set(line.split()) <= english_words]
+    assert len(english_lines) == 2000 and len(corpus) == 2000 + 100  # 0.05 Tolan sentences per English one
+    tokenizer = train_tokenizer(corpus, "decoder", vocab_size=300)
+    rng = random.Random(1)
+    meanings = [sample_meaning(rng) for _ in range(200)]
+
+    def pieces_per_word(texts: list[str]) -> float:
+        return statistics.mean(len(tokenizer.tokenize(text)) / len(text.split()) for text in texts)
+
+    english = pieces_per_word([realise_english(m) for m in meanings])
+    tolan = pieces_per_word([realise_tolan(m, LEXICON) for m in meanings])
+    assert english < 1.2 < 2 < tolan, (english, tolan)
+    with pytest.raises(ValueError, match="target_resource must be in"):
+        PretrainingConfig(target_resource=0.0)
+
+
+TINY_PRETRAINING = PretrainingConfig(
+    english_sentences=500,
+    target_resource=0.1,
+    parallel_sentences=30,
+    code_switched_sentences=30,
+    vocab_size=300,
+    hidden_size=32,
+    layers=2,
+    heads=2,
+    batch_size=32,
+)
+TINY = DemoSizes(
+    pretraining=TINY_PRETRAINING,
+    train_examples=48,
+    test_examples=24,
+    train=TrainConfig(learning_rate=5e-3, batch_size=16, epochs=1.0, max_length=128),
+    adapter=AdapterConfig(r=4, lora_alpha=8.0, target_modules="all-linear"),
+)
+
+
+def test_pretrained_model_is_cached(tmp_path, capsys):
+    first = pretrained_model(tmp_path, TINY_PRETRAINING, "encoder", LEXICON, world_seed=0)
+    written = (first / "model.safetensors").stat().st_mtime_ns
+    assert pretrained_model(tmp_path, TINY_PRETRAINING, "encoder", LEXICON, world_seed=0) == first
+    assert (first / "model.safetensors").stat().st_mtime_ns == written
+    assert "reusing" in capsys.readouterr().out
+    assert [path.name for path in tmp_path.iterdir()] == [first.name]  # no scratch folder left behind
+    with pytest.raises(ValueError, match="valid choices: decoder, encoder"):
+        pretrained_model(tmp_path, TINY_PRETRAINING, "seq2seq", LEXICON, world_seed=0)
+
+
+@pytest.mark.parametrize("model_type", ["decoder", "encoder"])
+def test_demo_runs_every_method_and_reuses_its_runs(tmp_path, capsys, model_type):
+    config = DemoConfig(output=tmp_path, model_type=model_type, mt_error_rate=0.2, seeds=(1, 2), sizes=TINY)
+    printed = run_demo(config)
+    folder = tmp_path / setting_name(config)
+    runs = [json.loads(path.read_text()) for path in sorted((folder / "runs").rglob("metrics.json"))]
+    methods = ["zero-shot", "translate-test", "lora", "input-fusion", "flare", "flare-mt"]
+    assert sorted((run["method"], run["seed"]) for run in runs) == sorted(
+        [("finetune", seed) for seed in (1, 2)] + [(method, seed) for method in methods for seed in (1, 2)]
+    )
+    for method in methods:
+        scores = [100 * run["scores"]["average"]["macro_f1"] for run in runs if run["method"] == method]
+        cell = f"{statistics.mean(scores):.1f} ± {statistics.stdev(scores):.1f}"
+        assert f"| {method} | {cell} | {cell} |" in printed
+    assert (folder / "report_tolan_sentiment.png").stat().st_size > 0
+    states = json.loads((folder / "mt_states" / TARGET / "test" / "index.json").read_text())
+    assert sorted(states["ids"]) == sorted(f"test-{i}" for i in range(24))
+    assert states["d_model"] == TINY_PRETRAINING.hidden_size
+
+    capsys.readouterr()
+    assert run_demo(config).split("Wall time")[0] == printed.split("Wall time")[0]
+    assert capsys.readouterr().out.count("finished earlier, skipped") == len(runs)
