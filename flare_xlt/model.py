@@ -174,6 +174,11 @@ def _first_hidden(value: Any) -> torch.Tensor:
 class FlareModel(PeftModel):
     """A PeftModel whose FLARE adapter fuses a source representation into its LoRA bottlenecks."""
 
+    # The source pass stops as soon as every fused module has its tensor. False runs the whole network, head
+    # included, and records the same tensors: the benchmarks emulate the authors' source pass with it and the tests
+    # check that both give identical results. The default is the only setting training needs.
+    source_pass_early_exit: bool = True
+
     def __init__(self, model: nn.Module, flare_config: FlareConfig, adapter_name: str = "flare") -> None:
         lora_config = flare_config.to_lora_config()
         lora_config._register_custom_module({nn.Linear: FlareLinear})
@@ -303,6 +308,19 @@ class FlareModel(PeftModel):
         capture_output = self.flare_config.source_layer_offset == 1
         wanted = set(self._capture_points.values())
         captured: dict[str, torch.Tensor] = {}
+        # Recorded in the dtype A·x_s is computed in (fp32 adapters on a bf16 model): modules reading one tensor then
+        # share one copy in that dtype, which autograd saves once, instead of each casting its own in the target pass.
+        compute_dtype = {
+            point: self.fused_modules[name].lora_A[self.flare_adapter_name].weight.dtype
+            for name, point in self._capture_points.items()
+        }
+        copies: dict[tuple[int, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def in_compute_dtype(point: str, tensor: torch.Tensor) -> torch.Tensor:
+            key = (id(tensor), compute_dtype[point])
+            if key not in copies:  # the original stays referenced until the pass ends, so its id is not reused
+                copies[key] = (tensor, tensor.to(compute_dtype[point]))
+            return copies[key][1]
 
         def record(point: str, tensor: torch.Tensor) -> None:
             if point in captured:
@@ -310,8 +328,8 @@ class FlareModel(PeftModel):
                     f"{point} ran twice in one source pass; FLARE needs each fused module to run once per forward "
                     "(weight-shared layers are not supported)."
                 )
-            captured[point] = tensor
-            if len(captured) == len(wanted):
+            captured[point] = in_compute_dtype(point, tensor)
+            if self.source_pass_early_exit and len(captured) == len(wanted):
                 raise _SourcePassComplete
 
         handles = []
@@ -326,7 +344,13 @@ class FlareModel(PeftModel):
                 )
                 handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
 
-        inputs = {"input_ids": source_input_ids, "attention_mask": source_attention_mask, **source_kwargs}
+        inputs = {"input_ids": source_input_ids, "attention_mask": source_attention_mask}
+        # A config that asks for every hidden state or attention map (the authors load their models that way) would
+        # make the source pass collect them until it stops; it needs none. An explicit source_<name> argument wins.
+        for flag in ("output_hidden_states", "output_attentions"):
+            if getattr(network.config, flag, False):
+                inputs[flag] = False
+        inputs.update(source_kwargs)
         if getattr(network.config, "use_cache", None) is not None:
             inputs["use_cache"] = False
         if self.is_encoder_decoder:
@@ -386,6 +410,13 @@ class FlareModel(PeftModel):
         )
 
     def _prepare_source(self, source_input_ids, source_attention_mask, source_embeds, source_kwargs) -> BoundSource:
+        source = source_embeds if source_embeds is not None else source_input_ids
+        if source is not None and source_attention_mask is not None:
+            if source_attention_mask.shape != source.shape[:2]:
+                raise ValueError(
+                    f"source_attention_mask {tuple(source_attention_mask.shape)} does not match the source "
+                    f"{tuple(source.shape)}: it needs the source's (batch, length) {tuple(source.shape[:2])}."
+                )
         if source_embeds is not None:
             if source_input_ids is not None:
                 raise ValueError("Pass either source_input_ids (FLARE) or source_embeds (FLARE-MT), not both.")

@@ -185,6 +185,12 @@ def source_batch_size_differs(c: Context) -> None:
     flare(**{**inputs, **source})
 
 
+def source_mask_of_another_shape(c: Context) -> None:
+    flare = get_flare_model(build("llama"), FlareConfig())
+    inputs = batch_for("llama", batch=3)
+    flare(**{**inputs, "source_attention_mask": inputs["source_attention_mask"][:2]})
+
+
 def source_embeds_of_wrong_width(c: Context) -> None:
     flare = get_flare_model(build("llama"), FlareConfig(mt_source_dim=10))
     inputs = batch_for("llama")
@@ -374,6 +380,12 @@ FAULTS = {
         ValueError,
         r"Source batch size 2 \(source shape \(2, 6\)\) differs from target batch size 3",
         source_batch_size_differs,
+    ),
+    "source-mask-of-another-shape": (
+        ValueError,
+        r"source_attention_mask \(2, 6\) does not match the source \(3, 6\): it needs the source's \(batch, length\) "
+        r"\(3, 6\)",
+        source_mask_of_another_shape,
     ),
     "source-embeds-of-wrong-width": (
         ValueError,

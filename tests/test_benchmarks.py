@@ -1,0 +1,48 @@
+"""The benchmark suite's code path at tiny sizes: every section runs and the report holds every row."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # benchmarks/ sits next to the package, outside the installed distribution
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import run  # noqa: E402
+from benchmarks.training import AUTHORS, INPUT_FUSION, SOURCE_ONLY, TRAINING_METHODS  # noqa: E402
+
+
+def table_rows(report: str, *title_parts: str) -> list[list[str]]:
+    """The cells of the Markdown table under the first heading that contains every one of `title_parts`."""
+    sections = report.split("\n### ")[1:]
+    section = next(section for section in sections if all(part in section.split("\n", 1)[0] for part in title_parts))
+    lines = [line for line in section.split("\n\n", 2)[1].splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+
+
+def test_tiny_run_writes_every_row(tmp_path):
+    output = tmp_path / "RESULTS.md"
+    assert run.main(["--scale", "tiny", "--repeats", "1", "--threads", "1", "--output", str(output)]) == output
+    report = output.read_text()
+
+    for model in ("Llama", "XLM-R"):
+        for length in (8, 16):
+            rows = table_rows(report, f"{model}, hidden 32, 2 layers", f"batch 2, {length} target")
+            assert [row[0] for row in rows] == [*TRAINING_METHODS, *SOURCE_ONLY.values()]
+            assert rows[0][2] == "1.00×" and rows[0][5] == "1.00×"  # LoRA is the reference
+            assert all(float(row[1]) > 0 for row in rows)
+    assert INPUT_FUSION in report and AUTHORS in report
+
+    assert [row[0] for row in table_rows(report, "Classification evaluation")] == ["LoRA", "FLARE", "FLARE-MT"]
+    assert [row[0] for row in table_rows(report, "Greedy generation")] == ["LoRA", "FLARE", "FLARE-MT"]
+    assert [row[0] for row in table_rows(report, "24 texts (16 distinct)")] == ["translate pipeline", "naive loop"]
+    assert [row[0] for row in table_rows(report, "Python function calls")] == ["2", "4", "8"]
+
+    targets = table_rows(report, "Ratios to the baseline")
+    assert len(targets) == 5 and all(row[3] in ("yes", "NO") for row in targets)
+    if any(row[3] == "NO" for row in targets):
+        assert "## Missed targets: explanation and profiles" in report and "Self CPU time total" in report
+    assert "Not run: no GPU was lent" in report
+    assert "Inference tensors cannot be saved for backward" in report
+    assert "| torch threads | 1 |" in report

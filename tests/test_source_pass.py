@@ -1,0 +1,170 @@
+"""The lean source pass: early exit changes nothing, nothing after the last fused module runs, q and v share one
+captured tensor in the adapter's dtype, and no hidden-state tuple is collected."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import batch_for, build, labels_for, randomize_lora
+
+from flare_xlt import FlareConfig, get_flare_model
+
+LLAMA_LAYER0 = ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"]
+MT5_ENCODER_BLOCK0 = ["encoder.block.0.layer.0.SelfAttention.q", "encoder.block.0.layer.0.SelfAttention.v"]
+
+
+def loss_logits_and_gradients(flare, inputs: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    flare.zero_grad(set_to_none=True)
+    output = flare(**inputs)
+    output.loss.backward()
+    gradients = {name: p.grad.clone() for name, p in flare.named_parameters() if p.grad is not None}
+    return output.logits.detach(), gradients
+
+
+@pytest.mark.parametrize(
+    ("kind", "config"),
+    [
+        ("llama", FlareConfig()),
+        ("llama", FlareConfig(source_site="block_input", source_layer_offset=1)),
+        ("llama", FlareConfig(fusion_modules=LLAMA_LAYER0)),
+        ("xlmr-cls", FlareConfig(fusion="cross_attention", modules_to_save=["classifier"])),
+        ("mt5", FlareConfig()),
+        ("mt5", FlareConfig(fusion_modules=MT5_ENCODER_BLOCK0)),
+    ],
+    ids=["llama", "llama-block-offset1", "llama-layer0", "xlmr-cross-attention", "mt5", "mt5-encoder-block0"],
+)
+def test_early_exit_gives_identical_logits_and_gradients(kind, config):
+    flare = get_flare_model(build(kind), config).train()
+    randomize_lora(flare)
+    inputs = batch_for(kind)
+    inputs.update(labels_for(kind, inputs))
+
+    early_logits, early_gradients = loss_logits_and_gradients(flare, inputs)
+    flare.source_pass_early_exit = False
+    full_logits, full_gradients = loss_logits_and_gradients(flare, inputs)
+
+    assert torch.equal(early_logits, full_logits)
+    assert early_gradients.keys() == full_gradients.keys()
+    assert any("lora_A" in name for name in early_gradients)  # A receives gradient through A·x_s
+    for name, gradient in early_gradients.items():
+        assert torch.equal(gradient, full_gradients[name]), name
+
+
+def completed_forwards(network: torch.nn.Module) -> dict[str, int]:
+    """Counts, per module name, forwards that ran to the end (a forward hook fires only after forward returns)."""
+    counts = dict.fromkeys((name for name, _ in network.named_modules() if name), 0)
+    for name in counts:
+        network.get_submodule(name).register_forward_hook(
+            lambda _module, _args, _output, name=name: counts.__setitem__(name, counts[name] + 1)
+        )
+    return counts
+
+
+@pytest.mark.parametrize(
+    ("kind", "fused", "must_run", "must_not_run"),
+    [
+        (
+            "llama",
+            LLAMA_LAYER0,
+            ["model.embed_tokens", "model.layers.0.input_layernorm", "model.layers.0.self_attn.q_proj"],
+            ["model.layers.0.self_attn.v_proj", "model.layers.0.mlp", "model.layers.1", "model.norm", "lm_head"],
+        ),
+        (
+            "xlmr-cls",
+            ["layer.0.attention.self.query", "layer.0.attention.self.value"],
+            ["roberta.embeddings", "roberta.encoder.layer.0.attention.self.key"],
+            ["roberta.encoder.layer.0.attention.output", "roberta.encoder.layer.1", "classifier"],
+        ),
+        (
+            "mt5",
+            MT5_ENCODER_BLOCK0,
+            ["encoder.block.0.layer.0.layer_norm", "encoder.block.0.layer.0.SelfAttention.k"],
+            ["encoder.block.0.layer.1", "encoder.block.1", "encoder.final_layer_norm", "decoder", "lm_head"],
+        ),
+    ],
+)
+def test_nothing_after_the_last_fused_module_runs(kind, fused, must_run, must_not_run):
+    flare = get_flare_model(build(kind), FlareConfig(fusion_modules=fused)).train()
+    counts = completed_forwards(flare.get_base_model())
+    inputs = batch_for(kind)
+    with flare.source(inputs["source_input_ids"], inputs["source_attention_mask"]):
+        pass
+    assert all(counts[name] == 1 for name in must_run), {name: counts[name] for name in must_run}
+    assert all(counts[name] == 0 for name in must_not_run), {name: counts[name] for name in must_not_run}
+
+    flare.source_pass_early_exit = False  # the counting sees the later modules when they do run
+    with flare.source(inputs["source_input_ids"], inputs["source_attention_mask"]):
+        pass
+    assert all(counts[name] == 1 for name in must_not_run)
+
+
+@pytest.mark.parametrize(
+    ("kind", "query", "value", "layers"),
+    [("llama", "self_attn.q_proj", "self_attn.v_proj", "model.layers"), ("xlmr-cls", "query", "value", "layer")],
+)
+def test_query_and_value_share_one_captured_tensor(kind, query, value, layers):
+    flare = get_flare_model(build(kind), FlareConfig()).eval()
+    network = flare.get_base_model()
+    inputs = batch_for(kind)
+    # Independently: what each query projection reads when the English text runs through the bare base model.
+    seen = {}
+    handles = [
+        module.register_forward_pre_hook(lambda _m, args, name=name: seen.__setitem__(name, args[0]))
+        for name, module in network.named_modules()
+        if name.endswith(query)
+    ]
+    with torch.no_grad(), flare.disable_adapter():
+        network(input_ids=inputs["source_input_ids"], attention_mask=inputs["source_attention_mask"])
+    for handle in handles:
+        handle.remove()
+
+    with flare.source(inputs["source_input_ids"], inputs["source_attention_mask"]):
+        captured = flare.flare_state.source.inputs
+    query_names = sorted(name for name in captured if name.endswith(query))
+    assert len(query_names) == 2 and all(f"{layers}." in name for name in query_names)
+    for name in query_names:
+        assert captured[name] is captured[name.removesuffix(query) + value]
+        assert torch.equal(captured[name], seen[name])
+    assert len({id(tensor) for tensor in captured.values()}) == 2  # one tensor per layer, nothing else kept
+
+
+def test_bf16_source_is_kept_once_per_layer_in_the_adapter_dtype():
+    """PEFT keeps the adapter of a bf16 model in fp32; q and v share one fp32 copy of their input."""
+    flare = get_flare_model(build("llama").to(torch.bfloat16), FlareConfig())
+    network = flare.get_base_model()
+    inputs = batch_for("llama")
+    seen = []
+    handle = network.model.layers[1].self_attn.q_proj.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    with torch.no_grad(), flare.disable_adapter():
+        network(input_ids=inputs["source_input_ids"], attention_mask=inputs["source_attention_mask"])
+    handle.remove()
+
+    with flare.source(inputs["source_input_ids"], inputs["source_attention_mask"]):
+        captured = flare.flare_state.source.inputs
+    assert network.model.layers[1].self_attn.q_proj.lora_A["flare"].weight.dtype == torch.float32
+    assert {tensor.dtype for tensor in captured.values()} == {torch.float32}
+    assert len({id(tensor) for tensor in captured.values()}) == 2
+    assert seen[0].dtype == torch.bfloat16
+    assert torch.equal(captured["model.layers.1.self_attn.q_proj"], seen[0].float())
+
+
+def test_source_pass_does_not_collect_outputs_a_config_asks_for():
+    """Models loaded with output_hidden_states=True (as the authors load theirs) still get a lean source pass; an
+    explicit source_output_hidden_states argument is passed through. Gemma 2 runs eager attention, which can return
+    attention maps."""
+    flare = get_flare_model(build("gemma2"), FlareConfig())
+    network = flare.get_base_model()
+    network.config.output_hidden_states = True
+    network.config.output_attentions = True
+    source_calls = []
+    network.register_forward_pre_hook(
+        lambda _m, _args, kwargs: source_calls.append(dict(kwargs)) if flare.flare_state.capturing else None,
+        with_kwargs=True,
+    )
+    inputs = batch_for("gemma2")
+    with torch.no_grad():
+        target_output = flare(**inputs)
+        flare(**inputs, source_output_hidden_states=True)
+    assert len(target_output.hidden_states) == 3  # the target pass still honours the config
+    assert source_calls[0]["output_hidden_states"] is False and source_calls[0]["output_attentions"] is False
+    assert source_calls[1]["output_hidden_states"] is True
