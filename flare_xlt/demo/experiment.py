@@ -25,7 +25,7 @@ from ..mt.states import EncoderStateStore
 from ..pipeline.recipes import Recipe, run_recipe
 from ..pipeline.runs import AdapterConfig, TrainConfig
 from ..report import collect_runs, write_report
-from ..tasks import TaskSpec, get_task
+from ..tasks import TaskSpec, get_task, read_rows
 from .pretrain import MODEL_TYPES, PretrainingConfig, pretrained_model
 from .world import LABELS, Lexicon, Meaning, NoisyMT, realise_english, realise_tolan, sample_meaning
 
@@ -127,7 +127,7 @@ def write_mt_states(encoder_folder: Path, folder: Path, task: TaskSpec) -> None:
         "test": folder / "data" / TARGET / "test.jsonl",
     }
     for split, path in sources.items():
-        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        records = [row for _, row in read_rows(path)]
         states = []
         for start in range(0, len(records), 64):
             texts = [task.encoder_template.format(**record) for record in records[start : start + 64]]
