@@ -1,38 +1,66 @@
 # `make test` on a fresh machine: create .venv, install torch 2.13.0 first (a CPU wheel; an unpinned torch pulls
-# several GB of CUDA packages), then the package with its dev extra, then run the suite in one pytest process.
+# several GB of CUDA packages), then exactly the versions of requirements.lock, then the package itself without
+# resolving anything, then run the suite in one pytest process.
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
 TORCH_VERSION := 2.13.0
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: install test lint clean bench demo
+.PHONY: install test test-latest lock lint clean bench demo
 
 $(PYTHON):
 	python3 -m venv $(VENV)
 
-$(STAMP): $(PYTHON) pyproject.toml
+$(STAMP): $(PYTHON) pyproject.toml $(LOCK)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet torch==$(TORCH_VERSION)
-	$(PYTHON) -m pip install --quiet -e ".[dev]"
+	$(PYTHON) -m pip install --quiet -r $(LOCK)
+	$(PYTHON) -m pip install --quiet --no-deps -e .
+	$(PYTHON) -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PYTHON) -m pytest
+	$(OFFLINE) $(PYTHON) -m pytest
+
+# Drift check, not in CI: a separate environment with the newest versions pyproject's ranges allow, then the suite.
+# Green here and red in a user's hands cannot happen silently: run it before refreshing the lock.
+test-latest:
+	rm -rf .venv-latest
+	python3 -m venv .venv-latest
+	.venv-latest/bin/python -m pip install --quiet --upgrade pip
+	.venv-latest/bin/python -m pip install --quiet torch==$(TORCH_VERSION)
+	.venv-latest/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]"
+	.venv-latest/bin/python -m pip list 2>/dev/null | grep -E "^(torch|transformers|peft|accelerate|datasets) "
+	$(OFFLINE) .venv-latest/bin/python -m pytest
+
+# Refresh the lock: resolve the newest versions in a scratch environment and pin every installed package.
+# Run `make test-latest` first; commit the new lock only when it is green.
+lock:
+	rm -rf .venv-lock
+	python3 -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet torch==$(TORCH_VERSION)
+	.venv-lock/bin/python -m pip install --quiet -e ".[dev]"
+	echo "# Exact versions of every package \`make install\` puts in .venv (python 3.11, CPU torch). Refresh: make lock." > $(LOCK)
+	.venv-lock/bin/python -m pip freeze --exclude-editable | grep -v "^-e " | sed "s/^torch==.*/torch==$(TORCH_VERSION)/" >> $(LOCK)
+	rm -rf .venv-lock
 
 # The embedded benchmark: a synthetic English/Tolan world, pretraining from scratch and every transfer method over
 # 3 seeds on the CPU (about 5 minutes on 2 cores); prints the table, writes the report under demo/.
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/flare-xlt demo
+	$(OFFLINE) $(VENV)/bin/flare-xlt demo
 
 # Benchmarks of LoRA, FLARE and the MT pipeline side by side (about 5-8 minutes on 2 cores): benchmarks/RESULTS.md.
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PYTHON) -m benchmarks.run
+	$(OFFLINE) $(PYTHON) -m benchmarks.run
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check flare_xlt tests
 	$(VENV)/bin/ruff format --check flare_xlt tests
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-latest .venv-lock .pytest_cache

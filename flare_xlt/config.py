@@ -10,8 +10,10 @@ from peft import LoraConfig
 
 from .fusion import FUSION_NAMES
 from .io import write_text_atomic
+from .token_pairing import PAIRING_MODES
 
 FLARE_CONFIG_NAME = "flare_config.json"
+UNPAIRED_MODES = ("lora", "zero_source")
 SOURCE_SITES = ("linear_input", "block_input")
 # Leaf names of the attention query and value projections across HF architectures (Llama/Gemma/Qwen/Mistral,
 # BERT/XLM-R, T5/mT5). The paper fuses exactly these.
@@ -68,6 +70,23 @@ class FlareConfig:
             "nothing. False: align by padded position and fuse pads like tokens (the authors' code)."
         },
     )
+    pairing: str = field(
+        default="start",
+        metadata={
+            "help": "Which source token each target token reads. start: the k-th real tokens of both sides pair "
+            "(every token, answer tokens included, while the source lasts). end: prompt ends pair, counting "
+            "backwards. proportional: prompt token k of P pairs with source token round(k(S-1)/(P-1)). "
+            "end and proportional pair prompt tokens only; answer and generated tokens have no partner."
+        },
+    )
+    unpaired: str = field(
+        default="lora",
+        metadata={
+            "help": "What a target token without a source partner computes. lora: plain LoRA B·A·x_t. "
+            "zero_source: the fusion with a zero source, phi(0, A·x_t), so the adapter computes one function on "
+            "every token (relu(A·x_t) for add_relu)."
+        },
+    )
     fuse_at_inference: bool = field(
         default=True, metadata={"help": "Fuse the source in eval mode too. False: eval runs as plain LoRA."}
     )
@@ -88,6 +107,15 @@ class FlareConfig:
             raise ValueError(f"Unknown fusion {self.fusion!r}; valid choices: {', '.join(FUSION_NAMES)} or None.")
         if self.source_site not in SOURCE_SITES:
             raise ValueError(f"Unknown source_site {self.source_site!r}; valid choices: {', '.join(SOURCE_SITES)}.")
+        if self.pairing not in PAIRING_MODES:
+            raise ValueError(f"Unknown pairing {self.pairing!r}; valid choices: {', '.join(PAIRING_MODES)}.")
+        if self.unpaired not in UNPAIRED_MODES:
+            raise ValueError(f"Unknown unpaired {self.unpaired!r}; valid choices: {', '.join(UNPAIRED_MODES)}.")
+        if self.pairing != "start" and not self.mask_source_padding:
+            raise ValueError(
+                f"pairing={self.pairing!r} counts real tokens; mask_source_padding=False pairs padded positions "
+                "(the authors' code) and works with pairing='start' only."
+            )
         if self.source_layer_offset not in (0, 1):
             raise ValueError(f"source_layer_offset must be 0 or 1, got {self.source_layer_offset!r}.")
         if self.source_layer_offset == 1 and self.source_site != "block_input":

@@ -31,6 +31,7 @@ class FlareLinear(LoraLinear):
     flare_state = None
     flare_module_name: str = ""
     flare_stream: str = "input"
+    flare_unpaired: str = "lora"
     _hide_flare_adapters = False
 
     def update_layer(self, adapter_name: str, *args: Any, **kwargs: Any) -> None:
@@ -93,8 +94,16 @@ class FlareLinear(LoraLinear):
             return lora_B(target_codes) * scaling
 
         alignment = self.flare_state.alignments[self.flare_stream]
-        source_codes = lora_A(dropout(self._cast_input_dtype(source_input, lora_A.weight.dtype)))  # (B, S, r)
+        device_type = source_input.device.type
+        if not (torch.is_autocast_enabled(device_type) and source_input.dtype == torch.get_autocast_dtype(device_type)):
+            # Under autocast the source is already in the compute dtype: every module reads (and autograd saves) the
+            # one shared tensor instead of a cast of its own.
+            source_input = self._cast_input_dtype(source_input, lora_A.weight.dtype)
+        source_codes = lora_A(dropout(source_input))  # (B, S, r)
         aligned_source = alignment.gather(source_codes)  # (B, T, r): row i is the source token paired with token i
+        has_source = alignment.has_source.unsqueeze(-1)  # (B, T, 1)
+        if self.flare_unpaired == "zero_source":  # tokens without a partner compute phi(0, t)
+            aligned_source = aligned_source * has_source
         fused = fuse(
             fusion,
             aligned_source,
@@ -102,8 +111,8 @@ class FlareLinear(LoraLinear):
             allowed=alignment.allowed if fusion in POSITION_MIXING_FUSIONS else None,
             cross_attention=self.lora_fusion_attention[adapter_name] if fusion == "cross_attention" else None,
         )
-        # Target tokens without a paired source token (pads, answer tokens beyond the source) fall back to plain LoRA.
-        fused = torch.where(alignment.has_source.unsqueeze(-1), fused, target_codes)
+        if self.flare_unpaired == "lora":  # tokens without a partner (pads, answers) compute plain LoRA
+            fused = torch.where(has_source, fused, target_codes)
         return lora_B(fused) * scaling
 
     def __repr__(self) -> str:

@@ -21,7 +21,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,16 @@ from torch import nn
 from .config import DEFAULT_FUSION_LEAVES, FlareConfig
 from .fusion import POSITION_MIXING_FUSIONS
 from .layer import FlareLinear
+from .token_pairing import (
+    GenerationPlan,
+    PositionTracker,
+    SequenceHistory,
+    TokenAlignment,
+    align_tokens,
+    first_token_only,
+    prompt_before_answer,
+    visible_cache_length,
+)
 
 INPUT_STREAM = "input"  # tokens of input_ids (the encoder for encoder-decoder models)
 DECODER_STREAM = "decoder"  # decoder tokens of encoder-decoder models
@@ -49,65 +59,6 @@ _KEY_VALUE_LEAVES = {"k", "v", "k_proj", "v_proj", "key", "value"}
 
 class _SourcePassComplete(Exception):
     """Raised from a capture hook once every fused module has its source, to skip the rest of the network."""
-
-
-@dataclass
-class TokenAlignment:
-    """Pairing of the current target positions with source tokens, for one token stream."""
-
-    source_position: torch.Tensor  # (B, T) long: index into the source sequence
-    has_source: torch.Tensor  # (B, T) bool: False where the target token has no source token (fallback)
-    allowed: torch.Tensor | None  # (B, T, T) bool: keys a position-mixing fusion may read; None if unused
-
-    def gather(self, source_codes: torch.Tensor) -> torch.Tensor:
-        index = self.source_position.unsqueeze(-1).expand(-1, -1, source_codes.shape[-1])
-        return source_codes.gather(1, index)  # (B, S, r) -> (B, T, r)
-
-
-def align_tokens(
-    source_mask: torch.Tensor,
-    target_mask: torch.Tensor | None,
-    current_length: int,
-    past_length: int,
-    mask_source_padding: bool,
-    causal: bool,
-    need_allowed: bool,
-) -> TokenAlignment:
-    """Pair the last `current_length` target positions with source tokens.
-
-    mask_source_padding=True: the k-th real target token is paired with the k-th real source token, counted from
-    each side's first real token, whatever the padding side; target tokens past the source length and pads have no
-    source. This equals alignment by position on a right-padded batch and makes the pairing of a token independent
-    of how much padding or how many later tokens a batch holds, so teacher forcing and cached generation agree.
-    mask_source_padding=False (the authors' code): padded position p is paired with padded source position p.
-    """
-    batch = source_mask.shape[0]
-    device = source_mask.device
-    total_length = past_length + current_length
-    padded_position = torch.arange(past_length, total_length, device=device).expand(batch, -1)  # (B, T)
-    if target_mask is None:
-        target_real = torch.ones(batch, total_length, dtype=torch.bool, device=device)
-    else:
-        target_real = target_mask.to(device=device, dtype=torch.bool)
-    if mask_source_padding:
-        token_index = (target_real.long().cumsum(-1) - 1)[:, -current_length:]  # (B, T): k-th real token
-        is_token = target_real[:, -current_length:]
-        source_real = source_mask.bool()
-        source_count = source_real.sum(-1, keepdim=True)  # (B, 1)
-        real_first = torch.argsort((~source_real).to(torch.int8), dim=-1, stable=True)  # (B, S): real tokens first
-        has_source = is_token & (token_index < source_count)
-        source_position = real_first.gather(1, token_index.clamp(0, source_mask.shape[1] - 1))
-        key_valid = is_token
-    else:
-        has_source = padded_position < source_mask.shape[1]
-        source_position = padded_position.clamp(max=source_mask.shape[1] - 1)
-        key_valid = torch.ones_like(has_source)
-    allowed = None
-    if need_allowed:
-        allowed = key_valid.unsqueeze(1).expand(-1, current_length, -1)  # (B, T, T)
-        if causal:
-            allowed = allowed & torch.ones(current_length, current_length, dtype=torch.bool, device=device).tril()
-    return TokenAlignment(source_position, has_source, allowed)
 
 
 @dataclass
@@ -139,6 +90,7 @@ class FlareState:
     alignments: dict[str, TokenAlignment] = field(default_factory=dict)
     open_bindings: int = 0
     allow_batch_expansion: bool = False
+    positions: PositionTracker = field(default_factory=PositionTracker)
 
     def source_input(self, module_name: str) -> torch.Tensor | None:
         return None if self.source is None else self.source.inputs[module_name]
@@ -178,6 +130,7 @@ class FlareModel(PeftModel):
     # included, and records the same tensors: the benchmarks emulate the authors' source pass with it and the tests
     # check that both give identical results. The default is the only setting training needs.
     source_pass_early_exit: bool = True
+    _checkpointing_managed: bool = False
 
     def __init__(self, model: nn.Module, flare_config: FlareConfig, adapter_name: str = "flare") -> None:
         lora_config = flare_config.to_lora_config()
@@ -219,6 +172,7 @@ class FlareModel(PeftModel):
         network.register_forward_pre_hook(self._align_target, with_kwargs=True)
         if self.is_encoder_decoder:
             network.get_encoder().register_forward_pre_hook(self._align_encoder, with_kwargs=True)
+        keep_trainables_in_float32(self)
 
     # ------------------------------------------------------------------ construction
     def _configure_layers(self, network: nn.Module) -> dict[str, FlareLinear]:
@@ -258,6 +212,7 @@ class FlareModel(PeftModel):
             layer.flare_state = self.flare_state
             layer.flare_module_name = name
             layer.flare_stream = self._stream_of(name)
+            layer.flare_unpaired = config.unpaired
         return {name: targets[name] for name in fused_names}
 
     @staticmethod
@@ -308,10 +263,13 @@ class FlareModel(PeftModel):
         capture_output = self.flare_config.source_layer_offset == 1
         wanted = set(self._capture_points.values())
         captured: dict[str, torch.Tensor] = {}
-        # Recorded in the dtype A·x_s is computed in (fp32 adapters on a bf16 model): modules reading one tensor then
-        # share one copy in that dtype, which autograd saves once, instead of each casting its own in the target pass.
+        # Recorded in the dtype A·x_s is computed in: autocast's (every shipped config trains under bf16 autocast),
+        # else the adapter's (fp32 adapters on a bf16 model). Modules reading one tensor then share one copy in that
+        # dtype, which autograd saves once, instead of each casting its own in the target pass.
+        device_type = source_input_ids.device.type
+        autocast_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
         compute_dtype = {
-            point: self.fused_modules[name].lora_A[self.flare_adapter_name].weight.dtype
+            point: autocast_dtype or self.fused_modules[name].lora_A[self.flare_adapter_name].weight.dtype
             for name, point in self._capture_points.items()
         }
         copies: dict[tuple[int, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -435,24 +393,28 @@ class FlareModel(PeftModel):
         source_embeds: torch.Tensor | None,
         source_kwargs: dict,
         allow_batch_expansion: bool,
+        generation: GenerationPlan | None = None,
     ) -> Iterator[None]:
         state = self.flare_state
-        outer = (state.source, state.allow_batch_expansion)
+        self._refuse_unmanaged_checkpointing()
+        outer = (state.source, state.allow_batch_expansion, state.positions.histories, state.positions.generation)
         given = source_input_ids is not None or source_embeds is not None
         if given and self.fusion_active:
             state.source = self._prepare_source(source_input_ids, source_attention_mask, source_embeds, source_kwargs)
         elif state.open_bindings == 0:
             state.source = None  # not even the source kept from a training step for checkpointing
         state.allow_batch_expansion = allow_batch_expansion or state.allow_batch_expansion
+        state.positions.reset(generation)  # every binding starts new sequences
         state.open_bindings += 1
         try:
             yield
         finally:
             state.open_bindings -= 1
-            if state.open_bindings:  # nested: give the enclosing source() back its source
-                state.source, state.allow_batch_expansion = outer
+            if state.open_bindings:  # nested: give the enclosing source() back its source and sequences
+                state.source, state.allow_batch_expansion, state.positions.histories, state.positions.generation = outer
             else:  # keep the source for gradient checkpointing's recompute during backward
                 state.allow_batch_expansion = False
+                state.positions.generation = None
 
     @contextmanager
     def source(
@@ -479,66 +441,93 @@ class FlareModel(PeftModel):
 
     @staticmethod
     def _input_tokens(args: tuple, kwargs: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(input ids or embeds, 2-D attention mask) of a model or encoder call."""
+        """(input ids or embeds, attention mask) of a model or encoder call."""
         tokens = kwargs.get("input_ids", args[0] if args else None)
         if tokens is None:
             tokens = kwargs.get("inputs_embeds")
-        attention_mask = kwargs.get("attention_mask")
-        if attention_mask is not None and attention_mask.dim() != 2:
-            raise ValueError(
-                "FLARE pairs tokens through a 2-D attention_mask (batch, length); "
-                f"got shape {tuple(attention_mask.shape)}."
-            )
-        return tokens, attention_mask
+        return tokens, kwargs.get("attention_mask")
 
     def _align_encoder(self, _encoder: nn.Module, args: tuple, kwargs: dict) -> None:
-        """Encoder-decoder generate() runs the encoder on its own, outside the top-level call."""
+        """The encoder of an encoder-decoder model runs its whole input in one call (generate() runs it alone)."""
         if self.flare_state.capturing:
             return None
         tokens, attention_mask = self._input_tokens(args, kwargs)
         batch, length = tokens.shape[:2] if tokens is not None else attention_mask.shape
-        if self._current_source(batch, tokens) is not None:
-            self.flare_state.alignments[INPUT_STREAM] = self._align_stream(INPUT_STREAM, attention_mask, length, 0)
+        if self._current_source(batch, tokens) is None:
+            return None
+        _, history = self.flare_state.positions.advance(
+            INPUT_STREAM, batch, length, attention_mask, None, self._device(), lambda real: real
+        )
+        self.flare_state.alignments = {
+            **self.flare_state.alignments,
+            INPUT_STREAM: self._alignment(INPUT_STREAM, history, length, 0),
+        }
         return None
 
     def _align_target(self, _network: nn.Module, args: tuple, kwargs: dict) -> None:
-        if self.flare_state.capturing:
+        """Pair the positions this call of the wrapped model runs (a forward, a prefill or one generation step)."""
+        state = self.flare_state
+        if state.capturing:
             return None
         tokens, attention_mask = self._input_tokens(args, kwargs)
-        if tokens is not None:
+        cache_length = visible_cache_length(args, kwargs)
+        if not self.is_encoder_decoder:
             batch, length = tokens.shape[:2]
-        elif attention_mask is not None:  # encoder-decoder generation steps: the encoder already ran
-            batch, length = attention_mask.shape
-        else:
-            batch, length = kwargs["encoder_outputs"][0].shape[:2]
-        if self._current_source(batch, tokens) is None:
+            if self._current_source(batch, tokens) is None:
+                return None
+            labels = kwargs.get("labels") if self._input_stream_causal else None
+
+            def prompt(real: torch.Tensor) -> torch.Tensor:
+                usable = labels is not None and tuple(labels.shape) == tuple(real.shape)
+                return prompt_before_answer(real, labels if usable else None)
+
+            past, history = state.positions.advance(
+                INPUT_STREAM, batch, length, attention_mask, cache_length, self._device(), prompt
+            )
+            state.alignments = {INPUT_STREAM: self._alignment(INPUT_STREAM, history, length, past)}
             return None
 
-        cache = kwargs.get("past_key_values")
-        cache_length = cache.get_seq_length() if cache is not None else 0
+        decoder_tokens = next(
+            (
+                kwargs[key]
+                for key in ("decoder_input_ids", "decoder_inputs_embeds", "labels")
+                if kwargs.get(key) is not None
+            ),
+            None,
+        )
+        shaped = next((value for value in (decoder_tokens, tokens, attention_mask) if value is not None), None)
+        batch = shaped.shape[0] if shaped is not None else kwargs["encoder_outputs"][0].shape[0]
+        if self._current_source(batch, tokens) is None:
+            return None
         alignments = {}
-        if self.is_encoder_decoder:
-            alignments[INPUT_STREAM] = self._align_stream(INPUT_STREAM, attention_mask, length, 0)
-            decoder_tokens = next(
-                (
-                    kwargs[key]
-                    for key in ("decoder_input_ids", "decoder_inputs_embeds", "labels")
-                    if kwargs.get(key) is not None
-                ),
-                None,
+        if tokens is None:  # the encoder ran before this call (generate() runs it once, up front)
+            history = state.positions.histories.get(INPUT_STREAM)
+            if history is None:
+                raise RuntimeError(
+                    "This encoder-decoder call passes encoder_outputs from an encoder that did not run under the "
+                    "bound source; run the encoder inside the same FlareModel.generate() or source() block."
+                )
+            history = history.rows_repeated(batch)
+            alignments[INPUT_STREAM] = self._alignment(INPUT_STREAM, history, history.length, 0)
+        if decoder_tokens is not None:
+            decoder_length = decoder_tokens.shape[1]
+            past, history = state.positions.advance(
+                DECODER_STREAM,
+                batch,
+                decoder_length,
+                kwargs.get("decoder_attention_mask"),
+                cache_length,
+                self._device(),
+                first_token_only,  # the decoder start token, the one decoder token the source pass ran
             )
-            if decoder_tokens is not None:
-                decoder_mask = kwargs.get("decoder_attention_mask")
-                decoder_length = decoder_tokens.shape[1]
-                past = decoder_mask.shape[1] - decoder_length if decoder_mask is not None else cache_length
-                alignments[DECODER_STREAM] = self._align_stream(DECODER_STREAM, decoder_mask, decoder_length, past)
-        else:
-            past = attention_mask.shape[1] - length if attention_mask is not None else cache_length
-            alignments[INPUT_STREAM] = self._align_stream(INPUT_STREAM, attention_mask, length, past)
-        self.flare_state.alignments = alignments
+            alignments[DECODER_STREAM] = self._alignment(DECODER_STREAM, history, decoder_length, past)
+        state.alignments = alignments  # the encoder's hook adds the input stream when the encoder runs in this call
         return None
 
-    def _align_stream(self, stream: str, mask: torch.Tensor | None, length: int, past: int) -> TokenAlignment:
+    def _device(self) -> torch.device:
+        return next(iter(self.flare_state.source.masks.values())).device
+
+    def _alignment(self, stream: str, history: SequenceHistory, length: int, past: int) -> TokenAlignment:
         causal = self._stream_is_causal(stream)
         mixing = self.flare_config.fusion in POSITION_MIXING_FUSIONS
         if mixing and causal and past > 0:
@@ -546,9 +535,15 @@ class FlareModel(PeftModel):
                 f"fusion={self.flare_config.fusion!r} mixes target positions, which needs the whole sequence at once; "
                 "it cannot run with a KV cache on a causal model. Pass use_cache=False (FlareModel.generate does)."
             )
-        source = self.flare_state.source
         return align_tokens(
-            source.masks[stream], mask, length, past, self.flare_config.mask_source_padding, causal, mixing
+            self.flare_state.source.masks[stream],
+            history.real,
+            history.prompt,
+            length,
+            pairing=self.flare_config.pairing,
+            mask_source_padding=self.flare_config.mask_source_padding,
+            causal=causal,
+            need_allowed=mixing,
         )
 
     def _match_batch(self, source: BoundSource, batch: int, target: torch.Tensor | None) -> BoundSource:
@@ -565,6 +560,71 @@ class FlareModel(PeftModel):
         )
 
     # ------------------------------------------------------------------ public API
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, **kwargs: Any
+    ) -> None:
+        """Activation (gradient) checkpointing in which each recompute reads the source and pairing of its own forward.
+
+        A checkpointed block runs again during backward. Between its forward and that recompute another fused
+        forward may bind another source (losses summed over micro-batches, R-Drop, a reference pass), so FLARE hands
+        torch.utils.checkpoint a context_fn that restores the forward's own source and pairing for the recompute.
+        That needs non-reentrant checkpointing; use_reentrant=True is refused.
+        """
+        options = dict(activation_checkpointing_kwargs or {})
+        if options.get("use_reentrant", False):
+            raise ValueError(
+                "FLARE needs non-reentrant activation checkpointing (use_reentrant=False): only that mode takes the "
+                "context_fn with which each recompute reads its own forward's source."
+            )
+        if "context_fn" in options:
+            raise ValueError(
+                "FLARE sets the checkpoint context_fn itself; pass activation_checkpointing_kwargs without it."
+            )
+        options.update(use_reentrant=False, context_fn=self._checkpoint_contexts)
+        network = self.get_base_model()
+        if hasattr(network, "activation_checkpointing_enable"):
+            network.activation_checkpointing_enable(activation_checkpointing_kwargs=options, **kwargs)
+        else:  # transformers before the rename
+            network.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options, **kwargs)
+        self._checkpointing_managed = True
+        self._prepare_model_for_gradient_checkpointing(network)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
+        """The name transformers used before 5.24 for activation_checkpointing_enable."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def _checkpoint_contexts(self):
+        """torch.utils.checkpoint context_fn: called at a checkpointed block's forward; its second context wraps the
+        block's recompute and gives it that forward's source and pairing back."""
+        state = self.flare_state
+        forward_binding = (state.source, state.alignments)
+
+        @contextmanager
+        def recompute() -> Iterator[None]:
+            current = (state.source, state.alignments)
+            state.source, state.alignments = forward_binding
+            try:
+                yield
+            finally:
+                state.source, state.alignments = current
+
+        return nullcontext(), recompute()
+
+    def _refuse_unmanaged_checkpointing(self) -> None:
+        if self._checkpointing_managed or not (self.training and torch.is_grad_enabled()):
+            return
+        network = self.get_base_model()
+        checkpointing = getattr(network, "is_activation_checkpointing", None)
+        if checkpointing is None:  # transformers before the rename
+            checkpointing = getattr(network, "is_gradient_checkpointing", False)
+        if checkpointing:
+            raise ValueError(
+                "Activation checkpointing was enabled on the base model, not on the FlareModel. Its recompute would "
+                "read whichever source was bound last, which is wrong as soon as two fused forwards precede one "
+                "backward. Call flare_model.activation_checkpointing_enable() (or gradient_checkpointing_enable) "
+                "instead; the HF Trainer does so with gradient_checkpointing=True."
+            )
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -594,10 +654,10 @@ class FlareModel(PeftModel):
     ):
         """generate() with the source fused at every step; the source is repeated per beam/returned sequence.
 
-        Policy: target token k is paired with source token k (counted from the first real token); tokens beyond
-        the source length, which in generation are the new tokens, use plain LoRA, exactly as answer tokens do in a
-        teacher-forced forward. Position-mixing fusions on causal models run without a KV cache. Extra
-        `source_<name>` arguments go to the source pass as `<name>`, as in forward().
+        The prompt (the prefill) is paired as FlareConfig.pairing says and new tokens as answer tokens are in a
+        teacher-forced forward, so generation and teacher forcing agree (see pairing.py). FLARE counts the positions
+        itself and checks its count against the KV cache. Position-mixing fusions on causal models run without a
+        KV cache. Extra `source_<name>` arguments go to the source pass as `<name>`, as in forward().
         """
         if self._mixes_causal_positions and self.fusion_active:
             if kwargs.get("use_cache"):
@@ -607,8 +667,15 @@ class FlareModel(PeftModel):
                 )
             kwargs["use_cache"] = False
         source_kwargs = _pop_source_kwargs(kwargs)
-        with self._binding(source_input_ids, source_attention_mask, source_embeds, source_kwargs, True):
-            return self.get_base_model().generate(*args, **kwargs)
+        network = self.get_base_model()
+        generation_config = kwargs.get("generation_config") or network.generation_config
+        prompt_mask = kwargs.get("attention_mask")
+        plan = GenerationPlan(
+            use_cache=bool(kwargs.get("use_cache", generation_config.use_cache)),
+            prompt_masks={INPUT_STREAM: prompt_mask} if prompt_mask is not None and prompt_mask.dim() == 2 else {},
+        )
+        with self._binding(source_input_ids, source_attention_mask, source_embeds, source_kwargs, True, plan):
+            return network.generate(*args, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Write adapter_config.json + adapter_model.safetensors (a standard PEFT LoRA) and flare_config.json.
@@ -697,6 +764,50 @@ class FlareModel(PeftModel):
         for name, parameter in self.named_parameters():
             if marker in name:
                 parameter.requires_grad_(False)
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def keep_trainables_in_float32(model: nn.Module) -> None:
+    """Store every trainable module copy of a PEFT model (modules_to_save: heads, embeddings) in float32.
+
+    transformers 5 loads a checkpoint in its own dtype (bf16 for Llama 3.1). PEFT upcasts LoRA weights but not the
+    trainable copies of modules_to_save, and a bf16 weight cannot hold the small updates of a fine-tuning step:
+    most round to zero. The copies keep the model's dtype at their edges: inputs are cast to float32 (autocast still
+    computes matmuls in bf16) and outputs back to the dtype the rest of the model runs in.
+    """
+    for wrapper in model.modules():
+        if isinstance(wrapper, ModulesToSaveWrapper):
+            for copy_module in wrapper.modules_to_save.values():
+                _run_in_float32(copy_module)
+    left = [name for name, p in model.named_parameters() if p.requires_grad and p.dtype in _LOW_PRECISION]
+    if left:
+        raise RuntimeError(f"These trainable parameters are still in 16-bit precision: {left[:5]}.")
+
+
+def _run_in_float32(module: nn.Module) -> None:
+    dtypes = {parameter.dtype for parameter in module.parameters()} & set(_LOW_PRECISION)
+    if not dtypes or not any(parameter.requires_grad for parameter in module.parameters()):
+        return
+    model_dtype = dtypes.pop()
+    module.float()
+
+    def to_dtype(value: Any, dtype: torch.dtype) -> Any:
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value.to(dtype)
+        if isinstance(value, tuple):
+            return tuple(to_dtype(item, dtype) for item in value)
+        return value
+
+    module.register_forward_pre_hook(
+        lambda _m, args, kwargs: (
+            to_dtype(args, torch.float32),
+            {k: to_dtype(v, torch.float32) for k, v in kwargs.items()},
+        ),
+        with_kwargs=True,
+    )
+    module.register_forward_hook(lambda _m, _args, output: to_dtype(output, model_dtype))
 
 
 def get_flare_model(

@@ -7,7 +7,7 @@ import torch
 from conftest import DECODERS, PAD, batch_for, build, randomize_lora
 
 from flare_xlt import FlareConfig, get_flare_model
-from flare_xlt.model import align_tokens
+from flare_xlt.token_pairing import align_tokens
 
 
 def pad(ids: torch.Tensor, extra: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,7 +52,7 @@ def test_extra_padding_changes_nothing(kind, fusion):
 def test_align_tokens_pairs_from_first_real_token():
     source_mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 0, 0, 0]])
     target_mask = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
-    alignment = align_tokens(source_mask, target_mask, 6, 0, True, causal=True, need_allowed=True)
+    alignment = align_tokens(source_mask, target_mask, target_mask, 6, causal=True, need_allowed=True)
     # row 0: target positions 1..3 take source 2..4; 4, 5 lie beyond the 3 source tokens; 0 is a pad
     assert alignment.has_source[0].tolist() == [False, True, True, True, False, False]
     assert alignment.source_position[0, 1:4].tolist() == [2, 3, 4]
@@ -63,40 +63,98 @@ def test_align_tokens_pairs_from_first_real_token():
     assert alignment.allowed[0, 3].tolist() == [False, True, True, True, False, False]
     assert alignment.allowed[1, 5].tolist() == [True, True, True, False, False, False]
     # the authors' pairing: padded position p with padded source position p, pads included, trimmed to the source
-    authors = align_tokens(source_mask, target_mask, 6, 0, False, causal=False, need_allowed=True)
+    authors = align_tokens(source_mask, target_mask, target_mask, 6, mask_source_padding=False, need_allowed=True)
     assert authors.has_source[0].tolist() == [True] * 5 + [False]
     assert authors.source_position[0].tolist() == [0, 1, 2, 3, 4, 4]
     assert authors.allowed.all()
 
 
-def test_align_tokens_continues_after_a_cache():
-    """A generation step sees one new token; its pairing equals that of the same position in the full sequence."""
+def pairs(alignment) -> list[tuple[int, int]]:
+    """(target position, source position) of every paired token of row 0."""
+    return [
+        (t, int(s))
+        for t, (s, has) in enumerate(zip(alignment.source_position[0], alignment.has_source[0], strict=True))
+        if has
+    ]
+
+
+def test_end_pairing_counts_back_from_both_prompt_ends():
+    # target: a pad, 5 prompt tokens, 2 answer tokens; source: 3 real tokens after 2 pads
+    target = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 1]])
+    prompt = torch.tensor([[0, 1, 1, 1, 1, 1, 0, 0]]).bool()
+    source = torch.tensor([[0, 0, 1, 1, 1]])
+    alignment = align_tokens(source, target, prompt, 8, pairing="end")
+    # the last prompt token (position 5) pairs with the last source token (4), backwards; answers have no partner
+    assert pairs(alignment) == [(3, 2), (4, 3), (5, 4)]
+    longer_source = torch.ones(1, 9, dtype=torch.long)
+    assert pairs(align_tokens(longer_source, target, prompt, 8, pairing="end")) == [
+        (1, 4),
+        (2, 5),
+        (3, 6),
+        (4, 7),
+        (5, 8),
+    ]
+
+
+def test_proportional_pairing_spreads_the_prompt_over_the_source():
+    target = torch.ones(1, 6, dtype=torch.long)
+    prompt = torch.tensor([[1, 1, 1, 1, 1, 0]]).bool()
+    # k of P=5 -> round(k·(S-1)/(P-1)) with S=9: 0, 2, 4, 6, 8; with S=3: 0, 0.5->1, 1, 1.5->2, 2
+    assert pairs(align_tokens(torch.ones(1, 9), target, prompt, 6, pairing="proportional")) == [
+        (0, 0),
+        (1, 2),
+        (2, 4),
+        (3, 6),
+        (4, 8),
+    ]
+    assert pairs(align_tokens(torch.ones(1, 3), target, prompt, 6, pairing="proportional")) == [
+        (0, 0),
+        (1, 1),
+        (2, 1),
+        (3, 2),
+        (4, 2),
+    ]
+    padded_source = torch.tensor([[0, 0, 1, 1, 1]])  # real source positions 2..4: the same pairs, shifted by 2
+    assert pairs(align_tokens(padded_source, target, prompt, 6, pairing="proportional")) == [
+        (0, 2),
+        (1, 3),
+        (2, 3),
+        (3, 4),
+        (4, 4),
+    ]
+
+
+@pytest.mark.parametrize("pairing", ["start", "end", "proportional"])
+def test_align_tokens_continues_after_a_cache(pairing):
+    """The prefill and each generation step pair as the same positions of the full sequence do."""
     source_mask = torch.tensor([[0, 1, 1, 1, 1, 1, 1]])
-    full_target = torch.tensor([[0, 0, 1, 1, 1, 1]])
-    full = align_tokens(source_mask, full_target, 6, 0, True, causal=True, need_allowed=False)
-    for position in range(2, 6):
-        step = align_tokens(source_mask, full_target[:, : position + 1], 1, position, True, True, False)
+    full_target = torch.tensor([[0, 0, 1, 1, 1, 1]]).bool()
+    prompt = full_target.clone()
+    prompt[0, 4:] = False  # two generated tokens after a 2-token prompt
+    full = align_tokens(source_mask, full_target, prompt, 6, pairing=pairing)
+    prefill = align_tokens(source_mask, full_target[:, :4], prompt[:, :4], 4, pairing=pairing)
+    assert torch.equal(prefill.has_source, full.has_source[:, :4])
+    assert torch.equal(prefill.source_position[prefill.has_source], full.source_position[:, :4][prefill.has_source])
+    for position in range(4, 6):
+        step = align_tokens(source_mask, full_target[:, : position + 1], prompt[:, : position + 1], 1, pairing=pairing)
         assert step.has_source[0, 0] == full.has_source[0, position]
-        assert step.source_position[0, 0] == full.source_position[0, position]
+        if step.has_source[0, 0]:
+            assert step.source_position[0, 0] == full.source_position[0, position]
 
 
 def test_source_longer_than_target_is_trimmed():
+    """Every real target token pairs with the source token of its own rank; the rest of the source is unused."""
     flare = get_flare_model(build("xlmr-cls"), FlareConfig()).eval()
     randomize_lora(flare)
     inputs = batch_for("xlmr-cls", target_length=4, source_length=9)
     with torch.no_grad():
-        long_source = flare(**inputs).logits
-        trimmed = flare(
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
-            source_input_ids=inputs["source_input_ids"][:, :4],
-            source_attention_mask=inputs["source_attention_mask"][:, :4],
-        ).logits
-    # XLM-R's source tokens past the target length cannot reach the fused q/v of target tokens except through
-    # the source pass's own attention, which changes the first 4 source states; so compare the layer-0 pairing:
+        flare(**inputs)
     alignment = flare.flare_state.alignments["input"]
-    assert alignment.source_position.max() < 4
-    assert not torch.equal(long_source, trimmed)  # longer context does change the source representations
+    for row in range(inputs["input_ids"].shape[0]):
+        real = inputs["attention_mask"][row].bool()
+        assert alignment.has_source[row].tolist() == real.tolist()
+        ranks = torch.arange(int(real.sum()))  # right padding: rank k sits at position k on both sides
+        assert alignment.source_position[row, : len(ranks)].tolist() == ranks.tolist()
 
 
 @pytest.mark.parametrize("use_embeds", [False, True], ids=["flare", "flare-mt"])

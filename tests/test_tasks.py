@@ -10,6 +10,7 @@ from conftest import FIXTURES, answer_tokens, train_tokenizer
 from datasets import Dataset
 
 from flare_xlt.tasks import (
+    ANSWER_TOKENS,
     NUSAX,
     TYDIQA,
     XNLI,
@@ -235,10 +236,12 @@ def test_decoder_training_labels_only_the_answer():
 
 def test_decoder_truncation_keeps_bos_and_the_prompt_end():
     pairs = xnli_pairs()
-    features, report, _ = TaskEncoder(XNLI, DECODER_TOKENIZER, "decoder", max_length=12).encode(pairs)
+    features, report, _ = TaskEncoder(XNLI, DECODER_TOKENIZER, "decoder", max_length=20).encode(pairs)
     assert report.truncated == 6  # every target and every English prompt
     for feature in features:
-        assert len(feature["input_ids"]) == 12 and len(feature["source_input_ids"]) == 12
+        # both prompts leave the answer room (8 tokens for classification) free
+        prompt_length = len(feature["input_ids"]) - len(answer_tokens(feature))
+        assert prompt_length == 12 and len(feature["source_input_ids"]) == 12
         assert feature["source_input_ids"][0] == DECODER_TOKENIZER.bos_token_id
         assert feature["input_ids"][0] == DECODER_TOKENIZER.bos_token_id
         assert decode(
@@ -432,3 +435,36 @@ def test_seq2seq_features_put_the_answer_in_the_labels():
     assert batch["labels"].shape == (3, longest_answer)  # the decoder's own length, not the inputs'
     assert batch["labels"][1].tolist() == answer + [-100] * (longest_answer - len(answer))
     assert batch["input_ids"].shape == batch["source_input_ids"].shape
+
+
+@pytest.mark.parametrize("pairing", ["start", "end", "proportional"])
+@pytest.mark.parametrize("cut", [False, True], ids=["fits", "cut"])
+@pytest.mark.parametrize("name", list(END_TO_END))
+def test_decoder_training_and_generation_read_the_same_answer_position(name, cut, pairing):
+    """The logits that predict the answer are the same in a training forward (prompt + answer, labelled) and in
+    the generation forward (prompt only), cut or not: both prompts and their English pairing are the same."""
+    from conftest import DECODER_SIZES, randomize_lora
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from flare_xlt import FlareConfig, get_flare_model
+
+    task = get_task(name)
+    max_length = ANSWER_TOKENS[task.kind] + 10 if cut else 256  # "cut": a 10-token prompt room
+    target_view, english_view = END_TO_END[name]
+    pairs = pair_views(task, target_view(), english_view())
+    tokenizer = DECODER_TOKENIZER
+    torch.manual_seed(0)
+    sizes = {**DECODER_SIZES, "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+    flare = get_flare_model(LlamaForCausalLM(LlamaConfig(**sizes)), FlareConfig(pairing=pairing)).eval()
+    randomize_lora(flare)
+    training, training_report, _ = TaskEncoder(task, tokenizer, "decoder", max_length=max_length).encode(pairs)
+    generation, _, _ = TaskEncoder(task, tokenizer, "decoder", max_length=max_length, for_generation=True).encode(pairs)
+    assert (training_report.truncated > 0) == cut
+    for train_feature, prompt_feature in zip(training, generation, strict=True):
+        answer_position = len(prompt_feature["input_ids"]) - 1
+        assert train_feature["labels"][answer_position] == -100 and train_feature["labels"][answer_position + 1] != -100
+        assert len(train_feature["input_ids"]) <= max_length
+        with torch.no_grad():
+            trained = flare(**{k: torch.tensor([v]) for k, v in train_feature.items()}).logits
+            prompted = flare(**{k: torch.tensor([v]) for k, v in prompt_feature.items()}).logits
+        torch.testing.assert_close(trained[0, answer_position], prompted[0, -1], atol=1e-5, rtol=0)

@@ -9,8 +9,6 @@ from ..evaluation import extract_generated_answer, parse_verbalized
 from ..qa import postprocess_qa_predictions
 from ..tasks import PairedCollator, TaskEncoder, TaskSpec
 
-GENERATION_TOKENS = {"classification": 8, "extractive_qa": 32}
-
 
 def predict(
     model,
@@ -43,7 +41,7 @@ def predict(
             if architecture in ("decoder", "seq2seq"):
                 generated = model.generate(
                     **batch,
-                    max_new_tokens=GENERATION_TOKENS[task.kind],
+                    max_new_tokens=encoder.answer_tokens,
                     do_sample=False,
                     pad_token_id=tokenizer.pad_token_id,
                 )

@@ -28,7 +28,7 @@ from .. import __version__
 from ..config import FlareConfig
 from ..evaluation import task_scores
 from ..io import replace_directory_atomically, write_text_atomic
-from ..model import get_flare_model
+from ..model import FlareModel, get_flare_model, keep_trainables_in_float32
 from ..mt.states import EncoderStateStore
 from ..tasks import PairedCollator, TaskEncoder, TaskSpec, get_task, load_record_file, load_task_splits, pair_views
 from ..xmixup import XMixupConfig, XMixupModel
@@ -282,9 +282,9 @@ def _train(
     """Train with the HF Trainer, continuing from the newest checkpoint of `run_dir` when `resume` allows."""
     if config.gradient_checkpointing:
         peft_model = model.model if isinstance(model, XMixupModel) else model
-        peft_model.get_base_model().gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+        # A FlareModel enables it itself, so that each recompute reads its own forward's source.
+        target = peft_model if isinstance(peft_model, FlareModel) else peft_model.get_base_model()
+        target.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     checkpoints = run_dir / CHECKPOINTS
     if not resume:
         shutil.rmtree(checkpoints, ignore_errors=True)
@@ -426,6 +426,7 @@ def finetune(
         modules_to_save=loaded.head_modules(spec, trainable),
     )
     network = get_peft_model(loaded.model, lora)
+    keep_trainables_in_float32(network)  # a bf16 checkpoint's head copy would round most updates away
     roles = ["train", "validation", "test"] if train.select_best_on_validation else ["train", "test"]
     splits = load_task_splits(spec, spec.source_language, roles, data)
     features, report, _ = TaskEncoder(spec, loaded.tokenizer, loaded.architecture, "target", train.max_length).encode(

@@ -8,8 +8,10 @@ Views:
   input-level fusion baseline).
 
 Decoders get the task's prompt; in training the verbalizer word (or the QA answer) and EOS follow it and only
-those tokens carry labels. The decoder source is the English prompt alone: target tokens beyond it (the answer)
-have no source token and use plain LoRA, exactly as new tokens do in generation.
+those tokens carry labels. The decoder source is the English prompt alone. A decoder sequence is the prompt plus
+at most `answer_tokens` answer tokens (the most that generation makes), so both prompts, target and English, are
+cut to `max_length - answer_tokens` in training and in generation alike: the position that predicts the answer
+then reads the same tokens, paired with the same English tokens, when training and when predicting.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from .spec import TaskSpec
 ARCHITECTURES = ("encoder", "decoder", "seq2seq")
 VIEWS = ("paired", "target", "source", "input_fusion")
 IGNORE_INDEX = -100
+# Answer tokens (EOS included) a decoder generates at most, per task kind: the answer room of every decoder sequence.
+ANSWER_TOKENS = {"classification": 8, "extractive_qa": 32}
 
 
 @dataclass
@@ -32,9 +36,12 @@ class EncodingReport:
     features: int = 0
     truncated: int = 0
     answers_outside_windows: int = 0
+    answers_truncated: int = 0
 
     def summary(self) -> str:
         text = f"{self.examples} examples -> {self.features} features; {self.truncated} truncated to max_length"
+        if self.answers_truncated:
+            text += f"; {self.answers_truncated} answers cut to the answer room"
         if self.answers_outside_windows:
             text += f"; {self.answers_outside_windows} answers lie in no window"
         return text
@@ -50,10 +57,18 @@ class TaskEncoder:
     sentence_pair: bool = False
     stride: int | None = None  # QA window overlap in tokens; None: a quarter of max_length
     for_generation: bool = False
+    answer_tokens: int | None = None  # decoder answer room, EOS included; None: ANSWER_TOKENS of the task kind
 
     def __post_init__(self) -> None:
         if self.stride is None:
             self.stride = self.max_length // 4
+        if self.answer_tokens is None:
+            self.answer_tokens = ANSWER_TOKENS[self.task.kind]
+        if self.architecture == "decoder" and self.max_length - self.answer_tokens < 2:
+            raise ValueError(
+                f"max_length={self.max_length} leaves no room for a decoder prompt before {self.answer_tokens} answer "
+                "tokens; raise max_length."
+            )
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"Unknown architecture {self.architecture!r}; valid choices: {', '.join(ARCHITECTURES)}.")
         if self.view not in VIEWS:
@@ -98,21 +113,24 @@ class TaskEncoder:
             feature = self._encoder_tokens(pair, side, report)
             feature["labels"] = pair["label"]
         else:
-            prompt_ids = self.tokenizer(self._prompt(pair, side))["input_ids"]
-            if self.for_generation or self.architecture == "seq2seq":
-                prompt_ids = self._fit_prompt(prompt_ids, self.max_length, report)
-                feature = {"input_ids": prompt_ids, "attention_mask": [1] * len(prompt_ids)}
-                if self.architecture == "seq2seq" and not self.for_generation:
-                    # The encoder reads the prompt, the decoder learns the answer: labels are the answer and EOS.
-                    feature["labels"] = self._answer_ids(self._answer(pair))
-            else:
-                feature = self._decoder_training(prompt_ids, self._answer(pair), report)
+            prompt_ids = self._fit_prompt(self.tokenizer(self._prompt(pair, side))["input_ids"], report)
+            feature = {"input_ids": prompt_ids, "attention_mask": [1] * len(prompt_ids)}
+            if not self.for_generation:
+                answer_ids = self._answer_ids(self._answer(pair), report)
+                if self.architecture == "seq2seq":  # the encoder reads the prompt, the decoder learns the answer
+                    feature["labels"] = answer_ids
+                else:
+                    input_ids = prompt_ids + answer_ids
+                    feature = {
+                        "input_ids": input_ids,
+                        "attention_mask": [1] * len(input_ids),
+                        "labels": [IGNORE_INDEX] * len(prompt_ids) + answer_ids,
+                    }
         if self.view == "paired":
             if self.architecture == "encoder":
                 source = self._encoder_tokens(pair, "source", report)
             else:
-                source_ids = self.tokenizer(self._prompt(pair, "source"))["input_ids"]
-                source_ids = self._fit_prompt(source_ids, self.max_length, report)
+                source_ids = self._fit_prompt(self.tokenizer(self._prompt(pair, "source"))["input_ids"], report)
                 source = {"input_ids": source_ids, "attention_mask": [1] * len(source_ids)}
             feature["source_input_ids"] = source["input_ids"]
             feature["source_attention_mask"] = source["attention_mask"]
@@ -126,21 +144,13 @@ class TaskEncoder:
             raise ValueError(f"{self.task.name} example {pair['id']!r} has no answer to train on.")
         return answers["text"][0]
 
-    def _answer_ids(self, answer: str) -> list[int]:
-        return [*self.tokenizer(answer, add_special_tokens=False)["input_ids"], self.tokenizer.eos_token_id]
-
-    def _decoder_training(self, prompt_ids: list[int], answer: str, report: EncodingReport) -> dict:
-        answer_ids = self._answer_ids(answer)
-        room = self.max_length - len(answer_ids)
-        if room < 1:
-            raise ValueError(f"max_length={self.max_length} leaves no room for a prompt before the answer {answer!r}.")
-        prompt_ids = self._fit_prompt(prompt_ids, room, report)
-        input_ids = prompt_ids + answer_ids
-        return {
-            "input_ids": input_ids,
-            "attention_mask": [1] * len(input_ids),
-            "labels": [IGNORE_INDEX] * len(prompt_ids) + answer_ids,
-        }
+    def _answer_ids(self, answer: str, report: EncodingReport) -> list[int]:
+        """The answer and EOS; a decoder's answer longer than its room is cut (and counted), EOS kept."""
+        ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if self.architecture == "decoder" and len(ids) + 1 > self.answer_tokens:
+            report.answers_truncated += 1
+            ids = ids[: self.answer_tokens - 1]
+        return [*ids, self.tokenizer.eos_token_id]
 
     def _encoder_tokens(self, pair: dict, side: str, report: EncodingReport) -> dict:
         if self.sentence_pair and not (self.view == "input_fusion" and side == "target"):
@@ -167,9 +177,10 @@ class TaskEncoder:
         finally:
             self.tokenizer.truncation_side = original_side
 
-    def _fit_prompt(self, ids: list[int], length: int, report: EncodingReport) -> list[int]:
-        """A decoder prompt cut from the left to `length` (BOS kept), so that its end ("... Label: ") stays next to
-        the answer; every cut is counted."""
+    def _fit_prompt(self, ids: list[int], report: EncodingReport) -> list[int]:
+        """A prompt cut from the left (BOS kept), so that its end ("... Label: ") stays next to the answer; every
+        cut is counted. Decoders leave the answer room free; an encoder-decoder's encoder reads max_length."""
+        length = self.max_length - self.answer_tokens if self.architecture == "decoder" else self.max_length
         if len(ids) <= length:
             return ids
         report.truncated += 1
