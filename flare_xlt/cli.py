@@ -8,10 +8,11 @@ from pathlib import Path
 from jsonargparse import CLI
 
 from .demo.experiment import DemoConfig, run_demo
-from .mt.data import translate_fields, translate_record_file, translate_task, write_encoder_states
+from .mt.data import template_texts, translate_fields, translate_record_file, translate_task, write_encoder_states
 from .mt.languages import nllb_code
 from .mt.translator import DEFAULT_MT_MODEL, GenerationSettings, Translator
 from .pipeline import finetune, transfer
+from .pipeline.models import load_state_reader
 from .pipeline.recipes import load_recipe, run_recipe
 from .report import write_report
 from .tasks import get_task, read_rows
@@ -94,6 +95,9 @@ def mt_states(
     language: str,
     output: Path,
     task: str | None = None,
+    reader: str | None = None,
+    reader_architecture: str = "auto",
+    reader_max_length: int = 256,
     template: str | None = None,
     model: str = DEFAULT_MT_MODEL,
     max_length: int = 256,
@@ -108,24 +112,41 @@ def mt_states(
         input: Records (JSONL/JSON/CSV/TSV) with an id column, in `language`.
         language: The records' language (task code or NLLB code); the text is tagged with its own NLLB code.
         output: Folder of the state store (index.json + shards); FlareModel reads it as source_embeds.
-        task: Use this task's encoder template as the text of each record.
-        template: Or a Python format string over the record's fields, e.g. "{premise} {hypothesis}".
+        task: Encode the text a model reads for this task (with --reader): its prompt for decoders, its input for
+            encoders, each window's question and context slice for encoder QA. What `flare-xlt transfer` needs.
+        reader: With --task: the model (name or folder) that will read the states; its tokenizer decides windows.
+        reader_architecture: With --reader: auto, encoder, decoder or seq2seq.
+        reader_max_length: With --reader: the --train.max_length of the runs that read the states.
+        template: Or a Python format string over the record's fields, e.g. "{premise} {hypothesis}", one state per
+            record (for use outside the pipeline).
         model: NLLB checkpoint name or local path.
-        max_length: Tokens kept per text; longer texts are cut and counted.
+        max_length: NLLB tokens kept per text; longer texts are cut and counted.
         batch_size: Texts per encoder batch.
         shard_size: Records per safetensors shard.
         dtype: auto, float32, float16 or bfloat16.
         device: auto, cpu, cuda, ...
     """
     if (task is None) == (template is None):
-        raise ValueError("Give exactly one of --task (its encoder template) or --template.")
-    text_template = get_task(task).encoder_template if task is not None else template
+        raise ValueError("Give exactly one of --task (with --reader) or --template.")
+    if task is not None and reader is None:
+        raise ValueError(
+            "--task needs --reader, the model that will read the states: FLARE-MT states must cover the text it "
+            "reads (a decoder's prompt, an encoder's QA windows)."
+        )
     records = [row for _, row in read_rows(input)]
+    metadata = {}
+    if task is not None:
+        state_reader = load_state_reader(reader, get_task(task), reader_architecture, reader_max_length)
+        keyed_texts = state_reader.state_texts(records)
+        metadata["reader"] = state_reader.state_signature()
+    else:
+        keyed_texts = template_texts(records, template)
+        metadata["template"] = template
     translator = Translator(model, device=device, dtype=dtype)
     store = write_encoder_states(
-        records, language, output, text_template, translator, max_length, batch_size, shard_size
+        keyed_texts, language, output, translator, max_length, batch_size, shard_size, metadata=metadata
     )
-    print(json.dumps({"records": len(store), "d_model": store.d_model, "output": str(output)}))
+    print(json.dumps({"records": len(records), "states": len(store), "d_model": store.d_model, "output": str(output)}))
 
 
 def run(recipe: Path) -> None:

@@ -1,17 +1,16 @@
-"""FlareModel: the source pass, source binding, token alignment, save/load and generate.
+"""FlareModel: source binding, token pairing, checkpointing, save/load and generate.
 
 One forward of a FlareModel is two passes over the same network:
 
-1. Source pass: the English input runs under no_grad with the FLARE adapter off (any other adapter, e.g. a frozen
-   stage-1 task LoRA, stays on). Forward pre-hooks record, for each fused module, the tensor it needs: its own input
-   (source_site="linear_input") or the hidden state entering/leaving its block ("block_input"). The pass stops as
-   soon as every fused module has its tensor, so later blocks and the head never run and nothing else is kept.
+1. Source pass (source_pass.py): the English input runs under no_grad with the FLARE adapter off (any other
+   adapter, e.g. a frozen stage-1 task LoRA, stays on), and hooks record, for each fused module, the tensor it needs.
 2. Target pass: the target input runs normally; each fused FlareLinear reads its recorded source tensor.
 
-Source and target are paired token by token (see `align_tokens`). A pre-hook on the wrapped transformers model
-recomputes that pairing for every call, which covers training, evaluation and each generate() step with a KV cache.
-The bound source stays in place after forward() returns because gradient checkpointing re-runs layer forwards
-during backward; the next call of the model outside a binding drops it.
+Source and target are paired token by token (token_pairing.py). A pre-hook on the wrapped transformers model pairs
+the positions of every call, with positions FLARE counts itself; that covers training, evaluation and each
+generate() step with a KV cache. The bound source stays in place after forward() returns because gradient
+checkpointing re-runs layer forwards during backward (each recompute gets its own forward's source back through
+the checkpoint context); the next call of the model outside a binding drops it.
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ from torch import nn
 from .config import DEFAULT_FUSION_LEAVES, FlareConfig
 from .fusion import POSITION_MIXING_FUSIONS
 from .layer import FlareLinear
+from .source_pass import enclosing_block, plan_early_exit, run_source_pass
 from .token_pairing import (
     GenerationPlan,
     PositionTracker,
@@ -55,10 +55,6 @@ ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 MT_PROJECTION_KEY = "lora_mt_projection"
 _CROSS_ATTENTION_PARENT = re.compile(r"(encdecattention|encoder_attn|crossattention|cross_attn)", re.IGNORECASE)
 _KEY_VALUE_LEAVES = {"k", "v", "k_proj", "v_proj", "key", "value"}
-
-
-class _SourcePassComplete(Exception):
-    """Raised from a capture hook once every fused module has its source, to skip the rest of the network."""
 
 
 @dataclass
@@ -102,25 +98,9 @@ def _matches(name: str, patterns: list[str] | str) -> bool:
     return any(name == pattern or name.endswith("." + pattern) for pattern in patterns)
 
 
-def _enclosing_block(model: nn.Module, module_name: str) -> str:
-    """The name of the transformer block (an element of a ModuleList) that holds `module_name`."""
-    parts = module_name.split(".")
-    for end in range(len(parts) - 1, 0, -1):
-        if parts[end].isdigit() and isinstance(model.get_submodule(".".join(parts[:end])), nn.ModuleList):
-            return ".".join(parts[: end + 1])
-    raise ValueError(
-        f"source_site='block_input' needs the transformer block of {module_name!r}, but no ModuleList element "
-        "encloses it; use source_site='linear_input'."
-    )
-
-
 def _pop_source_kwargs(kwargs: dict) -> dict:
     """Remove `source_<name>` arguments from kwargs and return them as `<name>` for the source pass."""
     return {key.removeprefix("source_"): kwargs.pop(key) for key in list(kwargs) if key.startswith("source_")}
-
-
-def _first_hidden(value: Any) -> torch.Tensor:
-    return value[0] if isinstance(value, tuple | list) else value
 
 
 class FlareModel(PeftModel):
@@ -151,6 +131,7 @@ class FlareModel(PeftModel):
             self._stream_is_causal(layer.flare_stream) for layer in self.fused_modules.values()
         )
         self._capture_points = self._plan_capture(network)
+        self._early_exit = plan_early_exit(network, set(self._capture_points.values()))
         self._flare_head_copies = [
             module
             for module in network.modules()
@@ -239,7 +220,7 @@ class FlareModel(PeftModel):
             return {name: name for name in self.fused_modules}
         points = {}
         for name, layer in self.fused_modules.items():
-            block = _enclosing_block(network, name)
+            block = enclosing_block(network, name)
             in_encoder = self.encoder_prefix is None or block.startswith(self.encoder_prefix)
             if layer.flare_stream != (INPUT_STREAM if in_encoder else DECODER_STREAM):
                 raise ValueError(
@@ -260,48 +241,14 @@ class FlareModel(PeftModel):
         network = self.get_base_model()
         if source_attention_mask is None:
             source_attention_mask = torch.ones_like(source_input_ids)
-        capture_output = self.flare_config.source_layer_offset == 1
-        wanted = set(self._capture_points.values())
-        captured: dict[str, torch.Tensor] = {}
         # Recorded in the dtype A·x_s is computed in: autocast's (every shipped config trains under bf16 autocast),
-        # else the adapter's (fp32 adapters on a bf16 model). Modules reading one tensor then share one copy in that
-        # dtype, which autograd saves once, instead of each casting its own in the target pass.
+        # else the adapter's (fp32 adapters on a bf16 model).
         device_type = source_input_ids.device.type
         autocast_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-        compute_dtype = {
+        compute_dtypes = {
             point: autocast_dtype or self.fused_modules[name].lora_A[self.flare_adapter_name].weight.dtype
             for name, point in self._capture_points.items()
         }
-        copies: dict[tuple[int, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
-
-        def in_compute_dtype(point: str, tensor: torch.Tensor) -> torch.Tensor:
-            key = (id(tensor), compute_dtype[point])
-            if key not in copies:  # the original stays referenced until the pass ends, so its id is not reused
-                copies[key] = (tensor, tensor.to(compute_dtype[point]))
-            return copies[key][1]
-
-        def record(point: str, tensor: torch.Tensor) -> None:
-            if point in captured:
-                raise RuntimeError(
-                    f"{point} ran twice in one source pass; FLARE needs each fused module to run once per forward "
-                    "(weight-shared layers are not supported)."
-                )
-            captured[point] = in_compute_dtype(point, tensor)
-            if self.source_pass_early_exit and len(captured) == len(wanted):
-                raise _SourcePassComplete
-
-        handles = []
-        for point in wanted:
-            module = network.get_submodule(point)
-            if capture_output:
-                hook = lambda _m, _a, _k, output, point=point: record(point, _first_hidden(output))  # noqa: E731
-                handles.append(module.register_forward_hook(hook, with_kwargs=True))
-            else:
-                hook = lambda _m, args, kwargs, point=point: record(  # noqa: E731
-                    point, args[0] if args else kwargs["hidden_states"]
-                )
-                handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-
         inputs = {"input_ids": source_input_ids, "attention_mask": source_attention_mask}
         # A config that asks for every hidden state or attention map (the authors load their models that way) would
         # make the source pass collect them until it stops; it needs none. An explicit source_<name> argument wins.
@@ -311,7 +258,8 @@ class FlareModel(PeftModel):
         inputs.update(source_kwargs)
         if getattr(network.config, "use_cache", None) is not None:
             inputs["use_cache"] = False
-        if self.is_encoder_decoder:
+        early_exit = self._early_exit if self.source_pass_early_exit else None
+        if self.is_encoder_decoder and not (early_exit is not None and early_exit.encoder_only):
             start = network.config.decoder_start_token_id
             if start is None:
                 raise ValueError(
@@ -327,20 +275,18 @@ class FlareModel(PeftModel):
             AuxiliaryTrainingWrapper.enable_adapters(module, False)
         self.flare_state.capturing = True
         try:
-            with torch.no_grad():
-                network(**inputs)
-        except _SourcePassComplete:
-            pass
+            captured = run_source_pass(
+                network,
+                inputs,
+                set(self._capture_points.values()),
+                capture_output=self.flare_config.source_layer_offset == 1,
+                compute_dtypes=compute_dtypes,
+                early_exit=early_exit,
+            )
         finally:
             self.flare_state.capturing = False
-            for handle in handles:
-                handle.remove()
             for module in head_copies:
                 AuxiliaryTrainingWrapper.enable_adapters(module, True)
-        missing = sorted(wanted - set(captured))
-        if missing:
-            raise RuntimeError(f"These fusion points never ran in the source pass, so they have no source: {missing}.")
-
         masks = {INPUT_STREAM: source_attention_mask.bool()}
         if self.is_encoder_decoder:  # the source decoder ran on the start token only
             masks[DECODER_STREAM] = torch.ones(

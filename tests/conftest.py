@@ -314,21 +314,20 @@ def workspace(tmp_path_factory):
     translate_task(NUSAX, ["train"], "en", "id", translator, root / "translations", data=NUSAX_DATA)
     translate_task(NUSAX, ["test"], "id", "en", translator, root / "translations", data=NUSAX_DATA)
     translate_task(NUSAX, ["validation"], "en", "id", translator, root / "translations", data=NUSAX_DATA)
-    cli.mt_states(
-        input=root / "translations" / "nusax_train_en-id.jsonl",
-        language="id",
-        output=root / "states" / "train",
-        task="nusax",
-        model=str(root / "nllb"),
-        device="cpu",
-    )
     write_records(root / "test_id.jsonl", load_original_view(NUSAX, "id", "test", NUSAX_DATA))
-    cli.mt_states(
-        input=root / "test_id.jsonl",
-        language="id",
-        output=root / "states" / "test",
-        task="nusax",
-        model=str(root / "nllb"),
-        device="cpu",
-    )
+    for kind in ("encoder", "decoder", "seq2seq"):  # FLARE-MT states of the text each kind of model reads
+        for split, records in (
+            ("train", root / "translations" / "nusax_train_en-id.jsonl"),
+            ("test", root / "test_id.jsonl"),
+        ):
+            cli.mt_states(
+                input=records,
+                language="id",
+                output=root / "states" / kind / split,
+                task="nusax",
+                reader=str(root / kind),
+                reader_max_length=48,
+                model=str(root / "nllb"),
+                device="cpu",
+            )
     return root

@@ -173,8 +173,15 @@ def flare_adapter_without_flare_config(c: Context) -> None:
 
 def mt_states_lack_test_ids(c: Context) -> None:
     states = c.inputs / "states"
-    shutil.copytree(c.workspace / "states" / "train", states / "train")
-    EncoderStateStore.write(states / "test", ["other"], [torch.zeros(2, 32)])
+    shutil.copytree(c.workspace / "states" / "encoder" / "train", states / "train")
+    reader = EncoderStateStore(states / "train").metadata["reader"]
+    EncoderStateStore.write(states / "test", ["other"], [torch.zeros(2, 32)], metadata={"reader": reader})
+    c.transfer("flare-mt", mt_states=states)
+
+
+def mt_states_of_another_reader(c: Context) -> None:
+    states = c.inputs / "states"
+    shutil.copytree(c.workspace / "states" / "decoder", states)  # the decoder's prompts, for an encoder run
     c.transfer("flare-mt", mt_states=states)
 
 
@@ -321,7 +328,7 @@ FAULTS = {
     ),
     "unknown-stage1-mode": (
         ValueError,
-        r"Unknown stage1_mode 'keep'; valid choices: merge, frozen",
+        r"Unknown stage1_mode 'keep'; valid choices: auto, merge, frozen",
         lambda c: c.transfer(stage1_mode="keep"),
     ),
     "unknown-architecture": (
@@ -368,8 +375,14 @@ FAULTS = {
     ),
     "mt-states-lack-test-ids": (
         ValueError,
-        r"The encoder state store .*states/test lacks 3 of 3 ids \(first: \['11', '12', '13'\]\)",
+        r"The encoder state store .*states/test lacks 3 of 3 features \(first: \['11', '12', '13'\]\)",
         mt_states_lack_test_ids,
+    ),
+    "mt-states-of-another-reader": (
+        ValueError,
+        r"The encoder state store .*states/test holds states of the text \{'task': 'nusax', 'architecture': "
+        r"'decoder'.* reads, but this run reads text as \{'task': 'nusax', 'architecture': 'encoder'",
+        mt_states_of_another_reader,
     ),
     "non-finite-encoder-state": (
         ValueError,

@@ -132,6 +132,7 @@ def test_cli_translates_any_file_by_fields_and_writes_mt_states(nllb_dir, tmp_pa
     assert len(store) == 2 and store.d_model == 32 and store.get("1").shape[1] == 32
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {
         "records": 2,
+        "states": 2,
         "d_model": 32,
         "output": str(tmp_path / "states"),
     }

@@ -3,6 +3,8 @@ captured tensor in the adapter's dtype, and no hidden-state tuple is collected."
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 from conftest import batch_for, build, labels_for, randomize_lora
@@ -66,20 +68,26 @@ def completed_forwards(network: torch.nn.Module) -> dict[str, int]:
         (
             "llama",
             LLAMA_LAYER0,
-            ["model.embed_tokens", "model.layers.0.input_layernorm", "model.layers.0.self_attn.q_proj"],
-            ["model.layers.0.self_attn.v_proj", "model.layers.0.mlp", "model.layers.1", "model.norm", "lm_head"],
+            ["model.embed_tokens", "model.layers.0.self_attn.q_proj", "model.layers.0.mlp", "model.norm"],
+            ["model.layers.1", "lm_head"],
         ),
         (
             "xlmr-cls",
             ["layer.0.attention.self.query", "layer.0.attention.self.value"],
-            ["roberta.embeddings", "roberta.encoder.layer.0.attention.self.key"],
-            ["roberta.encoder.layer.0.attention.output", "roberta.encoder.layer.1", "classifier"],
+            ["roberta.embeddings", "roberta.encoder.layer.0.attention.output", "roberta.encoder.layer.0"],
+            ["roberta.encoder.layer.1", "classifier"],
+        ),
+        (  # the last block is fused: the backbone runs, the LM head (its large vocabulary) does not
+            "llama",
+            None,
+            ["model.layers.1", "model.norm"],
+            ["lm_head"],
         ),
         (
             "mt5",
             MT5_ENCODER_BLOCK0,
-            ["encoder.block.0.layer.0.layer_norm", "encoder.block.0.layer.0.SelfAttention.k"],
-            ["encoder.block.0.layer.1", "encoder.block.1", "encoder.final_layer_norm", "decoder", "lm_head"],
+            ["encoder.block.0.layer.0.SelfAttention.k", "encoder.block.0", "encoder.final_layer_norm"],
+            ["encoder.block.1", "decoder", "lm_head"],
         ),
     ],
 )
@@ -157,7 +165,7 @@ def test_source_pass_does_not_collect_outputs_a_config_asks_for():
     network.config.output_hidden_states = True
     network.config.output_attentions = True
     source_calls = []
-    network.register_forward_pre_hook(
+    network.base_model.register_forward_pre_hook(  # the source pass runs the backbone, without the LM head
         lambda _m, _args, kwargs: source_calls.append(dict(kwargs)) if flare.flare_state.capturing else None,
         with_kwargs=True,
     )
@@ -168,3 +176,22 @@ def test_source_pass_does_not_collect_outputs_a_config_asks_for():
     assert len(target_output.hidden_states) == 3  # the target pass still honours the config
     assert source_calls[0]["output_hidden_states"] is False and source_calls[0]["output_attentions"] is False
     assert source_calls[1]["output_hidden_states"] is True
+
+
+@pytest.mark.parametrize(
+    ("kind", "fused"), [("llama", LLAMA_LAYER0), ("llama", None), ("xlmr-cls", None), ("mt5", MT5_ENCODER_BLOCK0)]
+)
+def test_early_exit_finishes_every_module_it_starts(kind, fused):
+    """DeepSpeed ZeRO-3 and FSDP gather a module's parameters in its forward pre-hooks and release them in its
+    post-hooks, registered when they wrap the model. The early exit raises nothing through a forward: every module
+    that starts in the source pass also finishes, so none is left gathered."""
+    flare = get_flare_model(build(kind), FlareConfig(fusion_modules=fused)).train()
+    network = flare.get_base_model()
+    started, finished = Counter(), Counter()
+    for name, module in network.named_modules():
+        module.register_forward_pre_hook(lambda *_, name=name: started.update([name]))
+        module.register_forward_hook(lambda *_, name=name: finished.update([name]))
+    inputs = batch_for(kind)
+    with flare.source(inputs["source_input_ids"], inputs["source_attention_mask"]):
+        pass
+    assert started == finished and started

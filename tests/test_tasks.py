@@ -468,3 +468,29 @@ def test_decoder_training_and_generation_read_the_same_answer_position(name, cut
             trained = flare(**{k: torch.tensor([v]) for k, v in train_feature.items()}).logits
             prompted = flare(**{k: torch.tensor([v]) for k, v in prompt_feature.items()}).logits
         torch.testing.assert_close(trained[0, answer_position], prompted[0, -1], atol=1e-5, rtol=0)
+
+
+def test_flare_mt_state_texts_follow_each_window_and_prompt():
+    """FLARE-MT states cover what the model reads: each QA window its own slice of the context, decoders their
+    prompt; keys follow the features of encode() one to one."""
+    context = " ".join(f"Mji wa {number} ni mkubwa." for number in range(30)) + " Jibu ni Mombasa."
+    record = {"id": "q1", "language": "sw", "question": "Jibu ni nini?", "context": context}
+    encoder = TaskEncoder(TYDIQA, ENCODER_TOKENIZER, "encoder", view="target", max_length=48, stride=16)
+    features, _, windows = encoder.encode([{**record, "answers": None}])
+    keyed = encoder.state_texts([record])
+    assert [key for key, _ in keyed] == [f"q1#{window}" for window in windows.window_index]
+    assert len(keyed) == len(features) > 2
+    starts = []
+    for (_, text), offsets in zip(keyed, windows.offset_mapping, strict=True):
+        spans = [span for span in offsets if span is not None]
+        first, last = spans[0][0], spans[-1][1]
+        assert text == f"Jibu ni nini? {context[first:last]}"
+        starts.append(first)
+    assert starts == sorted(starts) and starts[0] == 0 and starts[-1] > 0  # later windows start later
+    assert keyed[-1][1].endswith("Jibu ni Mombasa.") and not keyed[0][1].endswith("Mombasa.")
+
+    pairs = xnli_pairs()
+    decoder = TaskEncoder(XNLI, DECODER_TOKENIZER, "decoder")
+    prompts = [XNLI.decoder_template.format(premise=p["premise"], hypothesis=p["hypothesis"]) for p in pairs]
+    assert decoder.state_texts(pairs) == [(p["id"], prompt) for p, prompt in zip(pairs, prompts, strict=True)]
+    assert decoder.state_signature() != TaskEncoder(XNLI, ENCODER_TOKENIZER, "encoder").state_signature()

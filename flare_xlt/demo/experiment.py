@@ -22,10 +22,11 @@ from transformers import AutoModel, AutoTokenizer
 from ..io import write_text_atomic
 from ..mt.data import output_name, write_records
 from ..mt.states import EncoderStateStore
+from ..pipeline.models import load_state_reader
 from ..pipeline.recipes import Recipe, run_recipe
 from ..pipeline.runs import AdapterConfig, TrainConfig
 from ..report import collect_runs, write_report
-from ..tasks import TaskSpec, get_task, read_rows
+from ..tasks import TaskEncoder, TaskSpec, get_task, read_rows
 from .pretrain import MODEL_TYPES, PretrainingConfig, pretrained_model
 from .world import LABELS, Lexicon, Meaning, NoisyMT, realise_english, realise_tolan, sample_meaning
 
@@ -117,9 +118,10 @@ def write_task_data(config: DemoConfig, lexicon: Lexicon, folder: Path) -> TaskS
     return task
 
 
-def write_mt_states(encoder_folder: Path, folder: Path, task: TaskSpec) -> None:
-    """FLARE-MT's source: the pretrained encoder's last hidden states of the Tolan text (MT output for train, the
-    original for test), standing in for an NLLB encoder, stored as `flare-xlt mt-states` stores them."""
+def write_mt_states(encoder_folder: Path, folder: Path, task: TaskSpec, reader: TaskEncoder) -> None:
+    """FLARE-MT's source: the pretrained encoder's last hidden states of the Tolan text the demo model reads (MT
+    output for train, the original for test), standing in for an NLLB encoder, stored as `flare-xlt mt-states`
+    stores them."""
     tokenizer = AutoTokenizer.from_pretrained(encoder_folder)
     encoder = AutoModel.from_pretrained(encoder_folder).eval()
     sources = {
@@ -127,19 +129,19 @@ def write_mt_states(encoder_folder: Path, folder: Path, task: TaskSpec) -> None:
         "test": folder / "data" / TARGET / "test.jsonl",
     }
     for split, path in sources.items():
-        records = [row for _, row in read_rows(path)]
+        keyed_texts = reader.state_texts([row for _, row in read_rows(path)])
         states = []
-        for start in range(0, len(records), 64):
-            texts = [task.encoder_template.format(**record) for record in records[start : start + 64]]
+        for start in range(0, len(keyed_texts), 64):
+            texts = [text for _, text in keyed_texts[start : start + 64]]
             batch = tokenizer(texts, padding=True, return_tensors="pt")
             with torch.no_grad():
                 hidden = encoder(**batch).last_hidden_state  # (B, T, d)
             states += [row[mask.bool()] for row, mask in zip(hidden, batch["attention_mask"], strict=True)]
         EncoderStateStore.write(
             folder / "mt_states" / TARGET / split,
-            [record["id"] for record in records],
+            [key for key, _ in keyed_texts],
             states,
-            metadata={"model": str(encoder_folder), "language": TARGET, "template": task.encoder_template},
+            metadata={"model": str(encoder_folder), "language": TARGET, "reader": reader.state_signature()},
         )
 
 
@@ -166,7 +168,8 @@ def run_demo(config: DemoConfig) -> str:
             if config.model_type == "encoder"
             else pretrained_model(output / "pretrained", pretraining, "encoder", lexicon, config.world_seed)
         )
-        write_mt_states(encoder_folder, folder, task)
+        reader = load_state_reader(str(model_folder), task, config.model_type, config.sizes.train.max_length)
+        write_mt_states(encoder_folder, folder, task, reader)
         methods.append("flare-mt")
     recipe = Recipe(
         model=str(model_folder),

@@ -141,28 +141,34 @@ def translate_fields(
     }
 
 
-def write_encoder_states(
-    records: list[dict],
-    language: str,
-    output: str | Path,
-    template: str,
-    translator: Translator,
-    max_length: int = 256,
-    batch_size: int = 32,
-    shard_size: int = 1024,
-) -> EncoderStateStore:
-    """FLARE-MT: the NLLB encoder states of `template` filled with each record, stored by record id."""
-    ids, texts = [], []
+def template_texts(records: list[dict], template: str) -> list[tuple[str, str]]:
+    """(id, text) per record: `template` filled with the record's fields."""
+    texts = []
     for position, record in enumerate(records, start=1):
         if "id" not in record:
             raise ValueError(f"record {position}: no id.")
         try:
-            texts.append(template.format(**record))
+            texts.append((str(record["id"]), template.format(**record)))
         except KeyError as error:
             raise ValueError(
                 f"record {position} ({record['id']}): the template needs field {error}; present: {sorted(record)}."
             ) from error
-        ids.append(str(record["id"]))
+    return texts
+
+
+def write_encoder_states(
+    keyed_texts: list[tuple[str, str]],
+    language: str,
+    output: str | Path,
+    translator: Translator,
+    max_length: int = 256,
+    batch_size: int = 32,
+    shard_size: int = 1024,
+    metadata: dict | None = None,
+) -> EncoderStateStore:
+    """FLARE-MT: the NLLB encoder states of each (key, text), stored by key (see TaskEncoder.state_texts)."""
+    ids = [key for key, _ in keyed_texts]
+    texts = [text for _, text in keyed_texts]
     states = encoder_states(translator.model, translator.tokenizer, texts, nllb_code(language), max_length, batch_size)
-    metadata = {"model": translator.model_name, "language": language, "template": template}
+    metadata = {"model": translator.model_name, "language": language, **(metadata or {})}
     return EncoderStateStore.write(output, ids, states, shard_size=shard_size, metadata=metadata)

@@ -16,7 +16,7 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-from ..tasks import TaskSpec
+from ..tasks import TaskEncoder, TaskSpec
 
 ARCHITECTURES = ("auto", "encoder", "decoder", "seq2seq")
 TRAINABLE = ("lora", "lora+head", "lora+head+embeddings")
@@ -102,6 +102,14 @@ def load_model(model_name: str, task: TaskSpec, architecture: str = "auto", load
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return LoadedModel(model, tokenizer, architecture)
+
+
+def load_state_reader(model_name: str, task: TaskSpec, architecture: str, max_length: int) -> TaskEncoder:
+    """The features `model_name` reads for `task`, from its tokenizer alone: what FLARE-MT states must cover."""
+    if architecture == "auto":
+        architecture = detect_architecture(model_name)
+    tokenizer = AutoTokenizer.from_pretrained(model_name)
+    return TaskEncoder(task, tokenizer, architecture, max_length=max_length, for_generation=True)
 
 
 def check_max_length(loaded: LoadedModel, max_length: int) -> None:

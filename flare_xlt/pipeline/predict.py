@@ -22,10 +22,12 @@ def predict(
     source_embeds=None,
 ) -> tuple[list, list[str]]:
     """(predictions, raw outputs). Classification: class ids, or None for a generation that names no class.
-    QA: answer strings. `source_embeds(ids)` gives FLARE-MT states for a batch of example ids."""
+    QA: answer strings. `source_embeds(keys)` gives FLARE-MT states for a batch of features, by the keys of
+    TaskEncoder.state_texts (one per QA window)."""
     model.eval()
     encoder = TaskEncoder(task, tokenizer, architecture, view=view, max_length=max_length, for_generation=True)
     features, _, windows = encoder.encode(pairs)
+    state_keys = [key for key, _ in encoder.state_texts(pairs)] if source_embeds is not None else None
     collate = PairedCollator.for_tokenizer(tokenizer)
     device = next(model.parameters()).device
     outputs, start_logits, end_logits = [], [], []
@@ -34,8 +36,7 @@ def predict(
         chunk = features[start : start + batch_size]
         batch = {key: value.to(device) for key, value in collate(chunk).items() if key not in _LABEL_KEYS}
         if source_embeds is not None:
-            example_ids = [pairs[index]["id"] for index in _example_indices(windows, start, len(chunk))]
-            embeds, mask = source_embeds(example_ids)
+            embeds, mask = source_embeds(state_keys[start : start + len(chunk)])
             batch["source_embeds"], batch["source_attention_mask"] = embeds.to(device), mask.to(device)
         with torch.no_grad():
             if architecture in ("decoder", "seq2seq"):
@@ -70,9 +71,3 @@ def predict(
 
 
 _LABEL_KEYS = ("labels", "start_positions", "end_positions")
-
-
-def _example_indices(windows, start: int, count: int) -> list[int]:
-    if windows is None:
-        return list(range(start, start + count))
-    return windows.example_index[start : start + count]

@@ -10,7 +10,8 @@ import yaml
 from ..mt.data import output_name, translate_task, write_encoder_states
 from ..mt.translator import DEFAULT_MT_MODEL, Translator
 from ..tasks import get_task, load_record_file, load_task_splits
-from .runs import METHODS, STAGE1_MODES, AdapterConfig, TrainConfig, finetune, transfer
+from .models import load_state_reader
+from .runs import METHODS, STAGE1_MODES, AdapterConfig, TrainConfig, finetune, resolve_stage1_mode, transfer
 
 
 @dataclass
@@ -29,7 +30,14 @@ class Recipe:
     mt_states: str = field(default="mt_states", metadata={"help": "Folder of FLARE-MT state stores (made if missing)."})
     architecture: str = field(default="auto", metadata={"help": "auto, encoder or decoder."})
     trainable: str = field(default="lora", metadata={"help": "lora, or lora+head (decoders: also train lm_head)."})
-    stage1_mode: str = field(default="merge", metadata={"help": f"Stage-1 adapter: {', '.join(STAGE1_MODES)}."})
+    stage1_mode: str = field(
+        default="auto",
+        metadata={
+            "help": f"Stage-1 adapter: {', '.join(STAGE1_MODES)}. merge folds it into the base; frozen keeps it as a "
+            "frozen LoRA; auto is frozen on 4-bit bases (a merge re-quantises) and merge otherwise. Every method of "
+            "the recipe starts from the same stage-1 model."
+        },
+    )
     load_in_4bit: bool = field(default=False, metadata={"help": "Load the base in 4-bit NF4 (bitsandbytes, GPU)."})
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -43,8 +51,7 @@ class Recipe:
             raise ValueError(f"Unknown methods {unknown}; valid choices: {', '.join(METHODS)}.")
         if task.kind == "extractive_qa" and "translate-test" in self.methods:
             raise ValueError("translate-test does not run for extractive QA tasks (no back-projection of answers).")
-        if self.stage1_mode not in STAGE1_MODES:
-            raise ValueError(f"Unknown stage1_mode {self.stage1_mode!r}; valid choices: {', '.join(STAGE1_MODES)}.")
+        resolve_stage1_mode(self.stage1_mode, self.load_in_4bit)
         if isinstance(self.adapter, dict):
             self.adapter = _build(AdapterConfig, self.adapter, "adapter")
         if isinstance(self.train, dict):
@@ -126,8 +133,13 @@ def run_recipe(recipe: Recipe) -> list[Path]:
                 else:
                     path = translations / output_name(task, step.split, source, step.language)
                     records = load_record_file(task, path)
+                reader = load_state_reader(recipe.model, task, recipe.architecture, recipe.train.max_length)
                 write_encoder_states(
-                    records, step.language, states_root / step.language / step.split, task.encoder_template, translator
+                    reader.state_texts(records),
+                    step.language,
+                    states_root / step.language / step.split,
+                    translator,
+                    metadata={"reader": reader.state_signature()},
                 )
         elif step.kind == "finetune":
             train = replace(recipe.train, seed=step.seed)

@@ -47,7 +47,19 @@ METHOD_VIEWS = {
     "flare-mt": "target",
     "x-mixup": "paired",
 }
-STAGE1_MODES = ("merge", "frozen")
+STAGE1_MODES = ("auto", "merge", "frozen")
+
+
+def resolve_stage1_mode(stage1_mode: str, load_in_4bit: bool) -> str:
+    """auto: frozen on a 4-bit base (merging into it re-quantises: the trained methods would start from another
+    model than the evaluation-only ones), merge otherwise (the authors' way)."""
+    if stage1_mode not in STAGE1_MODES:
+        raise ValueError(f"Unknown stage1_mode {stage1_mode!r}; valid choices: {', '.join(STAGE1_MODES)}.")
+    if stage1_mode == "auto":
+        return "frozen" if load_in_4bit else "merge"
+    return stage1_mode
+
+
 CHECKPOINTS = "checkpoints"
 
 
@@ -464,7 +476,7 @@ def transfer(
     output: Path = Path("runs"),
     data: str = "hub",
     mt_states: Path | None = None,
-    stage1_mode: str = "merge",
+    stage1_mode: str = "auto",
     architecture: str = "auto",
     trainable: str = "lora",
     load_in_4bit: bool = False,
@@ -493,8 +505,7 @@ def transfer(
             "translate-test for extractive QA would need the English answer spans projected back into the target "
             "context, which flare-xlt does not do; it runs for classification tasks."
         )
-    if stage1_mode not in STAGE1_MODES:
-        raise ValueError(f"Unknown stage1_mode {stage1_mode!r}; valid choices: {', '.join(STAGE1_MODES)}.")
+    stage1_mode = resolve_stage1_mode(stage1_mode, load_in_4bit)
     needs_translations = method != "zero-shot"
     if needs_translations and translations is None:
         raise ValueError(f"Method {method!r} needs --translations (the folder written by flare-xlt translate).")
@@ -518,7 +529,7 @@ def transfer(
         "translations": str(translations) if needs_translations else None,
         "data": data,
         "mt_states": str(mt_states) if method == "flare-mt" else None,
-        "stage1_mode": stage1_mode if trains_adapter else None,
+        "stage1_mode": stage1_mode,
         "architecture": architecture,
         "trainable": trainable if trains_adapter else None,
         "load_in_4bit": load_in_4bit,
@@ -532,6 +543,9 @@ def transfer(
     if trains_adapter:
         _check_target_modules(loaded.model, adapter.target_modules, model)
     network = _load_stage1(loaded.model, stage1_adapter, model)
+    if not trains_adapter and stage1_mode == "merge":
+        # Evaluate the model the trained methods start from: on a 4-bit base a merge re-quantises.
+        network = network.merge_and_unload()
     view = METHOD_VIEWS[method]
 
     test_target = load_task_splits(spec, language, ["test"], data)["test"]
@@ -545,9 +559,11 @@ def transfer(
     states, selection = None, {}
     if trains_adapter:
         store = EncoderStateStore(Path(mt_states) / "train") if method == "flare-mt" else None
+        # The training features; for FLARE-MT also the reader whose text the encoder states must cover.
+        state_reader = TaskEncoder(spec, loaded.tokenizer, loaded.architecture, view, train.max_length)
         if store is not None:  # the test states are read after training: check them before it
             states = EncoderStateStore(Path(mt_states) / "test")
-            _check_states(states, test_pairs)
+            _check_states(states, state_reader, test_pairs)
         flare_config = adapter.flare_config(
             adapter.fusion if method.startswith("flare") else None,
             loaded.head_modules(spec, trainable),
@@ -565,15 +581,13 @@ def transfer(
         english = load_task_splits(spec, spec.source_language, ["train"], data)["train"]
         train_pairs = pair_views(spec, train_target, english)
         if store is not None:
-            _check_states(store, train_pairs)
-        encoder = TaskEncoder(spec, loaded.tokenizer, loaded.architecture, view, train.max_length)
-        features, report, windows = encoder.encode(train_pairs)
+            _check_states(store, state_reader, train_pairs)
+        features, report, _ = state_reader.encode(train_pairs)
         print(f"train: {report.summary()}")
         collator = PairedCollator.for_tokenizer(loaded.tokenizer)
         if store is not None:
-            indices = windows.example_index if windows is not None else range(len(features))
-            for feature, index in zip(features, indices, strict=True):
-                feature["example_id"] = train_pairs[index]["id"]
+            for feature, (key, _) in zip(features, state_reader.state_texts(train_pairs), strict=True):
+                feature["state_key"] = key
             collator = _with_mt_states(collator, store)
         callbacks = []
         if train.select_best_on_validation:
@@ -588,7 +602,7 @@ def transfer(
             validation_states = None
             if store is not None:
                 validation_states = EncoderStateStore(Path(mt_states) / "validation")
-                _check_states(validation_states, validation)
+                _check_states(validation_states, state_reader, validation)
             callbacks.append(_validation_callback(network, loaded, spec, validation, view, train, validation_states))
         _start_run(run_dir, config)
         _train(network, features, train, run_dir, collator, callbacks, resume)
@@ -646,13 +660,22 @@ def _load_stage1(base: torch.nn.Module, adapter: Path, model_name: str) -> PeftM
         raise ValueError(f"The stage-1 adapter {adapter} does not fit {model_name}: {error}") from error
 
 
-def _check_states(store: EncoderStateStore, pairs: list[dict]) -> None:
-    """Every example of `pairs` must have encoder states, checked before training rather than at its first batch,
-    or, for the test set, after it."""
-    missing = [pair["id"] for pair in pairs if pair["id"] not in store]
+def _check_states(store: EncoderStateStore, reader: TaskEncoder, pairs: list[dict]) -> None:
+    """The store must hold states of the text this run's model reads (its prompts, its QA windows), one per
+    feature; checked before training rather than at its first batch, or, for the test set, after it."""
+    expected, recorded = reader.state_signature(), store.metadata.get("reader")
+    if recorded != expected:
+        raise ValueError(
+            f"The encoder state store {store.directory} holds states of the text {recorded or 'of a plain template'}"
+            f" reads, but this run reads text as {expected}. FLARE-MT states must cover what the model reads: write "
+            f"them with flare-xlt mt-states --task {reader.task.name} --reader <this model> --reader_max_length "
+            f"{reader.max_length}."
+        )
+    keys = [key for key, _ in reader.state_texts(pairs)]
+    missing = [key for key in keys if key not in store]
     if missing:
         raise ValueError(
-            f"The encoder state store {store.directory} lacks {len(missing)} of {len(pairs)} ids (first: "
+            f"The encoder state store {store.directory} lacks {len(missing)} of {len(keys)} features (first: "
             f"{missing[:5]}); write it from the same records with flare-xlt mt-states."
         )
 
@@ -660,7 +683,7 @@ def _check_states(store: EncoderStateStore, pairs: list[dict]) -> None:
 def _with_mt_states(collator: PairedCollator, store: EncoderStateStore):
     def collate(features: list[dict]) -> dict:
         batch = collator(features)
-        batch["source_embeds"], batch["source_attention_mask"] = store.batch([f["example_id"] for f in features])
+        batch["source_embeds"], batch["source_attention_mask"] = store.batch([f["state_key"] for f in features])
         return batch
 
     return collate

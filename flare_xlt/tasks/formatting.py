@@ -88,6 +88,43 @@ class TaskEncoder:
         report.features = len(features)
         return features, report, windows
 
+    # ------------------------------------------------------------------ FLARE-MT: the text each feature reads
+    def state_texts(self, records: list[dict]) -> list[tuple[str, str]]:
+        """(key, text) per feature, in the order of `encode`: the target-language text the model reads in it.
+
+        FLARE-MT's encoder states must cover what the fused model reads: the decoder prompt for decoders, the
+        encoder text for encoders, and for encoder QA each window's question and its own slice of the context (keyed
+        `<id>#<window>`), not the start of the context for every window. `records` are target-language records or
+        pairs.
+        """
+        if self.task.kind == "extractive_qa" and self.architecture == "encoder":
+            questions = [record["question"] for record in records]
+            contexts = [record["context"] for record in records]
+            windows = prepare_qa_features(self.tokenizer, questions, contexts, None, self.max_length, self.stride)
+            texts = []
+            for example, window, offsets in zip(
+                windows.example_index, windows.window_index, windows.offset_mapping, strict=True
+            ):
+                spans = [span for span in offsets if span is not None]
+                context = contexts[example][spans[0][0] : spans[-1][1]] if spans else ""
+                texts.append((f"{records[example]['id']}#{window}", f"{questions[example]} {context}".strip()))
+            return texts
+        if self.architecture == "encoder":
+            fields = [self._fields(record, "target") for record in records]
+            if self.sentence_pair:
+                return [(str(r["id"]), " ".join(f.values())) for r, f in zip(records, fields, strict=True)]
+            return [
+                (str(r["id"]), self.task.encoder_template.format(**f)) for r, f in zip(records, fields, strict=True)
+            ]
+        return [(str(record["id"]), self._prompt(record, "target")) for record in records]
+
+    def state_signature(self) -> dict:
+        """What decides `state_texts`; a state store records it, and a run refuses states made for another reader."""
+        signature = {"task": self.task.name, "architecture": self.architecture, "vocab_size": len(self.tokenizer)}
+        if self.task.kind == "extractive_qa" and self.architecture == "encoder":
+            signature.update(max_length=self.max_length, stride=self.stride)
+        return signature
+
     # ------------------------------------------------------------------ text of each side
     def _fields(self, pair: dict, side: str) -> dict:
         prefix = "source_" if side == "source" else ""
