@@ -20,6 +20,7 @@ import torch
 from .harness import CpuShare, machine_info
 from .inference import evaluation_section
 from .models import LLAMA_8B, SCALES
+from .mt_backends import backends_section
 from .overhead import overhead_section
 from .report import Section, render
 from .training import gpu_section, inference_mode_source_error, training_section
@@ -69,7 +70,7 @@ def run_suite(arguments: argparse.Namespace, command: str) -> str:
     started, cpu_share = time.perf_counter(), CpuShare()
 
     sections = []
-    for run_section in (training_section, evaluation_section, translation_section):
+    for run_section in (training_section, evaluation_section, translation_section, backends_section):
         print(f"running {run_section.__name__} on {device}", file=sys.stderr, flush=True)
         sections.append(run_section(scale, repeats, device))
     sections.append(overhead_section(device))

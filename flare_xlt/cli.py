@@ -8,12 +8,22 @@ from pathlib import Path
 from jsonargparse import CLI
 
 from .demo.experiment import DemoConfig, run_demo
-from .mt.data import template_texts, translate_fields, translate_record_file, translate_task, write_encoder_states
-from .mt.languages import nllb_code
+from .demo.sweep import parse_sweep, run_sweep
+from .mt.backends import BACKENDS, convert_to_ctranslate2
+from .mt.data import (
+    template_texts,
+    translate_fields,
+    translate_record_file,
+    translate_task,
+    write_dataset_translation,
+    write_encoder_states,
+)
+from .mt.languages import language_code
+from .mt.sharding import Shards
 from .mt.translator import DEFAULT_MT_MODEL, GenerationSettings, Translator
 from .pipeline import finetune, transfer
 from .pipeline.models import load_state_reader
-from .pipeline.recipes import load_recipe, run_recipe
+from .pipeline.recipes import load_recipe, load_variants, run_recipe
 from .report import write_report
 from .tasks import get_task, read_rows
 
@@ -27,7 +37,13 @@ def translate(
     input: Path | None = None,
     data: str = "hub",
     output: Path = Path("translations"),
+    backend: str = "transformers",
     model: str = DEFAULT_MT_MODEL,
+    languages: str = "auto",
+    converted: Path | None = None,
+    command: str | None = None,
+    command_timeout: float = 600.0,
+    chunk_size: int = 1000,
     num_beams: int = 4,
     max_input_length: int = 256,
     max_new_tokens: int = 256,
@@ -35,11 +51,13 @@ def translate(
     cache: Path | None = None,
     dtype: str = "auto",
     device: str = "auto",
+    dataset_translation: bool = False,
 ) -> None:
-    """Translate a task's splits or a record file with NLLB; re-running the same command resumes from the cache.
+    """Translate a task's splits or a record file; re-running the same command resumes from the cache. Under torchrun
+    or accelerate launch, the processes share the distinct texts and one of them writes the output.
 
     Args:
-        tgt: Target language (task code such as sw, or an NLLB code such as swh_Latn).
+        tgt: Target language (task code such as sw, or the backend's own code such as swh_Latn or <2sw>).
         src: Source language of the data.
         task: A built-in task (xnli, tydiqa, nusax) or a task spec file (.yaml/.json).
         fields: Instead of a task: the fields of an --input file to translate (any JSONL/JSON/CSV/TSV).
@@ -47,14 +65,26 @@ def translate(
         input: A file to translate instead of task splits: task records (with --task) or any rows (with --fields).
         data: Where task splits come from: "hub", or a folder with the original release files.
         output: Folder for the translated JSONL files and the report (a file path when --input is given).
-        model: NLLB checkpoint name or local path (nllb-200-distilled-600M, -1.3B, nllb-200-3.3B, ...).
+        backend: transformers (model.generate), ctranslate2 (a converted model, see convert-mt) or command (any
+            program translating stdin to stdout line by line, see --command).
+        model: NLLB-200 or MADLAD-400 checkpoint name or local path; with ctranslate2 also a folder made by
+            convert-mt. Unused by the command backend.
+        languages: How the model is told the languages: auto (from its tokenizer), nllb or madlad.
+        converted: ctranslate2 with a checkpoint as --model: the folder it is converted into once and reused
+            (default: under ~/.cache/flare-xlt/ctranslate2).
+        command: The MT program of the command backend, e.g. 'apertium spa-eng'; run without a shell.
+        command_timeout: Seconds the command may take per chunk before it is killed.
+        chunk_size: Texts per command call; every finished chunk is cached, so a failure loses one chunk at most.
         num_beams: Beam size.
         max_input_length: Input tokens kept per text; longer texts are cut and counted.
         max_new_tokens: Most tokens generated per text.
         tokens_per_batch: Token budget of a batch (texts are batched in length order).
         cache: SQLite translation cache; default: <output folder>/translation_cache.sqlite.
-        dtype: auto, float32, float16 or bfloat16.
+        dtype: transformers: auto, float32, float16 or bfloat16. ctranslate2: auto (as converted), int8,
+            int8_float32, int8_float16, int8_bfloat16, int16, float16, bfloat16 or float32.
         device: auto, cpu, cuda, cuda:1, ...
+        dataset_translation: XNLI only: take the train split the dataset ships machine-translated into --tgt
+            instead of translating it; the other --splits are translated.
     """
     if (task is None) == (fields is None):
         raise ValueError("Give exactly one of --task (a task's splits or records) or --fields (fields of any --input).")
@@ -65,23 +95,66 @@ def translate(
         task_spec = get_task(task)
         task_spec.check_language(src)
         task_spec.check_language(tgt)
-    nllb_code(src), nllb_code(tgt)  # unknown codes fail here, before the model loads
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown backend {backend!r}; valid choices: {', '.join(BACKENDS)}.")
+    if backend != "command":  # unknown codes fail here, before the model loads
+        for language in (src, tgt):
+            language_code("madlad" if languages == "madlad" or language.startswith("<2") else "nllb", language)
+    splits = splits or ["train", "validation"]
+    if dataset_translation and (task_spec is None or input is not None or "train" not in splits):
+        raise ValueError("--dataset_translation replaces the translation of a task's train split: give --task xnli.")
+    if dataset_translation and data != "hub" and splits != ["train"]:
+        raise ValueError(
+            "--dataset_translation with --data reads the XNLI-MT-1.0 folder, which holds only train: give "
+            "--splits '[train]' and translate the other splits from the XNLI-1.0 folder in a second call."
+        )
+    if dataset_translation:
+        print(json.dumps(write_dataset_translation(task_spec, src, tgt, output, data), indent=2, ensure_ascii=False))
+        splits = [split for split in splits if split != "train"]
+        if not splits:
+            return
     folder = output.parent if input is not None else output
-    translator = Translator(
-        model,
-        GenerationSettings(num_beams, max_input_length, max_new_tokens),
-        tokens_per_batch=tokens_per_batch,
-        cache=cache or folder / "translation_cache.sqlite",
-        device=device,
-        dtype=dtype,
-    )
-    if task_spec is None:
-        report = translate_fields(input, fields, src, tgt, translator, output)
-    elif input is not None:
-        report = translate_record_file(task_spec, input, src, tgt, translator, output)
-    else:
-        report = translate_task(task_spec, splits or ["train", "validation"], src, tgt, translator, output, data)
-    print(json.dumps(_summary(report), indent=2, ensure_ascii=False))
+    shards = Shards.from_environment()
+    try:
+        translator = Translator(
+            model,
+            GenerationSettings(num_beams, max_input_length, max_new_tokens),
+            tokens_per_batch=tokens_per_batch,
+            cache=cache or folder / "translation_cache.sqlite",
+            device=device,
+            dtype=dtype,
+            progress=shards.main,
+            backend=backend,
+            languages=languages,
+            converted=converted,
+            command=command,
+            command_timeout=command_timeout,
+            chunk_size=chunk_size,
+            shards=shards,
+        )
+        if task_spec is None:
+            report = translate_fields(input, fields, src, tgt, translator, output)
+        elif input is not None:
+            report = translate_record_file(task_spec, input, src, tgt, translator, output)
+        else:
+            report = translate_task(task_spec, splits, src, tgt, translator, output, data)
+    finally:
+        shards.close()
+    if shards.main:
+        print(json.dumps(_summary(report), indent=2, ensure_ascii=False))
+
+
+def convert_mt(model: str, output: Path, quantization: str | None = None) -> None:
+    """Convert an NLLB-200 (M2M100) or MADLAD-400 (T5) checkpoint for `translate --backend ctranslate2`, once: the
+    CTranslate2 model and the tokenizer, in one folder that --model then names.
+
+    Args:
+        model: Checkpoint name or local folder.
+        output: The folder to create.
+        quantization: Store the weights as int8, int8_float32, int8_float16, int8_bfloat16, int16, float16, bfloat16
+            or float32 (default: as the checkpoint). Any compute type can still be chosen with --dtype.
+    """
+    print(convert_to_ctranslate2(model, output, quantization))
 
 
 def _summary(report: dict) -> dict:
@@ -163,7 +236,8 @@ def run(recipe: Path) -> None:
 
 
 def report(directory: Path, output: Path | None = None) -> None:
-    """Paper-style tables (Markdown, CSV) and a bar chart per task from the finished runs below `directory`.
+    """Paper-style tables (Markdown, CSV, per-seed CSV, LaTeX) and a figure (PNG, PDF) per task from the finished
+    runs below `directory`.
 
     Args:
         directory: Folder searched recursively for metrics.json.
@@ -178,8 +252,12 @@ def demo(
     model_type: str = "decoder",
     target_resource: float = 0.05,
     mt_error_rate: float = 0.1,
+    mt_error_rate_train: float | None = None,
+    mt_error_rate_test: float | None = None,
     flare_mt: bool = True,
     seeds: list[int] | None = None,
+    variants: Path | None = None,
+    sweep: str | None = None,
 ) -> None:
     """The embedded benchmark: a synthetic English/Tolan world, a tiny model pretrained on it from scratch, and every
     transfer method over 3 seeds on CPU; prints the table. Pretrained models, data and finished runs under `output`
@@ -190,17 +268,38 @@ def demo(
         model_type: decoder (a tiny Llama) or encoder (a tiny XLM-R).
         target_resource: Tolan pretraining text per English sentence (0.05: one Tolan sentence per 20 English).
         mt_error_rate: Share of words the simulated MT drops or replaces, in both directions.
+        mt_error_rate_train: The English -> Tolan rate alone (translate-train data, what LoRA and FLARE learn from).
+        mt_error_rate_test: The Tolan -> English rate alone (what translate-test and FLARE read at test time).
         flare_mt: Also run FLARE-MT, with a pretrained tiny encoder standing in for the NLLB encoder.
         seeds: Seeds of every stage-1 and transfer run (default 1 2 3).
+        variants: A YAML file of named method variants to run as well, each its own row, as a recipe's `variants`
+            (e.g. configs/variants/ablation-pairing.yaml: FLARE with every pairing and unpaired setting).
+        sweep: Run every method at several values of one setting, e.g. mt_error_rate_test=0,0.1,0.2,0.3
+            (mt_error_rate, mt_error_rate_train, mt_error_rate_test or target_resource); writes a table and a plot
+            of the score against the value.
     """
-    config = DemoConfig(output, model_type, target_resource, mt_error_rate, flare_mt, tuple(seeds or (1, 2, 3)))
-    print(run_demo(config))
+    config = DemoConfig(
+        output,
+        model_type,
+        target_resource,
+        mt_error_rate,
+        flare_mt,
+        tuple(seeds or (1, 2, 3)),
+        variants=load_variants(variants) if variants is not None else {},
+        mt_error_rate_train=mt_error_rate_train,
+        mt_error_rate_test=mt_error_rate_test,
+    )
+    if sweep is not None:
+        print(run_sweep(config, *parse_sweep(sweep)))
+    else:
+        print(run_demo(config))
 
 
 def main() -> None:
     CLI(
         {
             "translate": translate,
+            "convert-mt": convert_mt,
             "mt-states": mt_states,
             "finetune": finetune,
             "transfer": transfer,

@@ -20,8 +20,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +32,15 @@ from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .checkpointing import CheckpointedSources
 from .config import DEFAULT_FUSION_LEAVES, FlareConfig
 from .fusion import POSITION_MIXING_FUSIONS
 from .layer import FlareLinear
+from .precision import keep_trainables_in_float32
 from .source_pass import enclosing_block, plan_early_exit, run_source_pass
+from .state import DECODER_STREAM, INPUT_STREAM, BoundSource, FlareState
 from .token_pairing import (
     GenerationPlan,
-    PositionTracker,
     SequenceHistory,
     TokenAlignment,
     align_tokens,
@@ -48,48 +49,11 @@ from .token_pairing import (
     visible_cache_length,
 )
 
-INPUT_STREAM = "input"  # tokens of input_ids (the encoder for encoder-decoder models)
-DECODER_STREAM = "decoder"  # decoder tokens of encoder-decoder models
 STAGE1_MODES = ("merge", "frozen")
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 MT_PROJECTION_KEY = "lora_mt_projection"
 _CROSS_ATTENTION_PARENT = re.compile(r"(encdecattention|encoder_attn|crossattention|cross_attn)", re.IGNORECASE)
 _KEY_VALUE_LEAVES = {"k", "v", "k_proj", "v_proj", "key", "value"}
-
-
-@dataclass
-class BoundSource:
-    inputs: dict[str, torch.Tensor]  # fused module name -> (B, S, d); modules that read one tensor share it
-    masks: dict[str, torch.Tensor]  # stream -> (B, S) mask of real source tokens
-
-    @property
-    def batch_size(self) -> int:
-        return next(iter(self.masks.values())).shape[0]
-
-    def repeat_rows(self, times: int) -> BoundSource:
-        """Each row repeated `times` times in place, as generate() expands the batch for beams."""
-        expanded: dict[int, torch.Tensor] = {}
-        for tensor in self.inputs.values():
-            expanded.setdefault(id(tensor), tensor.repeat_interleave(times, dim=0))
-        return BoundSource(
-            {name: expanded[id(tensor)] for name, tensor in self.inputs.items()},
-            {stream: mask.repeat_interleave(times, dim=0) for stream, mask in self.masks.items()},
-        )
-
-
-@dataclass
-class FlareState:
-    """What the FLARE layers of one model read; shared by all of them."""
-
-    capturing: bool = False
-    source: BoundSource | None = None
-    alignments: dict[str, TokenAlignment] = field(default_factory=dict)
-    open_bindings: int = 0
-    allow_batch_expansion: bool = False
-    positions: PositionTracker = field(default_factory=PositionTracker)
-
-    def source_input(self, module_name: str) -> torch.Tensor | None:
-        return None if self.source is None else self.source.inputs[module_name]
 
 
 def _matches(name: str, patterns: list[str] | str) -> bool:
@@ -103,14 +67,13 @@ def _pop_source_kwargs(kwargs: dict) -> dict:
     return {key.removeprefix("source_"): kwargs.pop(key) for key in list(kwargs) if key.startswith("source_")}
 
 
-class FlareModel(PeftModel):
+class FlareModel(CheckpointedSources, PeftModel):
     """A PeftModel whose FLARE adapter fuses a source representation into its LoRA bottlenecks."""
 
     # The source pass stops as soon as every fused module has its tensor. False runs the whole network, head
     # included, and records the same tensors: the benchmarks emulate the authors' source pass with it and the tests
     # check that both give identical results. The default is the only setting training needs.
     source_pass_early_exit: bool = True
-    _checkpointing_managed: bool = False
 
     def __init__(self, model: nn.Module, flare_config: FlareConfig, adapter_name: str = "flare") -> None:
         lora_config = flare_config.to_lora_config()
@@ -506,71 +469,6 @@ class FlareModel(PeftModel):
         )
 
     # ------------------------------------------------------------------ public API
-    def activation_checkpointing_enable(
-        self, activation_checkpointing_kwargs: dict | None = None, **kwargs: Any
-    ) -> None:
-        """Activation (gradient) checkpointing in which each recompute reads the source and pairing of its own forward.
-
-        A checkpointed block runs again during backward. Between its forward and that recompute another fused
-        forward may bind another source (losses summed over micro-batches, R-Drop, a reference pass), so FLARE hands
-        torch.utils.checkpoint a context_fn that restores the forward's own source and pairing for the recompute.
-        That needs non-reentrant checkpointing; use_reentrant=True is refused.
-        """
-        options = dict(activation_checkpointing_kwargs or {})
-        if options.get("use_reentrant", False):
-            raise ValueError(
-                "FLARE needs non-reentrant activation checkpointing (use_reentrant=False): only that mode takes the "
-                "context_fn with which each recompute reads its own forward's source."
-            )
-        if "context_fn" in options:
-            raise ValueError(
-                "FLARE sets the checkpoint context_fn itself; pass activation_checkpointing_kwargs without it."
-            )
-        options.update(use_reentrant=False, context_fn=self._checkpoint_contexts)
-        network = self.get_base_model()
-        if hasattr(network, "activation_checkpointing_enable"):
-            network.activation_checkpointing_enable(activation_checkpointing_kwargs=options, **kwargs)
-        else:  # transformers before the rename
-            network.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options, **kwargs)
-        self._checkpointing_managed = True
-        self._prepare_model_for_gradient_checkpointing(network)
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
-        """The name transformers used before 5.24 for activation_checkpointing_enable."""
-        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
-
-    def _checkpoint_contexts(self):
-        """torch.utils.checkpoint context_fn: called at a checkpointed block's forward; its second context wraps the
-        block's recompute and gives it that forward's source and pairing back."""
-        state = self.flare_state
-        forward_binding = (state.source, state.alignments)
-
-        @contextmanager
-        def recompute() -> Iterator[None]:
-            current = (state.source, state.alignments)
-            state.source, state.alignments = forward_binding
-            try:
-                yield
-            finally:
-                state.source, state.alignments = current
-
-        return nullcontext(), recompute()
-
-    def _refuse_unmanaged_checkpointing(self) -> None:
-        if self._checkpointing_managed or not (self.training and torch.is_grad_enabled()):
-            return
-        network = self.get_base_model()
-        checkpointing = getattr(network, "is_activation_checkpointing", None)
-        if checkpointing is None:  # transformers before the rename
-            checkpointing = getattr(network, "is_gradient_checkpointing", False)
-        if checkpointing:
-            raise ValueError(
-                "Activation checkpointing was enabled on the base model, not on the FlareModel. Its recompute would "
-                "read whichever source was bound last, which is wrong as soon as two fused forwards precede one "
-                "backward. Call flare_model.activation_checkpointing_enable() (or gradient_checkpointing_enable) "
-                "instead; the HF Trainer does so with gradient_checkpointing=True."
-            )
-
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -710,50 +608,6 @@ class FlareModel(PeftModel):
         for name, parameter in self.named_parameters():
             if marker in name:
                 parameter.requires_grad_(False)
-
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def keep_trainables_in_float32(model: nn.Module) -> None:
-    """Store every trainable module copy of a PEFT model (modules_to_save: heads, embeddings) in float32.
-
-    transformers 5 loads a checkpoint in its own dtype (bf16 for Llama 3.1). PEFT upcasts LoRA weights but not the
-    trainable copies of modules_to_save, and a bf16 weight cannot hold the small updates of a fine-tuning step:
-    most round to zero. The copies keep the model's dtype at their edges: inputs are cast to float32 (autocast still
-    computes matmuls in bf16) and outputs back to the dtype the rest of the model runs in.
-    """
-    for wrapper in model.modules():
-        if isinstance(wrapper, ModulesToSaveWrapper):
-            for copy_module in wrapper.modules_to_save.values():
-                _run_in_float32(copy_module)
-    left = [name for name, p in model.named_parameters() if p.requires_grad and p.dtype in _LOW_PRECISION]
-    if left:
-        raise RuntimeError(f"These trainable parameters are still in 16-bit precision: {left[:5]}.")
-
-
-def _run_in_float32(module: nn.Module) -> None:
-    dtypes = {parameter.dtype for parameter in module.parameters()} & set(_LOW_PRECISION)
-    if not dtypes or not any(parameter.requires_grad for parameter in module.parameters()):
-        return
-    model_dtype = dtypes.pop()
-    module.float()
-
-    def to_dtype(value: Any, dtype: torch.dtype) -> Any:
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            return value.to(dtype)
-        if isinstance(value, tuple):
-            return tuple(to_dtype(item, dtype) for item in value)
-        return value
-
-    module.register_forward_pre_hook(
-        lambda _m, args, kwargs: (
-            to_dtype(args, torch.float32),
-            {k: to_dtype(v, torch.float32) for k, v in kwargs.items()},
-        ),
-        with_kwargs=True,
-    )
-    module.register_forward_hook(lambda _m, _args, output: to_dtype(output, model_dtype))
 
 
 def get_flare_model(

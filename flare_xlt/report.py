@@ -1,8 +1,9 @@
 """Paper-style reports from finished runs: per task, a methods x languages table of mean ± std over seeds.
 
 Every finished run directory holds a metrics.json; only its contract keys (task, method, seed, language, metric,
-scores, run, config_hash) are read. Per task, write_report writes report_<task>.md, report_<task>.csv and
-report_<task>.png, each atomically.
+scores, run, config_hash) are read. Per task, write_report writes report_<task>.md (Markdown), report_<task>.csv
+(wide, one row per method), report_<task>_per_seed.csv (tidy, one row per run and language), report_<task>.tex
+(booktabs) and the figure as report_<task>.png and .pdf, each atomically.
 
 Statistics: a cell is the mean over seeds and the sample standard deviation (ddof=1) when there are at least two
 seeds, 0.0 for a single seed (there is no spread to estimate). The Avg column is the mean over languages of the
@@ -25,8 +26,12 @@ from collections.abc import Iterable, Mapping
 from io import BytesIO, StringIO
 from pathlib import Path
 
+from matplotlib import rc_context
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import blended_transform_factory
 
 from .io import write_bytes_atomic, write_text_atomic
 
@@ -105,7 +110,8 @@ def summarize(runs: Iterable[Mapping], metric: str | None = None) -> dict[str, d
         a missing result is an absent key;
       "average_languages": the languages every method has, which Avg and the ranks use;
       "dropped": {language: [methods that lack it]} for the languages left out of Avg and the ranks;
-      "ranks": {method: average rank}, empty (like "average") when no language is common to all methods.
+      "ranks": {method: average rank}, empty (like "average") when no language is common to all methods;
+      "per_seed": per_seed[method][language][seed] = the value behind the table's cells.
     Where a method has runs whose `language` is a given language, only those fill that language's cells (side
     evaluations by runs for other languages are ignored there); two results for one cell and seed are a ValueError.
     """
@@ -152,6 +158,9 @@ def _summarize_task(task: str, runs: list[Mapping], metric: str | None) -> dict:
         "average_languages": common,
         "dropped": dropped,
         "ranks": ranks,
+        "per_seed": {
+            method: {language: dict(values[method][language]) for language in values[method]} for method in methods
+        },
     }
 
 
@@ -222,7 +231,11 @@ def _ranks(means: Mapping[str, float]) -> dict[str, float]:
 
 
 def write_report(directory: str | Path, output: str | Path | None = None) -> list[Path]:
-    """Per task, report_<task>.md, .csv and .png in output (default: directory); returns the paths written."""
+    """Per task, in output (default: directory), returns the paths written in this order:
+
+    report_<task>.md (Markdown table), report_<task>.csv (one row per method), report_<task>_per_seed.csv (tidy, one
+    row per run and language), report_<task>.tex (booktabs table) and the figure as report_<task>.png and .pdf.
+    """
     directory = Path(directory)
     output = directory if output is None else Path(output)
     # Stage-1 runs (method "finetune") score English, not a transfer: they are not rows of the transfer tables.
@@ -234,14 +247,47 @@ def write_report(directory: str | Path, output: str | Path | None = None) -> lis
     for task in summaries:
         if not _TASK_NAME.fullmatch(task):
             raise ValueError(f"Task name {task!r} cannot be used in a file name.")
-    paths: list[Path] = []
+    artifacts = {task: _artifact_paths(output, task) for task in summaries}
+    # Task names may hold "_" and ".", so task "a" and task "a_per_seed" would both claim report_a_per_seed.csv.
+    owners: dict[Path, str] = {}
+    for task, paths in artifacts.items():
+        for path in paths.values():
+            if path in owners:
+                raise ValueError(f"Tasks {owners[path]!r} and {task!r} would both write {path.name}.")
+            owners[path] = task
+    written: list[Path] = []
     for task, summary in summaries.items():
-        markdown, table, chart = (output / f"report_{task}.{suffix}" for suffix in ("md", "csv", "png"))
-        write_text_atomic(markdown, _markdown(task, summary))
-        write_text_atomic(table, _csv(summary))
-        write_bytes_atomic(chart, _png(task, summary))
-        paths += [markdown, table, chart]
-    return paths
+        paths = artifacts[task]
+        write_text_atomic(paths["markdown"], _markdown(task, summary))
+        write_text_atomic(paths["wide_csv"], _csv(summary))
+        write_text_atomic(paths["per_seed_csv"], _per_seed_csv(task, summary))
+        write_text_atomic(paths["latex"], _latex(task, summary))
+        figure = plot_summary(task, summary)
+        write_bytes_atomic(paths["png"], _render(figure, "png"))
+        write_bytes_atomic(paths["pdf"], _render(figure, "pdf"))
+        written += paths.values()
+    return written
+
+
+def _artifact_paths(output: Path, task: str) -> dict[str, Path]:
+    return {
+        "markdown": output / f"report_{task}.md",
+        "wide_csv": output / f"report_{task}.csv",
+        "per_seed_csv": output / f"report_{task}_per_seed.csv",
+        "latex": output / f"report_{task}.tex",
+        "png": output / f"report_{task}.png",
+        "pdf": output / f"report_{task}.pdf",
+    }
+
+
+def _shows_average(summary: Mapping) -> bool:
+    """Whether the LaTeX table and the figure get an Avg: over a single language it would repeat that language."""
+    return len(summary["average_languages"]) >= 2
+
+
+def is_flare(method: str) -> bool:
+    """FLARE and its variants (flare-mt, and recipe variants such as flare-end), which the figure highlights."""
+    return method.startswith("flare")
 
 
 def _percent(cell: Cell | None) -> str:
@@ -287,17 +333,19 @@ def _seeds_line(summary: Mapping) -> str:
     return f"Seeds per cell: {usual}" + (f", except {', '.join(exceptions)}" if exceptions else "") + "."
 
 
-def _average_line(summary: Mapping) -> str:
+def _average_line(summary: Mapping, with_average: bool = True) -> str:
+    """What Avg. and Avg. rank cover; with_average=False for a table that shows only the rank (see _shows_average)."""
     common, dropped = summary["average_languages"], summary["dropped"]
     if not common:
         return "No language has results for every method, so there is no Avg. or Avg. rank."
-    line = (
-        f"Avg. (std over seeds of each seed's average) and Avg. rank (1 = best, ties share the average rank) "
-        f"are over {', '.join(common)}."
-    )
+    if with_average:
+        line = "Avg. (std over seeds of each seed's average) and Avg. rank (1 = best, ties share the average rank) are"
+    else:
+        line = "Avg. rank (1 = best, ties share the average rank) is"
+    line += f" over {', '.join(common)}."
     if dropped:
         reasons = "; ".join(f"{language} (missing for {', '.join(methods)})" for language, methods in dropped.items())
-        line += f" Dropped from both: {reasons}."
+        line += f" Dropped from {'both' if with_average else 'it'}: {reasons}."
     return line
 
 
@@ -320,35 +368,196 @@ def _csv(summary: Mapping) -> str:
     return stream.getvalue()
 
 
-def _png(task: str, summary: Mapping) -> bytes:
-    """A grouped bar chart: one group per language (and Avg), one bar per method, error bars = std."""
+def _per_seed_csv(task: str, summary: Mapping) -> str:
+    """Tidy: one row per value that enters the tables (a run's score for one language), in percent like the Markdown."""
+    stream = StringIO()
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(["task", "language", "method", "seed", "metric", "value"])
+    for method in summary["methods"]:
+        for language, per_seed in sorted(summary["per_seed"][method].items()):
+            for seed, value in sorted(per_seed.items()):
+                # Rounded to drop the noise of the conversion (100 * 0.57 is 56.99999999999999); scores carry far
+                # fewer than ten decimals.
+                writer.writerow([task, language, method, seed, summary["metric"], round(100 * value, 10)])
+    return stream.getvalue()
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(character, character) for character in text)
+
+
+def _latex(task: str, summary: Mapping) -> str:
+    """A booktabs table in percent, mean with the std as a subscript where a cell has several seeds, best in bold."""
+    methods, table, ranks = summary["methods"], summary["table"], summary["ranks"]
+    keys = [*summary["languages"], *([AVERAGE] if _shows_average(summary) else [])]
+    headers = [*(_latex_escape(language) for language in summary["languages"]), *(["Avg"] if AVERAGE in keys else [])]
+    # Best is judged on the printed digits, so that two cells that read the same are both bold.
+    best_mean = {
+        key: max(float(_one_decimal(table[method][key][0])) for method in methods if key in table[method])
+        for key in keys
+    }
+    best_rank = min((float(f"{rank:.2f}") for rank in ranks.values()), default=None)
+    if ranks:
+        headers.append("Avg.\\ rank")
+    lines = [
+        "% flare-xlt report; needs \\usepackage{booktabs}.",
+        "\\begin{table}[t]",
+        "\\centering",
+        f"\\begin{{tabular}}{{l{'r' * len(headers)}}}",
+        "\\toprule",
+        " & ".join(["Method", *headers]) + " \\\\",
+        "\\midrule",
+    ]
+    for method in methods:
+        row = [_latex_escape(method)]
+        for key in keys:
+            cell = table[method].get(key)
+            row.append("--" if cell is None else _latex_cell(cell, float(_one_decimal(cell[0])) == best_mean[key]))
+        if ranks:
+            rank = f"{ranks[method]:.2f}"
+            row.append(f"\\textbf{{{rank}}}" if float(rank) == best_rank else rank)
+        lines.append(" & ".join(row) + " \\\\")
+    seed_counts = _seed_counts(summary)
+    caption = f"{_latex_escape(task)}: {_latex_escape(summary['metric'])} in percent"
+    if max(seed_counts) >= 2:
+        caption += ", mean over seeds with the sample std (ddof=1) as a subscript"
+        caption += " where a cell has several seeds" if min(seed_counts) < 2 else ""
+    caption += "; best per column in bold"
+    if any(key not in table[method] for method in methods for key in keys):
+        caption += "; -- marks a missing result"
+    notes = f"{_seeds_line(summary)} {_average_line(summary, with_average=AVERAGE in keys)}"
+    caption += ". " + _latex_escape(notes)
+    lines += [
+        "\\bottomrule",
+        "\\end{tabular}",
+        f"\\caption{{{caption}}}",
+        f"\\label{{tab:{task}}}",
+        "\\end{table}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _one_decimal(fraction: float) -> str:
+    return f"{100 * fraction:.1f}"
+
+
+def _latex_cell(cell: Cell, best: bool) -> str:
+    mean, std, seeds = cell
+    shown = f"\\textbf{{{_one_decimal(mean)}}}" if best else _one_decimal(mean)
+    # One seed has no spread to show; "± 0.0" would claim a measured one.
+    return shown if seeds < 2 else f"{shown}$_{{\\pm {_one_decimal(std)}}}$"
+
+
+# Okabe and Ito's palette, told apart under the common colour-vision deficiencies; its yellow is left out, too pale on
+# white. FLARE variants take these colours and filled diamonds; the baselines are grey open circles, so FLARE stands
+# out and the figure still reads in black and white.
+_FLARE_COLOURS = ("#D55E00", "#0072B2", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
+_BASELINE_COLOUR = "#6E6E6E"
+_PANELS_PER_ROW = 4
+
+
+def plot_summary(task: str, summary: Mapping) -> Figure:
+    """The report's figure for one task's summary: small multiples, one dot plot per language (and Avg).
+
+    In each panel the methods are rows and the mean is a dot on the metric axis, which spans the panel's own values
+    (not from 0) so the differences show; a horizontal bar is ± the std where a cell has several seeds. There is no
+    Avg panel when it would repeat a single language.
+    """
     methods, table = summary["methods"], summary["table"]
-    groups = [*summary["languages"], *([AVERAGE] if summary["average_languages"] else [])]
-    # The Avg bars are not over every language on the x axis when some were dropped, so the label says which.
-    dropped = summary["dropped"]
-    average_label = "Avg" if not dropped else "Avg\n(excl. " + ", ".join(dropped) + ")"
-    labels = [*summary["languages"], *([average_label] if summary["average_languages"] else [])]
+    panels = [(language, language) for language in summary["languages"]]
+    if _shows_average(summary):
+        dropped = summary["dropped"]
+        panels.append((AVERAGE, "Avg" if not dropped else "Avg (excl. " + ", ".join(dropped) + ")"))
+    columns = min(len(panels), _PANELS_PER_ROW)
+    rows = math.ceil(len(panels) / columns)
+    colours = _method_colours(methods)
     # A bare Figure on an Agg canvas rather than pyplot: no global backend switch and no figure registry to leak.
-    # Wide enough for every bar to stay readable, plus room for the legend outside the axes.
-    width_inches = max(6.0, 0.18 * len(groups) * len(methods) + 0.5 * len(groups) + 2.5)
-    figure = Figure(figsize=(width_inches, 4.5), layout="constrained")
+    figure = Figure(figsize=(1.4 + 2.6 * columns, 0.8 + rows * (0.9 + 0.28 * len(methods))), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    width = 0.8 / len(methods)
-    for index, method in enumerate(methods):
-        present = [(position, table[method][key]) for position, key in enumerate(groups) if key in table[method]]
-        axes.bar(
-            [position - 0.4 + width * (index + 0.5) for position, _ in present],
-            [100 * cell[0] for _, cell in present],
-            width,
-            yerr=[100 * cell[1] for _, cell in present],
-            capsize=2,
-            label=method,
-        )
-    axes.set_xticks(range(len(groups)), labels)
-    axes.set_ylabel(f"{summary['metric']} (%)")
-    axes.set_title(f"{task}: {summary['metric']} (mean ± std over seeds)")
-    axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    grid = figure.subplots(rows, columns, sharey=True, squeeze=False)
+    for unused in grid.flat[len(panels) :]:
+        unused.remove()
+    for axes, (key, title) in zip(grid.flat[: len(panels)], panels, strict=True):
+        _dot_panel(axes, methods, table, key, colours)
+        axes.set_title(title, fontsize="medium", fontweight="bold" if key == AVERAGE else "normal")
+    grid[0, 0].set_yticks(range(len(methods)), methods)
+    # The first method on top, as in the tables, with half a row of room above and below.
+    grid[0, 0].set_ylim(len(methods) - 0.5, -0.5)
+    for axes in grid[:, 0]:
+        for label, method in zip(axes.get_yticklabels(), methods, strict=True):
+            if is_flare(method):
+                label.set_fontweight("bold")
+                label.set_color(colours[method])
+    figure.suptitle(f"{task}: {summary['metric']}, {_seeds_phrase(summary)}")
+    figure.supxlabel(f"{summary['metric']} (%)", fontsize="medium")
+    return figure
+
+
+def _method_colours(methods: list[str]) -> dict[str, str]:
+    flare = [method for method in methods if is_flare(method)]
+    # Past six variants the colours repeat; the bold row labels still tell the methods apart.
+    colours = {method: _FLARE_COLOURS[index % len(_FLARE_COLOURS)] for index, method in enumerate(flare)}
+    return {method: colours.get(method, _BASELINE_COLOUR) for method in methods}
+
+
+def _dot_panel(axes: Axes, methods: list[str], table: Mapping, key: str, colours: Mapping[str, str]) -> None:
+    present = [(row, method, table[method][key]) for row, method in enumerate(methods) if key in table[method]]
+    # An empty row could be read as a result off the axis, so it says there is none.
+    at_left_of_row = blended_transform_factory(axes.transAxes, axes.transData)
+    for row, method in enumerate(methods):
+        if key not in table[method]:
+            axes.text(0.03, row, "no result", transform=at_left_of_row, va="center", fontsize="small", color="#8C8C8C")
+    for row, method, (mean, std, seeds) in present:
+        colour = colours[method]
+        if seeds >= 2:
+            axes.errorbar(100 * mean, row, xerr=100 * std, fmt="none", ecolor=colour, elinewidth=1.2, capsize=2.5)
+        if is_flare(method):
+            axes.plot(100 * mean, row, "D", color=colour, markersize=6.5, zorder=3)
+        else:
+            axes.plot(100 * mean, row, "o", markerfacecolor="white", markeredgecolor=colour, markersize=6.5, zorder=3)
+    low = min(100 * (mean - std) for _, _, (mean, std, _) in present)
+    high = max(100 * (mean + std) for _, _, (mean, std, _) in present)
+    # A margin so no dot sits on the frame, and at least a point of width when every method scores the same.
+    margin = max(0.08 * (high - low), 0.5)
+    axes.set_xlim(low - margin, high + margin)
+    axes.xaxis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 5, 10]))
+    axes.grid(axis="both", color="#E5E5E5", linewidth=0.8)
+    axes.set_axisbelow(True)
+    axes.tick_params(axis="y", length=0)
+
+
+def _seed_counts(summary: Mapping) -> set[int]:
+    return {cell[2] for cells in summary["table"].values() for cell in cells.values()}
+
+
+def _seeds_phrase(summary: Mapping) -> str:
+    counts = _seed_counts(summary)
+    if counts == {1}:
+        return "1 seed"
+    seeds = f"{min(counts)}–{max(counts)}" if len(counts) > 1 else f"{counts.pop()}"
+    return f"mean ± std over {seeds} seeds"
+
+
+def _render(figure: Figure, image_format: str) -> bytes:
     buffer = BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
+    # TrueType (Type 42) fonts, since publishers' PDF checks reject matplotlib's default Type 3; no creation date, so
+    # the same runs give the same bytes.
+    with rc_context({"pdf.fonttype": 42}):
+        figure.savefig(
+            buffer, format=image_format, dpi=200, metadata={"CreationDate": None} if image_format == "pdf" else None
+        )
     return buffer.getvalue()

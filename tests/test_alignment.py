@@ -18,14 +18,19 @@ def pad(ids: torch.Tensor, extra: int, left: bool) -> tuple[torch.Tensor, torch.
     return torch.cat([ids, padding], 1), mask.flip(1)
 
 
+PAIRINGS = [("start", "lora"), ("end", "lora"), ("proportional", "zero_source"), ("end", "zero_source")]
+
+
 @pytest.mark.parametrize("kind", ["llama", "xlmr-cls", "mt5"])
 @pytest.mark.parametrize("fusion", ["add_relu", "matmul", "cross_attention"])
-def test_extra_padding_changes_nothing(kind, fusion):
+@pytest.mark.parametrize(("pairing", "unpaired"), PAIRINGS)
+def test_extra_padding_changes_nothing(kind, fusion, pairing, unpaired):
     """The same pair padded by different amounts, as in batches of different shape, gives the same outputs.
 
     float64: what remains is RoPE's float32 cos/sin at shifted positions (~3e-8); a change in pairing moves the
     logits by ~1e-2."""
-    flare = get_flare_model(build(kind).double(), FlareConfig(fusion=fusion)).eval()
+    config = FlareConfig(fusion=fusion, pairing=pairing, unpaired=unpaired)
+    flare = get_flare_model(build(kind).double(), config).eval()
     randomize_lora(flare)
     generator = torch.Generator().manual_seed(11)
     target = torch.randint(3, 90, (1, 5), generator=generator)

@@ -40,7 +40,13 @@ def test_tiny_run_writes_every_row(tmp_path):
     assert [row[0] for row in table_rows(report, "Python function calls")] == ["2", "4", "8"]
 
     targets = table_rows(report, "Ratios to the baseline")
-    assert len(targets) == 5 and all(row[3] in ("yes", "NO") for row in targets)
+    assert len(targets) == 7 and all(row[3] in ("yes", "NO") for row in targets)
+    ratios = {row[0]: row[1] for row in targets}
+    for model in (
+        "M2M100 (NLLB)",
+        "T5 (MADLAD-400)",
+    ):  # the MT backends: ctranslate2 at equal output against transformers
+        assert float(ratios[f"{model}: ctranslate2 float32 / transformers throughput"].rstrip("×")) > 0
     if any(row[3] == "NO" for row in targets):
         assert "## Missed targets: explanation and profiles" in report and "Self CPU time total" in report
     assert "Not run: no GPU was lent" in report

@@ -16,8 +16,9 @@ def flare_for(kind, fusion, **overrides):
 
 
 @pytest.mark.parametrize("fusion", FUSION_NAMES)
-def test_no_future_leakage_decoder(fusion):
-    flare = flare_for("llama", fusion)
+@pytest.mark.parametrize(("pairing", "unpaired"), [("start", "lora"), ("end", "zero_source"), ("proportional", "lora")])
+def test_no_future_leakage_decoder(fusion, pairing, unpaired):
+    flare = flare_for("llama", fusion, pairing=pairing, unpaired=unpaired)
     generator = torch.Generator().manual_seed(7)
     target = torch.randint(3, VOCAB, (1, 8), generator=generator)
     source = torch.randint(3, VOCAB, (1, 8), generator=generator)

@@ -159,3 +159,55 @@ def test_demo_runs_every_method_and_reuses_its_runs(tmp_path, capsys, model_type
     capsys.readouterr()
     assert run_demo(config).split("Wall time")[0] == printed.split("Wall time")[0]
     assert capsys.readouterr().out.count("finished earlier, skipped") == len(runs)
+
+
+def test_the_two_error_knobs_change_only_their_own_direction(tmp_path):
+    """mt_error_rate_train touches only the English -> Tolan train file; mt_error_rate_test only the Tolan -> English
+    test file. Each is checked against the exact realisation the world writes for the other language."""
+    from flare_xlt.demo.experiment import write_task_data
+    from flare_xlt.tasks import read_rows
+
+    def written(config: DemoConfig) -> dict[str, list[str]]:
+        folder = tmp_path / setting_name(config)
+        write_task_data(config, LEXICON, folder)
+        files = {
+            "train": folder / "translations" / f"tolan_sentiment_train_en-{TARGET}.jsonl",
+            "test": folder / "translations" / f"tolan_sentiment_test_{TARGET}-en.jsonl",
+        }
+        return {split: [row["text"] for _, row in read_rows(path)] for split, path in files.items()}
+
+    exact = written(DemoConfig(output=tmp_path, mt_error_rate=0.0, sizes=TINY))
+    noisy_train = written(DemoConfig(output=tmp_path, mt_error_rate=0.0, mt_error_rate_train=0.5, sizes=TINY))
+    noisy_test = written(DemoConfig(output=tmp_path, mt_error_rate=0.0, mt_error_rate_test=0.5, sizes=TINY))
+    both = written(DemoConfig(output=tmp_path, mt_error_rate=0.5, sizes=TINY))
+    assert noisy_train["test"] == exact["test"] and noisy_train["train"] != exact["train"]
+    assert noisy_test["train"] == exact["train"] and noisy_test["test"] != exact["test"]
+    assert both == {"train": noisy_train["train"], "test": noisy_test["test"]}  # the shared knob sets both
+    configs = [DemoConfig(mt_error_rate=0.0, mt_error_rate_test=rate) for rate in (0.0, 0.5)]
+    assert setting_name(configs[0]) != setting_name(configs[1])
+    assert setting_name(DemoConfig(mt_error_rate=0.1)) == setting_name(DemoConfig(mt_error_rate_train=0.1))
+    with pytest.raises(ValueError, match=r"MT error rates must lie in \[0, 1\]"):
+        DemoConfig(mt_error_rate_test=1.5)
+
+
+def test_a_sweep_of_two_points_writes_its_table_and_plot(tmp_path, capsys):
+    from flare_xlt.demo.sweep import parse_sweep, run_sweep, sweep_scores
+
+    name, values = parse_sweep("mt_error_rate_test=0.3,0")
+    assert (name, values) == ("mt_error_rate_test", [0.0, 0.3])
+    config = DemoConfig(output=tmp_path, flare_mt=False, seeds=(1,), sizes=TINY)
+    table = run_sweep(config, name, values)
+    scores = sweep_scores(config, name, values)
+    assert set(scores) == {"zero-shot", "translate-test", "lora", "input-fusion", "flare"}
+    for method, per_value in scores.items():
+        cells = " | ".join(f"{100 * per_value[value][0]:.1f} ± 0.0" for value in values)
+        assert f"| {method} | {cells} |" in table
+    # zero-shot reads no translation: the test-side error cannot move it; translate-test reads only that
+    assert scores["zero-shot"][0.0] == scores["zero-shot"][0.3]
+    for suffix in ("md", "csv", "png", "pdf"):
+        assert (tmp_path / f"sweep-decoder-mt_error_rate_test.{suffix}").stat().st_size > 0
+    rows = (tmp_path / "sweep-decoder-mt_error_rate_test.csv").read_text().splitlines()
+    assert rows[0] == "method,mt_error_rate_test,seed_index,macro_f1" and len(rows) == 1 + 5 * 2
+    for bad in ("colour=1,2", "mt_error_rate_test=", "mt_error_rate_test=a,b", "mt_error_rate_test=0.1,0.1"):
+        with pytest.raises(ValueError, match="--sweep"):
+            parse_sweep(bad)

@@ -73,8 +73,8 @@ def teacher_forced(flare, kind: str, inputs: dict, sequences: torch.Tensor) -> t
     return logits[:, PROMPT - 1 : -1], generated
 
 
-def fused_model(kind: str, pairing: str) -> torch.nn.Module:
-    flare = get_flare_model(build(kind), FlareConfig(pairing=pairing)).eval()
+def fused_model(kind: str, pairing: str, unpaired: str = "lora") -> torch.nn.Module:
+    flare = get_flare_model(build(kind), FlareConfig(pairing=pairing, unpaired=unpaired)).eval()
     randomize_lora(flare)
     return flare
 
@@ -115,13 +115,15 @@ def test_cached_generation_equals_teacher_forcing(kind, layout, decoding, source
     check_agreement(flare, kind, make_inputs(kind, layout, SOURCE_LENGTHS[source]), decoding)
 
 
-@pytest.mark.parametrize("pairing", [mode for mode in PAIRING_MODES if mode != "start"])
+@pytest.mark.parametrize("unpaired", ["lora", "zero_source"])
+@pytest.mark.parametrize("pairing", PAIRING_MODES)
+@pytest.mark.parametrize("decoding", ["greedy", "beam"])
 @pytest.mark.parametrize("source", ["shorter", "longer"])
 @pytest.mark.parametrize("layout", ["single", "ragged"])
-@pytest.mark.parametrize("kind", ["llama", "gemma2", "mt5"])
-def test_cached_generation_equals_teacher_forcing_per_pairing(kind, layout, source, pairing):
-    flare = fused_model(kind, pairing)
-    check_agreement(flare, kind, make_inputs(kind, layout, SOURCE_LENGTHS[source]), "greedy")
+@pytest.mark.parametrize("kind", ["llama", "mt5"])
+def test_cached_generation_equals_teacher_forcing_per_pairing(kind, layout, source, decoding, pairing, unpaired):
+    flare = fused_model(kind, pairing, unpaired)
+    check_agreement(flare, kind, make_inputs(kind, layout, SOURCE_LENGTHS[source]), decoding)
 
 
 def test_generation_without_cache_equals_cached_generation():

@@ -11,7 +11,7 @@ import yaml
 from conftest import NUSAX_DATA
 
 from flare_xlt import cli
-from flare_xlt.pipeline.recipes import load_recipe, plan
+from flare_xlt.pipeline.recipes import load_recipe, load_variants, plan
 from flare_xlt.tasks import get_task
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -72,7 +72,8 @@ def test_tiny_recipe_runs_the_whole_workflow(workspace, tmp_path, capsys):
         "model": str(workspace / "encoder"),
         "task": "nusax",
         "languages": ["id"],
-        "methods": ["zero-shot", "lora", "flare", "flare-mt"],
+        "methods": ["zero-shot", "lora", "flare", "flare-mt", "flare-end-zero"],
+        "variants": {"flare-end-zero": {"adapter": {"pairing": "end", "unpaired": "zero_source"}}},
         "seeds": [1, 2],
         "output": str(tmp_path / "runs"),
         "data": NUSAX_DATA,
@@ -91,19 +92,52 @@ def test_tiny_recipe_runs_the_whole_workflow(workspace, tmp_path, capsys):
     path.write_text(yaml.safe_dump(recipe))
     cli.run(path)
     runs = sorted(p.parent.name for p in (tmp_path / "runs").rglob("metrics.json"))
-    assert len(runs) == 2 * (1 + 4)  # per seed: stage 1 and four transfer runs
+    assert len(runs) == 2 * (1 + 5)  # per seed: stage 1 and five transfer runs
     assert (tmp_path / "translations" / "nusax_train_en-id.jsonl").is_file()
     assert (tmp_path / "states" / "id" / "test" / "index.json").is_file()
     assert (tmp_path / "states" / "id" / "validation" / "index.json").is_file()
     averages = {
         row["method"]: row["avg_mean"] for row in csv.DictReader((tmp_path / "runs" / "report_nusax.csv").open())
     }
-    assert set(averages) == {"zero-shot", "lora", "flare", "flare-mt"}  # stage-1 runs are not transfer rows
+    # stage-1 runs are not transfer rows; a variant is a row of its own
+    assert set(averages) == {"zero-shot", "lora", "flare", "flare-mt", "flare-end-zero"}
     assert all(value != "" for value in averages.values())  # so every method has an average over languages
     table = (tmp_path / "runs" / "report_nusax.md").read_text()
     assert "flare" in table and "±" in table and (tmp_path / "runs" / "report_nusax.png").stat().st_size > 0
     first = capsys.readouterr().out
     cli.run(path)  # everything is found finished: nothing is trained again
-    assert capsys.readouterr().out.count("finished earlier, skipped") == 10 and "finished earlier" not in first
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 12 and "finished earlier" not in first
     metrics = json.loads(next((tmp_path / "runs").glob("nusax-id-flare-seed2-*/metrics.json")).read_text())
     assert metrics["seed"] == 2 and metrics["method"] == "flare"
+    variant = next((tmp_path / "runs").glob("nusax-id-flare-end-zero-seed2-*"))
+    assert json.loads((variant / "metrics.json").read_text())["method"] == "flare-end-zero"
+    saved = json.loads((variant / "adapter" / "flare_config.json").read_text())
+    assert (saved["pairing"], saved["unpaired"]) == ("end", "zero_source")
+    plain = json.loads(
+        (next((tmp_path / "runs").glob("nusax-id-flare-seed2-*")) / "adapter" / "flare_config.json").read_text()
+    )
+    assert (plain["pairing"], plain["unpaired"]) == ("start", "lora")
+
+
+def test_variants_are_checked_when_the_recipe_loads(tmp_path):
+    base = {"model": "m", "task": "nusax", "languages": ["id"], "methods": ["flare", "v"], "seeds": [1]}
+    cases = [
+        ({**base, "variants": {"v": {"adapter": {"pairing": "middle"}}}}, "Unknown pairing 'middle'"),
+        ({**base, "variants": {"v": {"method": "zero-shot"}}}, "method 'zero-shot' trains no adapter"),
+        ({**base, "variants": {"v": {"adapter": {"colour": 1}}}}, r"Unknown variant v settings \['colour'\]"),
+        ({**base, "variants": {"flare": {}}, "methods": ["flare"]}, "the name of a built-in method"),
+        ({**base, "methods": ["flare", "w"], "variants": {"v": {}}}, r"Unknown methods \['w'\].*variants v"),
+    ]
+    for values, message in cases:
+        path = tmp_path / "recipe.yaml"
+        path.write_text(yaml.safe_dump(values))
+        with pytest.raises(ValueError, match=message):
+            load_recipe(path)
+    path.write_text(yaml.safe_dump({**base, "variants": {"v": {"adapter": {"pairing": "proportional"}}}}))
+    recipe = load_recipe(path)
+    assert recipe.method_of("v") == "flare" and recipe.variants["v"]["adapter"].pairing == "proportional"
+    assert recipe.variants["v"]["adapter"].r == recipe.adapter.r  # the rest comes from the recipe's adapter
+    ablation = load_variants(CONFIGS[0].parent / "variants" / "ablation-pairing.yaml")
+    path.write_text(yaml.safe_dump({**base, "methods": ["lora", *ablation], "variants": ablation}))
+    pairs = {(v["adapter"].pairing, v["adapter"].unpaired) for v in load_recipe(path).variants.values()}
+    assert pairs == {(p, u) for p in ("start", "end", "proportional") for u in ("lora", "zero_source")}

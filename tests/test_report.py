@@ -5,13 +5,23 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
+from matplotlib.collections import LineCollection
+from matplotlib.container import ErrorbarContainer
+from matplotlib.figure import Figure
 
-from flare_xlt.report import METHOD_ORDER, collect_runs, summarize, write_report
+from flare_xlt.report import METHOD_ORDER, collect_runs, plot_summary, summarize, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PDF_SIGNATURE = b"%PDF-"
+
+
+def report_names(task: str) -> list[str]:
+    return [f"report_{task}{suffix}" for suffix in (".md", ".csv", "_per_seed.csv", ".tex", ".png", ".pdf")]
+
 
 # xnli (accuracy), values[method][language] = one score per seed 1, 2, 3 (None = that seed has no result).
 XNLI = {
@@ -205,9 +215,9 @@ def test_markdown_table(runs_dir: Path, tmp_path: Path) -> None:
         "Avg. (std over seeds of each seed's average) and Avg. rank (1 = best, ties share the average rank) "
         "are over ar, sw.\n"
     )
-    assert sorted(path.name for path in paths) == sorted(
-        f"report_{task}.{suffix}" for task in ("xnli", "tydiqa") for suffix in ("md", "csv", "png")
-    )
+    assert sorted(path.name for path in paths) == sorted(report_names("xnli") + report_names("tydiqa"))
+    # The Markdown first: the demo prints paths[0] as the table.
+    assert paths[0].name == "report_tydiqa.md"
 
 
 def test_markdown_missing_cell_varying_seeds_and_dropped_language(runs_dir: Path) -> None:
@@ -253,10 +263,8 @@ def test_png_is_written(runs_dir: Path, tmp_path: Path) -> None:
 def test_no_temporary_files_remain(runs_dir: Path, tmp_path: Path) -> None:
     output = tmp_path / "reports"
     write_report(runs_dir, output)
-    # Only the six reports: a leftover ".<name>.<random>.tmp" from the atomic writes would show up here.
-    assert sorted(path.name for path in output.rglob("*")) == sorted(
-        f"report_{task}.{suffix}" for task in ("tydiqa", "xnli") for suffix in ("csv", "md", "png")
-    )
+    # Only the reports: a leftover ".<name>.<random>.tmp" from the atomic writes would show up here.
+    assert sorted(path.name for path in output.rglob("*")) == sorted(report_names("tydiqa") + report_names("xnli"))
 
 
 def test_malformed_metrics_names_file_and_key(runs_dir: Path) -> None:
@@ -345,3 +353,231 @@ def test_stage1_runs_are_not_rows_of_the_transfer_tables(tmp_path):
     rows = {row["method"]: row for row in csv.DictReader((tmp_path / "report_xnli.csv").open())}
     assert set(rows) == {"flare", "lora"}
     assert (float(rows["flare"]["avg_mean"]), float(rows["flare"]["avg_rank"])) == (0.6, 1.0)
+
+
+def seed_means(values: dict[str, dict[str, list[float | None]]]) -> dict[str, dict[str, float]]:
+    """Per method and language, the mean of the seeds that have a result."""
+    return {
+        method: {
+            language: statistics.fmean(value for value in scores if value is not None)
+            for language, scores in per_language.items()
+        }
+        for method, per_language in values.items()
+    }
+
+
+def latex_rows(tex: str) -> list[list[str]]:
+    """The cells of the rows between \\midrule and \\bottomrule."""
+    body = tex.split("\\midrule\n")[1].split("\\bottomrule")[0]
+    return [line.removesuffix(" \\\\").split(" & ") for line in body.splitlines()]
+
+
+def test_latex_table_has_booktabs_rules_and_bold_best_per_column(runs_dir: Path, tmp_path: Path) -> None:
+    write_report(runs_dir, tmp_path)
+    tex = (tmp_path / "report_xnli.tex").read_text(encoding="utf-8")
+    lines = tex.splitlines()
+    rules = [line for line in lines if line in ("\\toprule", "\\midrule", "\\bottomrule")]
+    assert rules == ["\\toprule", "\\midrule", "\\bottomrule"]
+    assert "\\begin{tabular}{lrrrrr}" in lines
+    assert lines[lines.index("\\toprule") + 1] == "Method & de & sw & th & Avg & Avg.\\ rank \\\\"
+    rows = {row[0]: row[1:] for row in latex_rows(tex)}
+    assert list(rows) == ["zero-shot", "lora", "flare"]
+    # The best per column, worked out from the fixture: the highest mean per language and for Avg over de and sw
+    # (th is dropped, flare lacks it), compared as printed to one decimal, so lora and flare tie on sw at 42.0.
+    means = seed_means(XNLI)
+    for method in means:
+        means[method]["Avg"] = (means[method]["de"] + means[method]["sw"]) / 2
+    columns = ["de", "sw", "th", "Avg"]
+    expected_bold = set()
+    for column in columns:
+        shown = {method: round(100 * per[column], 1) for method, per in means.items() if column in per}
+        expected_bold |= {(method, column) for method, value in shown.items() if value == max(shown.values())}
+    # The lowest Avg. rank is flare's 1.25 (see test_average_ranks_with_a_tie).
+    expected_bold.add(("flare", "Avg. rank"))
+    bold = {
+        (method, column)
+        for method, cells in rows.items()
+        for column, cell in zip([*columns, "Avg. rank"], cells, strict=True)
+        if cell.startswith("\\textbf{")
+    }
+    by_hand = {
+        ("flare", "de"),
+        ("lora", "sw"),
+        ("flare", "sw"),
+        ("lora", "th"),
+        ("flare", "Avg"),
+        ("flare", "Avg. rank"),
+    }
+    assert bold == expected_bold == by_hand
+    # Mean with the std as a subscript, a missing result as "--", in percent like the Markdown.
+    assert rows["zero-shot"][0] == "52.0$_{\\pm 2.0}$"
+    assert rows["flare"] == [
+        "\\textbf{70.0}$_{\\pm 0.0}$",
+        "\\textbf{42.0}$_{\\pm 1.0}$",
+        "--",
+        "\\textbf{56.0}$_{\\pm 0.5}$",
+        "\\textbf{1.25}",
+    ]
+    assert "\\caption{xnli: accuracy in percent" in tex and "\\label{tab:xnli}" in tex
+
+
+def test_per_seed_csv_has_one_row_per_run_in_percent(runs_dir: Path, tmp_path: Path) -> None:
+    write_report(runs_dir, tmp_path)
+    with (tmp_path / "report_xnli_per_seed.csv").open(encoding="utf-8", newline="") as stream:
+        reader = csv.DictReader(stream)
+        rows = list(reader)
+    assert reader.fieldnames == ["task", "language", "method", "seed", "metric", "value"]
+    # One row per value written to a metrics.json: the side evaluations (0.99) and the "average" entries are not runs
+    # of their cell; lora's sw seed 3 never ran.
+    expected = [
+        ("xnli", language, method, str(seed), "accuracy", 100 * value)
+        for method, per_language in XNLI.items()
+        for language, values in sorted(per_language.items())
+        for seed, value in enumerate(values, start=1)
+        if value is not None
+    ]
+    assert len(rows) == len(expected) == 3 * 3 + 8 + 6
+    for row, (task, language, method, seed, metric, value) in zip(rows, expected, strict=True):
+        assert (row["task"], row["language"], row["method"], row["seed"], row["metric"]) == (
+            task,
+            language,
+            method,
+            seed,
+            metric,
+        )
+        assert float(row["value"]) == pytest.approx(value)
+    # Same units as the Markdown: the mean of a cell's rows is the number the Markdown prints.
+    markdown = (tmp_path / "report_xnli.md").read_text(encoding="utf-8")
+    lora_sw = statistics.fmean(
+        float(row["value"]) for row in rows if (row["method"], row["language"]) == ("lora", "sw")
+    )
+    assert f"{lora_sw:.1f}" == "42.0" and "| lora | 62.0 ± 2.0 | 42.0 ± 2.8 |" in markdown
+
+
+def test_figures_are_written_as_png_and_pdf(runs_dir: Path, tmp_path: Path) -> None:
+    write_report(runs_dir, tmp_path)
+    for task in ("xnli", "tydiqa"):
+        assert (tmp_path / f"report_{task}.png").read_bytes().startswith(PNG_SIGNATURE)
+        pdf = (tmp_path / f"report_{task}.pdf").read_bytes()
+        assert pdf.startswith(PDF_SIGNATURE)
+        # TrueType fonts (publishers reject Type 3) and no creation date, so a rerun writes the same bytes.
+        assert b"/Type3" not in pdf and b"/CreationDate" not in pdf
+
+
+def panel_titles(figure: Figure) -> list[str]:
+    return [axes.get_title() for axes in figure.axes]
+
+
+def error_bars(figure: Figure) -> list[object]:
+    """Every error-bar artist: the containers errorbar() returns and the line collections that draw the bars."""
+    return [
+        artist
+        for axes in figure.axes
+        for artist in [*axes.containers, *axes.collections]
+        if isinstance(artist, ErrorbarContainer | LineCollection)
+    ]
+
+
+def single_seed_runs(root: Path, languages: list[str], methods: list[str]) -> None:
+    for method_index, method in enumerate(methods):
+        for language_index, language in enumerate(languages):
+            write_run(
+                root / f"{method}-{language}",
+                task="xnli",
+                method=method,
+                seed=1,
+                language=language,
+                metric="accuracy",
+                scores={language: classification(0.5 + 0.05 * method_index - 0.1 * language_index)},
+            )
+
+
+def test_one_seed_draws_no_error_bars(runs_dir: Path, tmp_path: Path) -> None:
+    single_seed_runs(tmp_path / "one", ["de", "sw"], ["lora", "flare"])
+    summary = summarize(collect_runs(tmp_path / "one"))["xnli"]
+    figure = plot_summary("xnli", summary)
+    assert error_bars(figure) == []
+    assert figure.get_suptitle() == "xnli: accuracy, 1 seed"
+    # Every cell has its dot all the same.
+    assert sum(len(axes.lines) for axes in figure.axes) == 2 * 3
+    # Nor a "± 0.0" in the LaTeX table: lora de is 0.50, flare de 0.55.
+    write_report(tmp_path / "one", tmp_path / "one")
+    rows = latex_rows((tmp_path / "one" / "report_xnli.tex").read_text(encoding="utf-8"))
+    assert rows[0][1] == "50.0" and rows[1][1] == "\\textbf{55.0}" and "\\pm" not in str(rows)
+    # Several seeds do get them, one per cell of two or more seeds: 3 + 3 + 2 + 3 + 3 (Avg) for zero-shot and
+    # lora, 2 + 1 (Avg) for flare, which lacks th.
+    several = plot_summary("xnli", summarize(collect_runs(runs_dir))["xnli"])
+    assert sum(isinstance(artist, ErrorbarContainer) for artist in error_bars(several)) == 4 + 4 + 3
+    assert several.get_suptitle() == "xnli: accuracy, mean ± std over 2–3 seeds"
+
+
+def test_single_language_has_no_avg_panel_or_column(runs_dir: Path, tmp_path: Path) -> None:
+    single_seed_runs(tmp_path / "one", ["sw"], ["lora", "flare"])
+    write_report(tmp_path / "one", tmp_path / "one")
+    summary = summarize(collect_runs(tmp_path / "one"))["xnli"]
+    assert panel_titles(plot_summary("xnli", summary)) == ["sw"]
+    tex = (tmp_path / "one" / "report_xnli.tex").read_text(encoding="utf-8")
+    assert "Method & sw & Avg.\\ rank \\\\" in tex.splitlines()
+    # The Markdown keeps its Avg column, whose callers read it.
+    assert "| Method | sw | Avg | Avg. rank |" in (tmp_path / "one" / "report_xnli.md").read_text(encoding="utf-8")
+    # With several languages the Avg panel is there, saying which language it leaves out.
+    several = plot_summary("xnli", summarize(collect_runs(runs_dir))["xnli"])
+    assert panel_titles(several) == ["de", "sw", "th", "Avg (excl. th)"]
+
+
+def test_metric_axis_spans_the_values_not_zero(runs_dir: Path) -> None:
+    figure = plot_summary("xnli", summarize(collect_runs(runs_dir))["xnli"])
+    de = figure.axes[0]
+    # de in percent: zero-shot 52 ± 2, lora 62 ± 2, flare 70 ± 0 -> 50 to 70, plus a margin of 8% of 20 on each side.
+    assert de.get_xlim() == pytest.approx((48.4, 71.6))
+    # Methods are rows, the first on top.
+    assert [label.get_text() for label in de.get_yticklabels()] == ["zero-shot", "lora", "flare"]
+    assert de.get_ylim() == (2.5, -0.5)
+
+
+def test_unknown_methods_are_ordered_reported_and_flare_variants_highlighted(tmp_path: Path) -> None:
+    # First appearance in path order is deliberately unlike the report order.
+    methods = ["flare-proportional-zero", "my_method", "flare-end", "lora", "flare", "zero-shot"]
+    single_seed_runs(tmp_path, ["de", "sw"], methods)
+    write_report(tmp_path)
+    # Known methods in METHOD_ORDER, then the others alphabetically; none is lost.
+    order = ["zero-shot", "lora", "flare", "flare-end", "flare-proportional-zero", "my_method"]
+    markdown = (tmp_path / "report_xnli.md").read_text(encoding="utf-8")
+    assert [line.split(" | ")[0].removeprefix("| ") for line in markdown.splitlines()[4:10]] == order
+    assert [row[0] for row in latex_rows((tmp_path / "report_xnli.tex").read_text(encoding="utf-8"))] == [
+        method.replace("_", "\\_") for method in order
+    ]
+    with (tmp_path / "report_xnli_per_seed.csv").open(encoding="utf-8", newline="") as stream:
+        per_seed = [row["method"] for row in csv.DictReader(stream)]
+    assert per_seed == [method for method in order for _ in ("de", "sw")]
+    figure = plot_summary("xnli", summarize(collect_runs(tmp_path))["xnli"])
+    labels = {label.get_text(): label for label in figure.axes[0].get_yticklabels()}
+    assert list(labels) == order
+    flare = ["flare", "flare-end", "flare-proportional-zero"]
+    # Every method named flare* is bold, in a colour of its own; the baselines share one plain grey.
+    assert [method for method, label in labels.items() if label.get_fontweight() == "bold"] == flare
+    colours = {method: label.get_color() for method, label in labels.items()}
+    assert len({colours[method] for method in flare}) == len(flare)
+    assert len({colours[method] for method in ("zero-shot", "lora", "my_method")}) == 1
+    assert not {colours[method] for method in flare} & {colours["lora"]}
+    # Their dots match: filled diamonds in the method's colour, open circles for the baselines.
+    dots = {order[round(line.get_ydata()[0])]: line for line in figure.axes[0].lines}
+    assert {method for method, line in dots.items() if line.get_marker() == "D"} == set(flare)
+    assert all(dots[method].get_color() == colours[method] for method in flare)
+
+
+def test_colliding_report_names_are_refused_before_writing(tmp_path: Path) -> None:
+    for task in ("a", "a_per_seed"):
+        write_run(
+            tmp_path / "runs" / task,
+            task=task,
+            method="lora",
+            seed=1,
+            language="de",
+            metric="accuracy",
+            scores={"de": classification(0.5)},
+        )
+    # Task "a"'s tidy CSV and task "a_per_seed"'s wide CSV would both be report_a_per_seed.csv.
+    with pytest.raises(ValueError, match=r"would both write report_a_per_seed\.csv"):
+        write_report(tmp_path / "runs", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

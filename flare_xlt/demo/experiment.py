@@ -55,13 +55,27 @@ class DemoConfig:
     output: Path = Path("demo")
     model_type: str = "decoder"
     target_resource: float = 0.05
-    mt_error_rate: float = 0.1
+    mt_error_rate: float = 0.1  # both directions, unless one is given below
     flare_mt: bool = True
     seeds: tuple[int, ...] = (1, 2, 3)
     world_seed: int = 0
     sizes: DemoSizes = field(default_factory=DemoSizes)
+    variants: dict[str, dict] = field(default_factory=dict)  # named method variants, as in a recipe
+    mt_error_rate_train: float | None = None  # English -> Tolan: what the translate-train methods learn from
+    mt_error_rate_test: float | None = None  # Tolan -> English: what translate-test and FLARE read at test time
+
+    @property
+    def train_error(self) -> float:
+        return self.mt_error_rate if self.mt_error_rate_train is None else self.mt_error_rate_train
+
+    @property
+    def test_error(self) -> float:
+        return self.mt_error_rate if self.mt_error_rate_test is None else self.mt_error_rate_test
 
     def __post_init__(self) -> None:
+        for rate in (self.mt_error_rate, self.mt_error_rate_train, self.mt_error_rate_test):
+            if rate is not None and not 0.0 <= rate <= 1.0:
+                raise ValueError(f"MT error rates must lie in [0, 1], got {rate}.")
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"Unknown model_type {self.model_type!r}; valid choices: {', '.join(MODEL_TYPES)}.")
         if not self.seeds:
@@ -97,7 +111,8 @@ def write_task_data(config: DemoConfig, lexicon: Lexicon, folder: Path) -> TaskS
         "train": [sample_meaning(rng) for _ in range(config.sizes.train_examples)],
         "test": [sample_meaning(rng) for _ in range(config.sizes.test_examples)],
     }
-    mt = NoisyMT(lexicon, config.mt_error_rate, seed=config.world_seed)
+    train_mt = NoisyMT(lexicon, config.train_error, seed=config.world_seed)
+    test_mt = NoisyMT(lexicon, config.test_error, seed=config.world_seed)
     write_text_atomic(folder / "task.yaml", yaml.safe_dump(task_spec(), sort_keys=False))
     task = get_task(folder / "task.yaml")
     for split, split_meanings in meanings.items():
@@ -106,8 +121,8 @@ def write_task_data(config: DemoConfig, lexicon: Lexicon, folder: Path) -> TaskS
         write_records(folder / "data" / "en" / f"{split}.jsonl", _records(split_meanings, "en", english, split))
         write_records(folder / "data" / TARGET / f"{split}.jsonl", _records(split_meanings, TARGET, tolan, split))
     translations = folder / "translations"
-    train_tolan = [mt.translate(m, TARGET, f"train-{i}") for i, m in enumerate(meanings["train"])]
-    test_english = [mt.translate(m, "en", f"test-{i}") for i, m in enumerate(meanings["test"])]
+    train_tolan = [train_mt.translate(m, TARGET, f"train-{i}") for i, m in enumerate(meanings["train"])]
+    test_english = [test_mt.translate(m, "en", f"test-{i}") for i, m in enumerate(meanings["test"])]
     write_records(
         translations / output_name(task, "train", "en", TARGET),
         _records(meanings["train"], TARGET, train_tolan, "train"),
@@ -147,9 +162,19 @@ def write_mt_states(encoder_folder: Path, folder: Path, task: TaskSpec, reader: 
 
 def setting_name(config: DemoConfig) -> str:
     """The folder of one setting; the hash covers everything else that changes the data or the runs."""
-    rest = {key: value for key, value in asdict(config).items() if key not in ("output", "seeds")}
+    # Seeds and variants add runs to a setting; they change neither its data nor its other runs. The MT error is
+    # hashed per direction.
+    excluded = ("output", "seeds", "variants", "mt_error_rate", "mt_error_rate_train", "mt_error_rate_test")
+    rest = {key: value for key, value in asdict(config).items() if key not in excluded}
+    rest["mt_error_rate"] = config.train_error
+    if config.test_error != config.train_error:
+        rest["mt_error_rate_test"] = config.test_error
     digest = hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return f"{config.model_type}-resource{config.target_resource:g}-mterror{config.mt_error_rate:g}-{digest}"
+    if config.test_error == config.train_error:
+        errors = f"mterror{config.train_error:g}"
+    else:
+        errors = f"mterror-train{config.train_error:g}-test{config.test_error:g}"
+    return f"{config.model_type}-resource{config.target_resource:g}-{errors}-{digest}"
 
 
 def run_demo(config: DemoConfig) -> str:
@@ -171,6 +196,7 @@ def run_demo(config: DemoConfig) -> str:
         reader = load_state_reader(str(model_folder), task, config.model_type, config.sizes.train.max_length)
         write_mt_states(encoder_folder, folder, task, reader)
         methods.append("flare-mt")
+    methods += list(config.variants)
     recipe = Recipe(
         model=str(model_folder),
         task=str(folder / "task.yaml"),
@@ -187,6 +213,7 @@ def run_demo(config: DemoConfig) -> str:
         trainable="lora+head+embeddings" if config.model_type == "decoder" else "lora",
         adapter=config.sizes.adapter,
         train=config.sizes.train,
+        variants=dict(config.variants),
     )
     run_recipe(recipe)
     paths = write_report(folder / "runs", folder)
@@ -198,7 +225,8 @@ def run_demo(config: DemoConfig) -> str:
     ]
     lines = [
         f"flare-xlt demo: {config.model_type}, Tolan at {config.target_resource:g}x English pretraining text, "
-        f"MT error rate {config.mt_error_rate:g}, seeds {', '.join(map(str, config.seeds))}",
+        f"MT error rate {config.train_error:g} (English -> Tolan) and {config.test_error:g} (Tolan -> English), "
+        f"seeds {', '.join(map(str, config.seeds))}",
         "",
         table.rstrip(),
         "",

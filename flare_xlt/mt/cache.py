@@ -29,7 +29,8 @@ class TranslationCache:
         self.connection = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.path)
+        # Processes of a sharded run write to one file: wait for another's transaction rather than fail.
+        connection = sqlite3.connect(self.path, timeout=60)
         try:
             connection.execute(
                 "CREATE TABLE IF NOT EXISTS translations (namespace TEXT NOT NULL, source TEXT NOT NULL, "

@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 from ..io import write_text_atomic
-from ..tasks import TaskSpec, load_record_file, load_task_splits, read_rows
+from ..tasks import XNLI, TaskSpec, load_record_file, load_task_splits, read_rows
+from ..tasks.sources import load_xnli_translated_train
 from .languages import nllb_code
 from .projection import project_qa_records
 from .states import EncoderStateStore, encoder_states
@@ -101,10 +102,34 @@ def translate_task(
     translated, report = translate_splits(
         task, load_task_splits(task, source, splits, data), translator, source, target
     )
-    for split, records in translated.items():
-        write_records(output / output_name(task, split, source, target), records)
-    name = f"{task.name}_report_{'-'.join(splits)}_{source}-{target}.json"  # one report per call: none overwritten
-    write_text_atomic(output / name, json.dumps(report, indent=2) + "\n")
+    if translator.shards.main:  # every process of a sharded run holds the whole result; one writes it
+        for split, records in translated.items():
+            write_records(output / output_name(task, split, source, target), records)
+        name = f"{task.name}_report_{'-'.join(splits)}_{source}-{target}.json"  # one report per call: none overwritten
+        write_text_atomic(output / name, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def write_dataset_translation(task: TaskSpec, source: str, target: str, output: str | Path, data: str = "hub") -> dict:
+    """translate-train without MT: XNLI's own machine-translated train split in `target`, written where `translate_task`
+    would write its translation, with a report that says where it came from."""
+    if task is not XNLI or source != task.source_language:
+        raise ValueError(
+            f"Only XNLI ships translated training data (from English); got task {task.name!r} from {source!r}. "
+            "Translate it instead (leave out --dataset_translation)."
+        )
+    records = load_xnli_translated_train(target, data)
+    origin = "hub (facebook/xnli)" if data == "hub" else f"XNLI-MT-1.0 at {data}"
+    report = {
+        "task": task.name,
+        "source": source,
+        "target": target,
+        "splits": {"train": {"records": len(records)}},
+        "translation": {"summary": f"{len(records)} records of XNLI's own machine-translated train split, {origin}"},
+    }
+    output = Path(output)
+    write_records(output / output_name(task, "train", source, target), records)
+    write_text_atomic(output / f"{task.name}_report_train_{source}-{target}.json", json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -114,7 +139,8 @@ def translate_record_file(
     """A record file of `task` (JSONL/JSON/CSV/TSV with id and the task's fields) into `target`."""
     records = load_record_file(task, path, language=source)
     translated, report = translate_splits(task, {"file": records}, translator, source, target)
-    write_records(output, translated["file"])
+    if translator.shards.main:
+        write_records(output, translated["file"])
     return report
 
 
@@ -132,7 +158,8 @@ def translate_fields(
     translations, translation_report = translator.translate(texts, source, target)
     translated_iter = iter(translations)
     records = [{**row, "language": target, **{name: next(translated_iter) for name in fields}} for _, row in rows]
-    write_records(output, records)
+    if translator.shards.main:
+        write_records(output, records)
     return {
         "source": source,
         "target": target,

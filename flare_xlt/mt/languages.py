@@ -1,4 +1,4 @@
-"""Task language codes -> NLLB-200 language codes."""
+"""Task language codes -> NLLB-200 language codes and MADLAD-400 target tokens."""
 
 from __future__ import annotations
 
@@ -63,3 +63,32 @@ def nllb_code(language: str) -> str:
         return language
     valid = sorted([*NLLB_CODES, *NLLB_FALLBACKS])
     raise ValueError(f"Unknown language code {language!r}; valid choices: {', '.join(valid)} (or an NLLB code).")
+
+
+# MADLAD-400 (google/madlad400-*-mt, a T5 model) is told the target language by a `<2xx>` token in front of the
+# source text, xx an ISO 639-1 code where one exists, else ISO 639-3; it reads the source language itself. Task codes
+# map to themselves except where MADLAD uses the 2-letter code. Whether a given checkpoint knows a code is checked
+# against its tokenizer before any text is translated.
+MADLAD_CODES = {code: code for code in [*NLLB_CODES, *NLLB_FALLBACKS]} | {"jav": "jv", "sun": "su"}
+LANGUAGE_SCHEMES = ("nllb", "madlad")
+
+
+def madlad_code(language: str) -> str:
+    """The MADLAD-400 target token of a task language code (`sw` -> `<2sw>`); a `<2xx>` token itself passes through."""
+    if language.startswith("<2") and language.endswith(">"):
+        return language
+    if language in MADLAD_CODES:
+        return f"<2{MADLAD_CODES[language]}>"
+    raise ValueError(
+        f"Unknown language code {language!r}; valid choices: {', '.join(sorted(MADLAD_CODES))} (or a MADLAD token "
+        "such as '<2yo>')."
+    )
+
+
+def language_code(scheme: str, language: str) -> str:
+    """The code `scheme` (nllb or madlad) gives a task language code."""
+    if scheme == "nllb":
+        return nllb_code(language)
+    if scheme == "madlad":
+        return madlad_code(language)
+    raise ValueError(f"Unknown language scheme {scheme!r}; valid choices: {', '.join(LANGUAGE_SCHEMES)}.")

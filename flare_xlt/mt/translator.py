@@ -1,4 +1,5 @@
-"""NLLB translation with dedup, a persistent cache, and batches by token budget in length order.
+"""Translation with dedup, a persistent cache, and batches by token budget in length order, over any backend
+(`backends.py`) and split over the processes of a distributed launch (`sharding.py`).
 
 The authors' loop padded every text to max_length, kept no cache and translated repeated strings (XNLI premises
 repeat about three times) again each time.
@@ -12,19 +13,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+from .backends import TranslationInputWarning, make_backend, warn_changed_inputs
 from .cache import TranslationCache
-from .languages import nllb_code
+from .sharding import Shards
 
 DEFAULT_MT_MODEL = "facebook/nllb-200-distilled-600M"
 NLLB_MODELS = (DEFAULT_MT_MODEL, "facebook/nllb-200-distilled-1.3B", "facebook/nllb-200-1.3B", "facebook/nllb-200-3.3B")
-DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class TranslationInputWarning(UserWarning):
-    """Some texts were not translated as given: empty ones are kept empty, long ones are cut (counted in the report)."""
 
 
 @dataclass(frozen=True)
@@ -42,16 +37,18 @@ class TranslationReport:
     empty: int = 0  # empty or blank texts: translated as "" without the model
     unique: int = 0  # distinct non-empty texts
     cached: int = 0  # distinct texts found in the cache
-    translated: int = 0  # distinct texts the model translated in this call
+    translated: int = 0  # distinct texts the backend translated in this call
     truncated: int = 0  # distinct texts over max_input_length
+    line_breaks: int = 0  # distinct texts whose line breaks became spaces for a line-based command
     seconds: float = 0.0
 
     def summary(self) -> str:
         rate = self.translated / self.seconds if self.seconds else 0.0
+        joined = f", {self.line_breaks} with line breaks joined" if self.line_breaks else ""
         return (
             f"{self.requested} texts: {self.unique} distinct ({self.requested - self.unique - self.empty} repeats "
             f"deduplicated, {self.empty} empty), {self.cached} from the cache, {self.translated} translated "
-            f"({rate:.1f}/s), {self.truncated} cut to max_input_length"
+            f"({rate:.1f}/s), {self.truncated} cut to max_input_length{joined}"
         )
 
 
@@ -65,28 +62,49 @@ class Translator:
         device: str = "auto",
         dtype: str = "auto",
         progress: bool = True,
+        backend: str = "transformers",
+        languages: str = "auto",
+        converted: str | Path | None = None,
+        command: str | None = None,
+        command_timeout: float = 600.0,
+        chunk_size: int = 1000,
+        shards: Shards | None = None,
     ) -> None:
-        """`model`: an NLLB-200 checkpoint name or a local directory with an M2M100-architecture model and its NLLB
-        tokenizer. `cache`: the SQLite file that makes repeated and resumed runs translate only what is missing."""
-        if dtype not in DTYPES:
-            raise ValueError(f"Unknown dtype {dtype!r}; valid choices: {', '.join(DTYPES)}.")
-        if tokens_per_batch <= 0:
-            raise ValueError(f"tokens_per_batch must be positive, got {tokens_per_batch}.")
-        self.model_name = str(model)
+        """`model`: an NLLB-200 or MADLAD-400 checkpoint name or folder (a CTranslate2 folder or a checkpoint to
+        convert with backend="ctranslate2"; unused with backend="command"). `languages`: auto (from the tokenizer),
+        nllb or madlad. `cache`: the SQLite file that makes repeated and resumed runs translate only what is missing.
+        `shards`: the processes that split the work (default: this one alone)."""
+        self.model_name = str(model) if backend != "command" else str(command)
         self.settings = settings or GenerationSettings()
         self.tokens_per_batch = tokens_per_batch
         self.cache_path = Path(cache) if cache is not None else None
-        self.device = torch.device(
-            "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
+        self.shards = shards or Shards()
+        if device == "auto":
+            cuda = torch.cuda.is_available() and backend != "command"
+            device = f"cuda:{self.shards.local_rank}" if cuda and self.shards.world > 1 else "cuda" if cuda else "cpu"
+        self.device = torch.device(device)
+        self.backend = make_backend(
+            backend,
+            str(model),
+            self.settings,
+            tokens_per_batch,
+            device,
+            dtype,
+            languages,
+            converted,
+            command,
+            command_timeout,
+            chunk_size,
         )
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_name)
-        self.model = AutoModelForSeq2SeqLM.from_pretrained(self.model_name, dtype=DTYPES[dtype]).to(self.device).eval()
+        # FLARE-MT encoder states and the benchmarks use the transformers model and tokenizer directly.
+        self.model = getattr(self.backend, "model", None)
+        self.tokenizer = getattr(self.backend, "tokenizer", None)
         self.progress = progress
 
     def translate(self, texts: list[str], source: str, target: str) -> tuple[list[str], TranslationReport]:
-        """Translations of `texts` (task language codes or NLLB codes), in order, and what it took."""
+        """Translations of `texts` (task language codes or the backend's own codes), in order, and what it took."""
         started = time.perf_counter()
-        source_code, target_code = nllb_code(source), nllb_code(target)
+        source_code, target_code = self.backend.codes(source, target)
         report = TranslationReport(requested=len(texts))
         distinct = list(dict.fromkeys(text for text in texts if text.strip()))
         report.empty = sum(1 for text in texts if not text.strip())
@@ -100,76 +118,31 @@ class Translator:
 
         cache = None
         if self.cache_path is not None:
-            cache = TranslationCache(self.cache_path, self.model_name, source_code, target_code, asdict(self.settings))
-        done = cache.lookup(distinct) if cache is not None else {}
-        report.cached = len(done)
-        missing = [text for text in distinct if text not in done]
+            identity = {**self.backend.identity(), **asdict(self.settings)}
+            cache = TranslationCache(self.cache_path, self.model_name, source_code, target_code, identity)
+        share = self.shards.take(distinct)
+        done = cache.lookup(share) if cache is not None else {}
+        cached = len(done)
+        missing = [text for text in share if text not in done]
+        counts = {"truncated": 0, "line_breaks": 0}
+
+        def store(translations: dict[str, str]) -> None:
+            if cache is not None:
+                cache.store(translations)
+            done.update(translations)
+
         try:
-            done.update(self._generate(missing, source_code, target_code, cache, report))
+            if missing:
+                self.backend.run(missing, source_code, target_code, store, counts, self.progress)
         finally:
             if cache is not None:
                 cache.close()
-        report.translated = len(missing)
+        parts = self.shards.gather({"done": done, "cached": cached, "translated": len(missing), **counts})
+        done = {text: translation for part in parts for text, translation in part["done"].items()}
+        report.cached = sum(part["cached"] for part in parts)
+        report.translated = sum(part["translated"] for part in parts)
+        report.truncated = sum(part["truncated"] for part in parts)
+        report.line_breaks = sum(part["line_breaks"] for part in parts)
+        warn_changed_inputs(vars(report), report.translated, self.settings.max_input_length)
         report.seconds = time.perf_counter() - started
         return [done[text] if text.strip() else "" for text in texts], report
-
-    def _generate(self, texts, source_code, target_code, cache, report) -> dict[str, str]:
-        if not texts:
-            return {}
-        self.tokenizer.src_lang = source_code
-        target_id = self.tokenizer.convert_tokens_to_ids(target_code)
-        for code in (source_code, target_code):
-            if self.tokenizer.convert_tokens_to_ids(code) == self.tokenizer.unk_token_id:
-                raise ValueError(f"The tokenizer of {self.model_name} has no language token {code!r}.")
-        encoded = self.tokenizer(texts, truncation=False)["input_ids"]
-        limit = self.settings.max_input_length
-        report.truncated = sum(len(ids) > limit for ids in encoded)
-        if report.truncated:
-            warnings.warn(
-                f"{report.truncated} of {len(texts)} texts to translate are longer than max_input_length={limit} "
-                f"tokens; each is cut to its first {limit - 1} tokens (language tag included) and </s>, and only that "
-                "part is translated. Raise --max_input_length to keep more.",
-                TranslationInputWarning,
-                stacklevel=3,
-            )
-        # Keep the language tag in front and </s> at the end when cutting, as the tokenizer's own truncation does.
-        encoded = [ids if len(ids) <= limit else ids[: limit - 1] + ids[-1:] for ids in encoded]
-        order = sorted(range(len(texts)), key=lambda index: -len(encoded[index]))
-        results = {}
-        bar = tqdm(
-            total=len(texts),
-            desc=f"translate {source_code}->{target_code}",
-            unit="text",
-            disable=not self.progress or None,
-        )
-        with bar:
-            for batch in self._batches(order, encoded):
-                padded = self.tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(
-                    self.device
-                )
-                with torch.inference_mode():
-                    output = self.model.generate(
-                        **padded,
-                        forced_bos_token_id=target_id,
-                        num_beams=self.settings.num_beams,
-                        max_new_tokens=self.settings.max_new_tokens,
-                    )
-                decoded = self.tokenizer.batch_decode(output, skip_special_tokens=True)
-                translated = {texts[i]: text.strip() for i, text in zip(batch, decoded, strict=True)}
-                if cache is not None:
-                    cache.store(translated)
-                results.update(translated)
-                bar.update(len(batch))
-        return results
-
-    def _batches(self, order: list[int], encoded: list[list[int]]):
-        """Consecutive texts in length order while (longest length x count) fits the token budget."""
-        batch: list[int] = []
-        for index in order:
-            longest = len(encoded[batch[0]]) if batch else len(encoded[index])
-            if batch and longest * (len(batch) + 1) > self.tokens_per_batch:
-                yield batch
-                batch = []
-            batch.append(index)
-        if batch:
-            yield batch

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
@@ -11,7 +11,16 @@ from ..mt.data import output_name, translate_task, write_encoder_states
 from ..mt.translator import DEFAULT_MT_MODEL, Translator
 from ..tasks import get_task, load_record_file, load_task_splits
 from .models import load_state_reader
-from .runs import METHODS, STAGE1_MODES, AdapterConfig, TrainConfig, finetune, resolve_stage1_mode, transfer
+from .runs import (
+    METHODS,
+    STAGE1_MODES,
+    TRAINING_METHODS,
+    AdapterConfig,
+    TrainConfig,
+    finetune,
+    resolve_stage1_mode,
+    transfer,
+)
 
 
 @dataclass
@@ -41,21 +50,50 @@ class Recipe:
     load_in_4bit: bool = field(default=False, metadata={"help": "Load the base in 4-bit NF4 (bitsandbytes, GPU)."})
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    variants: dict[str, dict] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Named variants of a training method, usable in `methods`, each its own run and report row: "
+            "{name: {method: flare, adapter: {pairing: end, unpaired: zero_source, ...}}} (method defaults to flare; "
+            "adapter overrides the recipe's adapter settings)."
+        },
+    )
 
     def __post_init__(self) -> None:
         task = get_task(self.task)
         for language in self.languages:
             task.check_language(language)
-        unknown = [method for method in self.methods if method not in METHODS]
+        if isinstance(self.adapter, dict):
+            self.adapter = _build(AdapterConfig, self.adapter, "adapter")
+        self.variants = {name: self._check_variant(name, spec) for name, spec in (self.variants or {}).items()}
+        unknown = [method for method in self.methods if method not in METHODS and method not in self.variants]
         if unknown:
-            raise ValueError(f"Unknown methods {unknown}; valid choices: {', '.join(METHODS)}.")
+            raise ValueError(
+                f"Unknown methods {unknown}; valid choices: {', '.join(METHODS)}"
+                + (f", or the recipe's variants {', '.join(self.variants)}." if self.variants else ".")
+            )
         if task.kind == "extractive_qa" and "translate-test" in self.methods:
             raise ValueError("translate-test does not run for extractive QA tasks (no back-projection of answers).")
         resolve_stage1_mode(self.stage1_mode, self.load_in_4bit)
-        if isinstance(self.adapter, dict):
-            self.adapter = _build(AdapterConfig, self.adapter, "adapter")
         if isinstance(self.train, dict):
             self.train = _build(TrainConfig, self.train, "train")
+
+    def _check_variant(self, name: str, spec: dict) -> dict:
+        if name in METHODS:
+            raise ValueError(f"Variant {name!r} has the name of a built-in method; choose another name.")
+        if not isinstance(spec, dict) or set(spec) - {"method", "adapter"}:
+            raise ValueError(f"Variant {name!r} must be a mapping with 'method' and 'adapter'; got {spec!r}.")
+        method = spec.get("method", "flare")
+        if method not in TRAINING_METHODS:
+            raise ValueError(
+                f"Variant {name!r}: method {method!r} trains no adapter; valid choices: {', '.join(TRAINING_METHODS)}."
+            )
+        adapter = _build(AdapterConfig, {**asdict(self.adapter), **(spec.get("adapter") or {})}, f"variant {name}")
+        return {"method": method, "adapter": adapter}
+
+    def method_of(self, name: str) -> str:
+        """The built-in method a name in `methods` runs."""
+        return self.variants[name]["method"] if name in self.variants else name
 
 
 def _build(cls, values: dict, section: str):
@@ -80,6 +118,19 @@ def load_recipe(path: str | Path) -> Recipe:
         raise ValueError(f"{path}: {error}") from error
 
 
+def load_variants(path: str | Path) -> dict[str, dict]:
+    """A YAML file of named method variants: the `variants` section of a recipe, or a mapping of them alone."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML: {error}") from error
+    values = values.get("variants", values) if isinstance(values, dict) else values
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: variants are a mapping of names to {{method, adapter}}.")
+    return values
+
+
 @dataclass(frozen=True)
 class PlannedStep:
     kind: str  # translate, mt-states, finetune, transfer
@@ -96,9 +147,10 @@ def plan(recipe: Recipe) -> list[PlannedStep]:
     for language in recipe.languages:
         # validation (English -> target) is translated only for checkpoint selection.
         splits = ["train", "validation", "test"] if recipe.train.select_best_on_validation else ["train", "test"]
-        if any(method != "zero-shot" for method in recipe.methods):
+        methods = {recipe.method_of(name) for name in recipe.methods}
+        if methods - {"zero-shot"}:
             steps.extend(PlannedStep("translate", language, split=split) for split in splits)
-        if "flare-mt" in recipe.methods:
+        if "flare-mt" in methods:
             steps.extend(PlannedStep("mt-states", language, split=split) for split in splits)
     for seed in recipe.seeds:
         steps.append(PlannedStep("finetune", source, seed=seed))
@@ -155,12 +207,13 @@ def run_recipe(recipe: Recipe) -> list[Path]:
                 train,
             )
         else:
+            variant = recipe.variants.get(step.method)
             run_dirs.append(
                 transfer(
                     recipe.model,
                     recipe.task,
                     step.language,
-                    step.method,
+                    recipe.method_of(step.method),
                     stage1[step.seed],
                     translations,
                     Path(recipe.output),
@@ -170,8 +223,9 @@ def run_recipe(recipe: Recipe) -> list[Path]:
                     recipe.architecture,
                     recipe.trainable,
                     recipe.load_in_4bit,
-                    recipe.adapter,
+                    variant["adapter"] if variant else recipe.adapter,
                     replace(recipe.train, seed=step.seed),
+                    name=step.method if variant else None,
                 )
             )
     return run_dirs

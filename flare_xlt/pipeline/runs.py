@@ -37,6 +37,7 @@ from .models import check_max_length, load_model
 from .predict import predict
 
 METHODS = ("zero-shot", "translate-test", "lora", "input-fusion", "flare", "flare-mt", "x-mixup")
+TRAINING_METHODS = ("lora", "input-fusion", "flare", "flare-mt", "x-mixup")
 # The input each method sees: the target text, the English text, both in one sequence, or both as a FLARE pair.
 METHOD_VIEWS = {
     "zero-shot": "target",
@@ -102,6 +103,8 @@ class AdapterConfig:
     source_site: str = "linear_input"
     source_layer_offset: int = 0
     cross_attention_heads: int = 1
+    pairing: str = "start"
+    unpaired: str = "lora"
 
     def __post_init__(self) -> None:
         self.flare_config(self.fusion)  # FlareConfig's checks, before any model loads
@@ -119,6 +122,8 @@ class AdapterConfig:
             source_site=self.source_site,
             source_layer_offset=self.source_layer_offset,
             cross_attention_heads=self.cross_attention_heads,
+            pairing=self.pairing,
+            unpaired=self.unpaired,
             modules_to_save=modules_to_save,
             mt_source_dim=mt_source_dim,
         )
@@ -412,6 +417,8 @@ def finetune(
     Args:
         resume: Continue an interrupted run from the newest checkpoint in its run directory (asking for the same run
             again does this); false discards the run's checkpoints and trains from the start.
+        name: The run's name in folders and reports, for a variant of a method (e.g. flare-end, a FLARE adapter
+            with pairing=end); default: the method.
     """
     spec, adapter, train = get_task(task), adapter or AdapterConfig(), train or TrainConfig()
     config = {
@@ -483,6 +490,7 @@ def transfer(
     adapter: AdapterConfig | None = None,
     train: TrainConfig | None = None,
     resume: bool = True,
+    name: str | None = None,
 ) -> Path:
     """Stage 2 for one target language: evaluate the stage-1 model (zero-shot, translate-test) or train a new
     adapter on translated data (lora, input-fusion, flare, flare-mt, x-mixup) and evaluate it on the target test set.
@@ -495,6 +503,8 @@ def transfer(
             selecting), as written by flare-xlt mt-states.
         resume: Continue an interrupted run from the newest checkpoint in its run directory (asking for the same run
             again does this); false discards the run's checkpoints and trains from the start.
+        name: The run's name in folders and reports, for a variant of a method (e.g. flare-end, a FLARE adapter
+            with pairing=end); default: the method.
     """
     spec, adapter, train = get_task(task), adapter or AdapterConfig(), train or TrainConfig()
     spec.check_language(language)
@@ -517,7 +527,7 @@ def transfer(
             f"{stage1_adapter / 'adapter_config.json'} not found: --stage1 must be a stage-1 run directory, as "
             "flare-xlt finetune writes it."
         )
-    trains_adapter = method in ("lora", "input-fusion", "flare", "flare-mt", "x-mixup")
+    trains_adapter = method in TRAINING_METHODS
     # Only what changes this method's result enters the config (and its hash): the same run asked again is found.
     config = {
         "stage": "transfer",
@@ -536,7 +546,10 @@ def transfer(
         "adapter": asdict(adapter) if trains_adapter else None,
         "train": _result_settings(train),
     }
-    run_dir = run_directory(output, f"{spec.name}-{language}-{method}-seed{train.seed}", config)
+    label = name or method
+    if name is not None:
+        config["variant"] = name
+    run_dir = run_directory(output, f"{spec.name}-{language}-{label}-seed{train.seed}", config)
     if _finished(run_dir, config):
         return run_dir
     loaded = _load(model, spec, architecture, load_in_4bit, train)
@@ -613,7 +626,7 @@ def transfer(
     summary = {
         **selection,
         "task": spec.name,
-        "method": method,
+        "method": label,
         "seed": train.seed,
         "language": language,
         "config_hash": run_dir.name.rsplit("-", 1)[1],

@@ -92,6 +92,35 @@ def load_hub_view(task: TaskSpec, language: str, split: str) -> list[dict]:
     raise ValueError(f"Task {task.name!r} has no hub loader; give its data as record files (JSONL/CSV).")
 
 
+# XNLI-MT-1.0 names contradiction "contradictory".
+XNLI_MT_LABELS = {"contradictory": "contradiction"}
+
+
+def load_xnli_translated_train(language: str, data: str) -> list[dict]:
+    """XNLI's own machine-translated training set: MultiNLI's train split as the XNLI authors translated it into
+    `language` (English: the original). From the hub's `train` split of the language's config (`data="hub"`), or from
+    multinli/multinli.train.<language>.tsv of an XNLI-MT-1.0 release folder. Rows are parallel across languages, so
+    the row index is the pairing id, as in `load_hub_view`."""
+    XNLI.check_language(language)
+    if data == "hub":
+        return load_hub_view(XNLI, language, "train")
+    file = Path(data) / "multinli" / f"multinli.train.{language}.tsv"
+    with _open(file) as stream:
+        rows = list(csv.DictReader(stream, delimiter="\t", quoting=csv.QUOTE_NONE))
+    _require_columns(file, rows, ("premise", "hypo", "label"))
+    return [
+        _classification_record(
+            XNLI,
+            f"train-{index}",
+            language,
+            {"premise": row["premise"], "hypothesis": row["hypo"]},
+            XNLI_MT_LABELS.get(row["label"], row["label"]),
+            f"{file} line {index + 2}",
+        )
+        for index, row in enumerate(rows)
+    ]
+
+
 def load_task_splits(task: TaskSpec, language: str, splits: list[str], data: str) -> dict[str, list[dict]]:
     """Records of `splits` (roles: train/validation/test) from the hub (`data="hub"`) or the original release files."""
     loaded = {}
