@@ -23,6 +23,7 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 
 from .fusion import POSITION_MIXING_FUSIONS, FusionCrossAttention, fuse
+from .precision import autocast_dtype
 
 
 class FlareLinear(LoraLinear):
@@ -94,8 +95,7 @@ class FlareLinear(LoraLinear):
             return lora_B(target_codes) * scaling
 
         alignment = self.flare_state.alignments[self.flare_stream]
-        device_type = source_input.device.type
-        if not (torch.is_autocast_enabled(device_type) and source_input.dtype == torch.get_autocast_dtype(device_type)):
+        if source_input.dtype != autocast_dtype(source_input.device):
             # Under autocast the source is already in the compute dtype: every module reads (and autograd saves) the
             # one shared tensor instead of a cast of its own.
             source_input = self._cast_input_dtype(source_input, lora_A.weight.dtype)

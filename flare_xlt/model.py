@@ -36,7 +36,7 @@ from .checkpointing import CheckpointedSources
 from .config import DEFAULT_FUSION_LEAVES, FlareConfig
 from .fusion import POSITION_MIXING_FUSIONS
 from .layer import FlareLinear
-from .precision import keep_trainables_in_float32
+from .precision import autocast_dtype, keep_trainables_in_float32
 from .source_pass import enclosing_block, plan_early_exit, run_source_pass
 from .state import DECODER_STREAM, INPUT_STREAM, BoundSource, FlareState
 from .token_pairing import (
@@ -206,10 +206,9 @@ class FlareModel(CheckpointedSources, PeftModel):
             source_attention_mask = torch.ones_like(source_input_ids)
         # Recorded in the dtype A·x_s is computed in: autocast's (every shipped config trains under bf16 autocast),
         # else the adapter's (fp32 adapters on a bf16 model).
-        device_type = source_input_ids.device.type
-        autocast_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+        autocast = autocast_dtype(source_input_ids.device)
         compute_dtypes = {
-            point: autocast_dtype or self.fused_modules[name].lora_A[self.flare_adapter_name].weight.dtype
+            point: autocast or self.fused_modules[name].lora_A[self.flare_adapter_name].weight.dtype
             for name, point in self._capture_points.items()
         }
         inputs = {"input_ids": source_input_ids, "attention_mask": source_attention_mask}

@@ -11,6 +11,11 @@ from torch import nn
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast computes in on this device now, or None outside autocast."""
+    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+
+
 def keep_trainables_in_float32(model: nn.Module) -> None:
     """Store every trainable module copy of a PEFT model (modules_to_save: heads, embeddings) in float32.
 

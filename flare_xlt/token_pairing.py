@@ -139,15 +139,16 @@ class SequenceHistory:
         return self.real.shape[1]
 
     def rows_repeated(self, batch: int) -> SequenceHistory:
-        """Each row repeated in place to `batch` rows, as generate() expands a batch for beams or samples."""
-        if batch == self.real.shape[0]:
-            return self
-        if batch % self.real.shape[0]:
-            raise RuntimeError(
-                f"FLARE recorded {self.real.shape[0]} rows for this sequence but the model now runs {batch} rows."
-            )
-        times = batch // self.real.shape[0]
-        return SequenceHistory(self.real.repeat_interleave(times, 0), self.prompt.repeat_interleave(times, 0))
+        return SequenceHistory(rows_repeated(self.real, batch), rows_repeated(self.prompt, batch))
+
+
+def rows_repeated(rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """Each row repeated in place to `batch` rows, as generate() expands a batch for beams or samples."""
+    if batch == rows.shape[0]:
+        return rows
+    if batch % rows.shape[0]:
+        raise RuntimeError(f"FLARE recorded {rows.shape[0]} rows of this sequence; the model now runs {batch} rows.")
+    return rows.repeat_interleave(batch // rows.shape[0], 0)
 
 
 @dataclass
@@ -168,11 +169,6 @@ class PositionTracker:
     def reset(self, generation: GenerationPlan | None = None) -> None:
         self.histories = {}
         self.generation = generation
-
-    def start(self, stream: str, real: torch.Tensor, prompt: torch.Tensor) -> SequenceHistory:
-        """Record a stream whose whole sequence runs in one call (an encoder)."""
-        self.histories[stream] = SequenceHistory(real, prompt)
-        return self.histories[stream]
 
     def advance(
         self,
@@ -242,7 +238,7 @@ class PositionTracker:
             )
         elif generating and stream in self.generation.prompt_masks:
             prompt_mask = self.generation.prompt_masks[stream].to(device=device, dtype=torch.bool)
-            real = SequenceHistory(prompt_mask, prompt_mask).rows_repeated(batch).real
+            real = rows_repeated(prompt_mask, batch)
             if real.shape[1] != total:
                 raise RuntimeError(
                     f"generate()'s first model call runs {total} positions but the prompt has {real.shape[1]}."

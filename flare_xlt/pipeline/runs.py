@@ -594,12 +594,12 @@ def transfer(
         english = load_task_splits(spec, spec.source_language, ["train"], data)["train"]
         train_pairs = pair_views(spec, train_target, english)
         if store is not None:
-            _check_states(store, state_reader, train_pairs)
+            train_keys = _check_states(store, state_reader, train_pairs)
         features, report, _ = state_reader.encode(train_pairs)
         print(f"train: {report.summary()}")
         collator = PairedCollator.for_tokenizer(loaded.tokenizer)
         if store is not None:
-            for feature, (key, _) in zip(features, state_reader.state_texts(train_pairs), strict=True):
+            for feature, key in zip(features, train_keys, strict=True):
                 feature["state_key"] = key
             collator = _with_mt_states(collator, store)
         callbacks = []
@@ -673,9 +673,10 @@ def _load_stage1(base: torch.nn.Module, adapter: Path, model_name: str) -> PeftM
         raise ValueError(f"The stage-1 adapter {adapter} does not fit {model_name}: {error}") from error
 
 
-def _check_states(store: EncoderStateStore, reader: TaskEncoder, pairs: list[dict]) -> None:
+def _check_states(store: EncoderStateStore, reader: TaskEncoder, pairs: list[dict]) -> list[str]:
     """The store must hold states of the text this run's model reads (its prompts, its QA windows), one per
-    feature; checked before training rather than at its first batch, or, for the test set, after it."""
+    feature; checked before training rather than at its first batch, or, for the test set, after it. Returns the
+    state key of each feature, in the order of `reader.encode(pairs)`."""
     expected, recorded = reader.state_signature(), store.metadata.get("reader")
     if recorded != expected:
         raise ValueError(
@@ -691,6 +692,7 @@ def _check_states(store: EncoderStateStore, reader: TaskEncoder, pairs: list[dic
             f"The encoder state store {store.directory} lacks {len(missing)} of {len(keys)} features (first: "
             f"{missing[:5]}); write it from the same records with flare-xlt mt-states."
         )
+    return keys
 
 
 def _with_mt_states(collator: PairedCollator, store: EncoderStateStore):
