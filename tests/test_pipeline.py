@@ -158,6 +158,8 @@ def test_trainable_choices_pick_the_modules_to_save(workspace):
     assert decoder.head_modules(NUSAX, "lora+head+embeddings") == ["lm_head", "embed_tokens"]
     encoder = load_model(str(workspace / "encoder"), TYDIQA)
     assert encoder.architecture == "encoder" and encoder.head_modules(TYDIQA, "lora") == ["qa_outputs"]
+    assert encoder.head_modules(TYDIQA, "lora+head") == ["qa_outputs"]
+    assert encoder.head_modules(TYDIQA, "lora+head+embeddings") == ["qa_outputs", "word_embeddings"]
     with pytest.raises(ValueError, match="valid choices: lora, lora\\+head, lora\\+head\\+embeddings"):
         decoder.head_modules(NUSAX, "everything")
 

@@ -22,6 +22,7 @@ ARCHITECTURES = ("auto", "encoder", "decoder", "seq2seq")
 TRAINABLE = ("lora", "lora+head", "lora+head+embeddings")
 # Task heads, trained in full in stage 1 (and kept trainable in stage 2) as modules_to_save.
 ENCODER_HEADS = {"classification": ["classifier", "score"], "extractive_qa": ["qa_outputs"]}
+ENCODER_EMBEDDINGS = "word_embeddings"  # BERT, XLM-R, DeBERTa: the token embeddings (positions stay frozen)
 DECODER_HEADS = {"lora": None, "lora+head": ["lm_head"], "lora+head+embeddings": ["lm_head", "embed_tokens"]}
 
 
@@ -32,14 +33,23 @@ class LoadedModel:
     architecture: str  # "encoder" or "decoder"
 
     def head_modules(self, task: TaskSpec, trainable: str) -> list[str] | None:
-        """modules_to_save: the encoder's task head always. Decoders: none with 'lora'; lm_head with 'lora+head';
-        lm_head and embed_tokens with 'lora+head+embeddings' (the authors' Llama setting). Each is a
-        vocabulary-sized matrix trained in full, which the 'parameter-efficient' label does not cover."""
+        """modules_to_save: the encoder's task head always, plus its token embeddings with 'lora+head+embeddings'.
+        Decoders: none with 'lora'; lm_head with 'lora+head'; lm_head and embed_tokens with 'lora+head+embeddings'
+        (the authors' Llama setting). Embeddings and lm_head are vocabulary-sized matrices trained in full, which
+        the 'parameter-efficient' label does not cover."""
         if trainable not in TRAINABLE:
             raise ValueError(f"Unknown trainable {trainable!r}; valid choices: {', '.join(TRAINABLE)}.")
         names = {name.rsplit(".", 1)[-1] for name, _ in self.model.named_modules()}
         if self.architecture == "encoder":
-            return [head for head in ENCODER_HEADS[task.kind] if head in names]
+            heads = [head for head in ENCODER_HEADS[task.kind] if head in names]
+            if trainable == "lora+head+embeddings":
+                if ENCODER_EMBEDDINGS not in names:
+                    raise ValueError(
+                        f"trainable='lora+head+embeddings' trains the encoder's {ENCODER_EMBEDDINGS!r} module, which "
+                        f"{type(self.model).__name__} does not have; use 'lora' or 'lora+head'."
+                    )
+                heads.append(ENCODER_EMBEDDINGS)
+            return heads
         return DECODER_HEADS[trainable]
 
 
