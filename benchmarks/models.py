@@ -62,6 +62,10 @@ class Scale:
 
     llama: ModelSpec
     xlmr: ModelSpec
+    e5: ModelSpec  # the shape of multilingual-e5-small, for the per-step ratio and the 3-epoch runs with the cache
+    e5_length: int  # target and English tokens per example (at most, in the runs)
+    e5_batch_size: int
+    run_examples: int  # training examples of a 3-epoch run
     sequence_lengths: tuple[int, ...]
     batch_size: int
     repeats: int
@@ -80,6 +84,15 @@ class Scale:
     naive_batch_size: int = 64  # the authors' translation loop: batch 64, padding to max_length 128
     naive_max_length: int = 128
 
+
+TINY_ENCODER = dict(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=40,
+)
 
 SCALES = {
     "full": Scale(
@@ -108,6 +121,21 @@ SCALES = {
                 max_position_embeddings=514,
             ),
         ),
+        e5=ModelSpec(
+            "e5-small-shaped encoder (XLM-R layout), hidden 384, 12 layers, vocabulary 250002",
+            "encoder",
+            dict(
+                vocab_size=250002,
+                hidden_size=384,
+                intermediate_size=1536,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                max_position_embeddings=514,
+            ),
+        ),
+        e5_length=64,
+        e5_batch_size=16,
+        run_examples=48,
         sequence_lengths=(128, 256),
         batch_size=8,
         repeats=5,
@@ -143,18 +171,11 @@ SCALES = {
                 max_position_embeddings=64,
             ),
         ),
-        xlmr=ModelSpec(
-            "XLM-R, hidden 32, 2 layers",
-            "encoder",
-            dict(
-                vocab_size=96,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=40,
-            ),
-        ),
+        xlmr=ModelSpec("XLM-R, hidden 32, 2 layers", "encoder", TINY_ENCODER),
+        e5=ModelSpec("e5-small-shaped encoder (XLM-R layout), hidden 32, 2 layers", "encoder", TINY_ENCODER),
+        e5_length=8,
+        e5_batch_size=2,
+        run_examples=4,
         sequence_lengths=(8, 16),
         batch_size=2,
         repeats=1,
@@ -261,4 +282,5 @@ def without_source(feature: dict) -> dict:
 def collate(spec: ModelSpec, features: list[dict], device: torch.device, pad_to: int | None = None) -> dict:
     """The library's collator: dynamic padding to the longest sequence of the batch, or to a multiple of `pad_to`."""
     collator = PairedCollator(spec.pad_id, spec.padding_side, pad_to_multiple_of=pad_to)
-    return {key: value.to(device) for key, value in collator(features).items()}
+    batch = collator(features)
+    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}

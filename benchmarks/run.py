@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .encoder import encoder_section
 from .harness import CpuShare, machine_info
 from .inference import evaluation_section
 from .models import LLAMA_8B, SCALES
@@ -70,7 +71,7 @@ def run_suite(arguments: argparse.Namespace, command: str) -> str:
     started, cpu_share = time.perf_counter(), CpuShare()
 
     sections = []
-    for run_section in (training_section, evaluation_section, translation_section, backends_section):
+    for run_section in (training_section, evaluation_section, translation_section, backends_section, encoder_section):
         print(f"running {run_section.__name__} on {device}", file=sys.stderr, flush=True)
         sections.append(run_section(scale, repeats, device))
     sections.append(overhead_section(device))

@@ -39,10 +39,11 @@ FLARE_BLOCK = "FLARE (block_input)"
 INPUT_FUSION = "input-level fusion (LoRA, English + target)"
 AUTHORS = "authors'-style source pass (block_input)"
 TRAINING_METHODS = (LORA, FLARE_LINEAR, FLARE_BLOCK, INPUT_FUSION, AUTHORS)
+SOURCE_ONLY_PREFIX = "source pass alone: "
 SOURCE_ONLY = {
-    FLARE_LINEAR: "source pass alone: FLARE (linear_input)",
-    FLARE_BLOCK: "source pass alone: FLARE (block_input)",
-    AUTHORS: "source pass alone: authors'-style",
+    FLARE_LINEAR: f"{SOURCE_ONLY_PREFIX}FLARE (linear_input)",
+    FLARE_BLOCK: f"{SOURCE_ONLY_PREFIX}FLARE (block_input)",
+    AUTHORS: f"{SOURCE_ONLY_PREFIX}authors'-style",
 }
 
 
@@ -129,15 +130,22 @@ def measure(
     spec: ModelSpec, base: nn.Module, length: int, scale: Scale, repeats: int, device: torch.device
 ) -> Measurement:
     cases = build_cases(spec, base, length, scale.batch_size, device)
+    return measure_cases(cases, SOURCE_ONLY, scale.warmup, repeats, device)
+
+
+def measure_cases(
+    cases: dict[str, TrainingCase], source_only: dict[str, str], warmup: int, repeats: int, device: torch.device
+) -> Measurement:
+    """Time every case's step, and the source pass alone of the cases `source_only` labels, interleaved."""
     steps: dict[str, Step] = {name: case.step for name, case in cases.items()}
-    steps.update({label: cases[name].source_pass for name, label in SOURCE_ONLY.items()})
-    seconds = time_interleaved(steps, repeats, scale.warmup, device)
+    steps.update({label: cases[name].source_pass for name, label in source_only.items()})
+    seconds = time_interleaved(steps, repeats, warmup, device)
     memory = {name: peak_memory(step, device) for name, step in steps.items()}
     return Measurement(seconds, memory, steps)
 
 
 def comparison_table(
-    spec: ModelSpec, base: nn.Module, length: int, scale: Scale, result: Measurement, device: torch.device
+    spec: ModelSpec, base: nn.Module, length: int, batch_size: int, result: Measurement, device: torch.device
 ) -> Table:
     head = (
         f" (LM head: {head_share(base):.0%} of the linear multiply-adds per token)"
@@ -145,10 +153,10 @@ def comparison_table(
         else ""
     )
     table = Table(
-        f"{spec.name}{head}: batch {scale.batch_size}, {length} target + {length} English tokens per example",
+        f"{spec.name}{head}: batch {batch_size}, {length} target + {length} English tokens per example",
         ["method", "ms per step", "× LoRA time", "target tokens/s", "peak step memory (MiB)", "× LoRA memory"],
     )
-    target_tokens = scale.batch_size * length
+    target_tokens = batch_size * length
     for name in result.seconds:
         seconds = median(result.seconds[name])
         table.rows.append(
@@ -156,15 +164,16 @@ def comparison_table(
                 name,
                 milliseconds(seconds),
                 ratio(result.time_ratio(name)),
-                f"{target_tokens / seconds:.0f}" if name in TRAINING_METHODS else "",
+                "" if name.startswith(SOURCE_ONLY_PREFIX) else f"{target_tokens / seconds:.0f}",
                 mebibytes(result.memory[name]),
                 ratio(result.memory_ratio(name)),
             ]
         )
-    table.notes.append(
-        f"Input-level fusion reads {2 * length} tokens per example. Every sequence has exactly {length} tokens, so "
-        "the authors' padding to max_length adds nothing here; on real data shorter than max_length it would."
-    )
+    if INPUT_FUSION in result.seconds:
+        table.notes.append(
+            f"Input-level fusion reads {2 * length} tokens per example. Every sequence has exactly {length} tokens, "
+            "so the authors' padding to max_length adds nothing here; on real data shorter than max_length it would."
+        )
     resident = resident_memory(device)
     if resident is not None:
         table.notes.append(
@@ -191,7 +200,8 @@ def training_section(scale: Scale, repeats: int, device: torch.device) -> Sectio
     for spec in (scale.llama, scale.xlmr):
         for length in scale.sequence_lengths:
             result = measure(spec, bases[spec.name], length, scale, repeats, device)
-            section.tables.append(comparison_table(spec, bases[spec.name], length, scale, result, device))
+            table = comparison_table(spec, bases[spec.name], length, scale.batch_size, result, device)
+            section.tables.append(table)
             if spec is scale.llama:
                 section.targets += llama_targets(scale, length, result)
     return section
@@ -249,7 +259,7 @@ def gpu_section(scale: Scale, spec: ModelSpec, repeats: int, device: torch.devic
     base = build_base(spec, device)
     for length in scale.sequence_lengths:
         result = measure(spec, base, length, scale, repeats, device)
-        section.tables.append(comparison_table(spec, base, length, scale, result, device))
+        section.tables.append(comparison_table(spec, base, length, scale.batch_size, result, device))
     return section
 
 

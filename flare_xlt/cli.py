@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
+import re
+import sys
 from pathlib import Path
+from typing import Any
 
-from jsonargparse import CLI
+from jsonargparse import CLI, ArgumentParser, DefaultHelpFormatter
 
+from . import __version__
 from .demo.experiment import DemoConfig, run_demo
 from .demo.sweep import parse_sweep, run_sweep
 from .mt.backends import BACKENDS, convert_to_ctranslate2
@@ -21,9 +27,9 @@ from .mt.data import (
 from .mt.languages import language_code
 from .mt.sharding import Shards
 from .mt.translator import DEFAULT_MT_MODEL, GenerationSettings, Translator
-from .pipeline import finetune, transfer
+from .pipeline import NonFiniteTrainingError, finetune, transfer
 from .pipeline.models import load_state_reader
-from .pipeline.recipes import load_recipe, load_variants, run_recipe
+from .pipeline.recipes import describe_plan, load_recipe, load_variants, run_recipe, step_status
 from .report import write_report
 from .tasks import get_task, read_rows
 
@@ -53,8 +59,10 @@ def translate(
     device: str = "auto",
     dataset_translation: bool = False,
 ) -> None:
-    """Translate a task's splits or a record file; re-running the same command resumes from the cache. Under torchrun
-    or accelerate launch, the processes share the distinct texts and one of them writes the output.
+    """Machine-translate a task's splits or a record file (translate-train and translate-test data).
+
+    Re-running the same command resumes from the cache. Under torchrun or accelerate launch, the processes share the
+    distinct texts and one of them writes the output.
 
     Args:
         tgt: Target language (task code such as sw, or the backend's own code such as swh_Latn or <2sw>).
@@ -145,8 +153,9 @@ def translate(
 
 
 def convert_mt(model: str, output: Path, quantization: str | None = None) -> None:
-    """Convert an NLLB-200 (M2M100) or MADLAD-400 (T5) checkpoint for `translate --backend ctranslate2`, once: the
-    CTranslate2 model and the tokenizer, in one folder that --model then names.
+    """Convert an NLLB-200 or MADLAD-400 checkpoint once for `translate --backend ctranslate2`.
+
+    Writes the CTranslate2 model and the tokenizer into one folder, which --model then names.
 
     Args:
         model: Checkpoint name or local folder.
@@ -179,7 +188,7 @@ def mt_states(
     dtype: str = "auto",
     device: str = "auto",
 ) -> None:
-    """FLARE-MT: NLLB encoder states of target-language records, stored as float16 safetensors shards.
+    """Write the NLLB encoder states of target-language records that FLARE-MT reads (float16 safetensors shards).
 
     Args:
         input: Records (JSONL/JSON/CSV/TSV) with an id column, in `language`.
@@ -222,22 +231,33 @@ def mt_states(
     print(json.dumps({"records": len(records), "states": len(store), "d_model": store.d_model, "output": str(output)}))
 
 
-def run(recipe: Path) -> None:
-    """Run a recipe: translations and FLARE-MT states made where missing, then stage 1 and every transfer run per
-    seed; finished runs are skipped; ends with the report.
+def run(recipe: Path, set: dict[str, Any] | None = None, dry_run: bool = False) -> None:
+    """Run a recipe's whole grid of languages, methods and seeds, then write the report and print its tables.
+
+    Prints the plan first (what exists, what is to make); translations and FLARE-MT states are made where missing,
+    then stage 1 and every transfer run per seed, each announced with its place in the grid and the time left.
+    Finished runs are skipped.
 
     Args:
         recipe: A recipe YAML file (see configs/).
+        set: Recipe values to override, by name: --set.seeds '[1]' --set.train.epochs 1 --set.languages '[id, sw]'.
+        dry_run: Print the plan, one line per step, and stop.
     """
-    recipe_settings = load_recipe(recipe)
+    recipe_settings = load_recipe(recipe, set)
+    if dry_run:
+        print(describe_plan(step_status(recipe_settings), every_step=True))
+        return
     run_recipe(recipe_settings)
     for path in write_report(recipe_settings.output):
         print(f"wrote {path}")
+        if path.suffix == ".md":
+            print(path.read_text(encoding="utf-8"))
 
 
 def report(directory: Path, output: Path | None = None) -> None:
-    """Paper-style tables (Markdown, CSV, per-seed CSV, LaTeX) and a figure (PNG, PDF) per task from the finished
-    runs below `directory`.
+    """Write paper-style tables and figures per task from the finished runs below a folder.
+
+    Markdown, CSV, per-seed CSV and LaTeX tables, and a figure as PNG and PDF.
 
     Args:
         directory: Folder searched recursively for metrics.json.
@@ -259,9 +279,11 @@ def demo(
     variants: Path | None = None,
     sweep: str | None = None,
 ) -> None:
-    """The embedded benchmark: a synthetic English/Tolan world, a tiny model pretrained on it from scratch, and every
-    transfer method over 3 seeds on CPU; prints the table. Pretrained models, data and finished runs under `output`
-    are reused, so a second run only adds what is missing.
+    """Run the embedded benchmark on a CPU and print its table.
+
+    A synthetic English/Tolan world, a tiny model pretrained on it from scratch, and every transfer method over 3
+    seeds. Pretrained models, data and finished runs under `output` are reused, so a second run only adds what is
+    missing.
 
     Args:
         output: Folder of the cached pretrained models, the world's data, the runs and the report.
@@ -295,20 +317,101 @@ def demo(
         print(run_demo(config))
 
 
-def main() -> None:
-    CLI(
-        {
-            "translate": translate,
-            "convert-mt": convert_mt,
-            "mt-states": mt_states,
-            "finetune": finetune,
-            "transfer": transfer,
-            "run": run,
-            "report": report,
-            "demo": demo,
-        },
-        as_positional=False,
-    )
+COMMANDS = {
+    "translate": translate,
+    "convert-mt": convert_mt,
+    "mt-states": mt_states,
+    "finetune": finetune,
+    "transfer": transfer,
+    "run": run,
+    "report": report,
+    "demo": demo,
+}
+# Errors a user can fix from the message (bad settings, missing files or models, a diverging run): one line, exit 2.
+USER_ERRORS = (ValueError, OSError, NonFiniteTrainingError)
+# Hugging Face Trainer and example-script names of options that are spelled otherwise here.
+HF_OPTION_NAMES = {
+    "output_dir": "output",
+    "model_name_or_path": "model",
+    "num_train_epochs": "train.epochs",
+    "per_device_train_batch_size": "train.batch_size",
+    "per_device_eval_batch_size": "train.eval_batch_size",
+}
+
+
+class HelpFormatter(DefaultHelpFormatter):
+    """jsonargparse prints the type of a pathlib.Path option as <class 'Path'>."""
+
+    def _get_type_str(self, action) -> str | None:
+        text = super()._get_type_str(action)
+        return text and text.replace("<class 'Path'>", "path").replace("Path", "path")
+
+
+class FlareParser(ArgumentParser):
+    """Boolean options also work as bare flags (--train.bf16), and an unknown option gets a did-you-mean hint."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{"formatter_class": HelpFormatter, **kwargs})
+
+    def add_argument(self, *args, **kwargs):
+        if kwargs.get("type") is bool:
+            kwargs.update(nargs="?", const=True)
+        return super().add_argument(*args, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None):
+        parser = getattr(ex, "subcommand_parser", None) or self
+        known = [option[2:] for option in parser._option_string_actions if option.startswith("--")]
+        unknown = re.findall(r"--([\w.]+)|option '([\w.]+)'", message)
+        hints = [_hint(dashed or quoted, known) for dashed, quoted in unknown]
+        return super().error(message + "".join(f"\n  {hint}" for hint in hints if hint), ex)
+
+
+def _hint(name: str, known: list[str]) -> str | None:
+    """For an unknown option: the one it most likely meant (its Hugging Face equivalent, or the closest spelling of
+    its last part: learning_rate and lerning_rate both mean train.learning_rate), else the valid names of its
+    section."""
+    if HF_OPTION_NAMES.get(name) in known:
+        return f"--{name}: did you mean --{HF_OPTION_NAMES[name]}?"
+    section, _, leaf = name.rpartition(".")
+    leaves = [option.rpartition(".")[2] for option in known]
+    for close in difflib.get_close_matches(leaf, leaves, n=1, cutoff=0.8):
+        return f"--{name}: did you mean --{known[leaves.index(close)]}?"
+    valid = [option.rpartition(".")[2] for option in known if option.startswith(f"{section}.") and section]
+    return f"--{name}: valid {section} settings: {', '.join(valid)}." if valid else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The flare-xlt command. A user error prints one line and exits with code 2, Ctrl-C one line and 130;
+    --debug (anywhere on the line) or FLARE_XLT_DEBUG=1 shows the traceback instead."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in arguments or os.environ.get("FLARE_XLT_DEBUG", "0") not in ("", "0")
+    arguments = [argument for argument in arguments if argument != "--debug"]
+    try:
+        result = CLI(
+            COMMANDS,
+            args=arguments,
+            as_positional=False,
+            parser_class=FlareParser,
+            version=__version__,
+            description="FLARE cross-lingual transfer: translate, fine-tune, transfer, evaluate and report. "
+            "--debug (or FLARE_XLT_DEBUG=1) shows tracebacks.",
+        )
+    except KeyboardInterrupt as interrupt:
+        if debug:
+            raise
+        print(
+            str(interrupt)
+            or "interrupted; run the same command to continue: finished runs, translations and checkpoints are kept",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
+    except USER_ERRORS as error:
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if isinstance(result, Path):  # the run folder, last, for scripts: STAGE1=$(flare-xlt finetune ... | tail -n 1)
+        print(result)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,14 @@ class FlareConfig:
             "every token (relu(A·x_t) for add_relu)."
         },
     )
+    source_dropout: bool = field(
+        default=True,
+        metadata={
+            "help": "True: the source pass runs in the model's train/eval mode, so dropout noises the English side in "
+            "training (the authors' code). False: it always runs with every module in eval mode: a deterministic "
+            "source, clean as at test time, which the training source cache (TrainConfig.source_cache) needs."
+        },
+    )
     fuse_at_inference: bool = field(
         default=True, metadata={"help": "Fuse the source in eval mode too. False: eval runs as plain LoRA."}
     )

@@ -1,4 +1,4 @@
-"""Atomic file writes: an artifact is either complete or absent, never truncated."""
+"""Atomic file writes: an artifact is either complete or absent, never truncated. Memory-mapped safetensors shards."""
 
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 
 def replace_atomically(path: str | Path, write: Callable[[str], None]) -> None:
@@ -62,6 +67,38 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     replace_atomically(path, lambda temporary: Path(temporary).write_bytes(data))
+
+
+def save_tensors_atomic(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    """A safetensors file written whole or not at all."""
+    replace_atomically(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
+
+
+class TensorShards:
+    """The safetensors shards of one folder, read through memory maps. Each shard is opened on first use and kept
+    open: reopening it for every tensor would re-read its header each time."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self._handles: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict:
+        # Open handles cannot be pickled; DataLoader workers started by spawn reopen them lazily.
+        return {**self.__dict__, "_handles": {}}
+
+    def open(self, shard: str) -> Any:
+        handle = self._handles.get(shard)
+        if handle is None:
+            handle = self._handles[shard] = safe_open(self.directory / shard, framework="pt")
+        return handle
+
+    def get(self, shard: str, key: str) -> torch.Tensor:
+        return self.open(shard).get_tensor(key)
+
+    def close(self, shard: str) -> None:
+        self._handles.pop(shard, None)
 
 
 def _umask() -> int:

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from peft import PeftModel
@@ -49,6 +49,9 @@ from .token_pairing import (
     visible_cache_length,
 )
 
+if TYPE_CHECKING:
+    from .source_cache import SourceCache
+
 STAGE1_MODES = ("merge", "frozen")
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 MT_PROJECTION_KEY = "lora_mt_projection"
@@ -74,6 +77,8 @@ class FlareModel(CheckpointedSources, PeftModel):
     # included, and records the same tensors: the benchmarks emulate the authors' source pass with it and the tests
     # check that both give identical results. The default is the only setting training needs.
     source_pass_early_exit: bool = True
+    # The training source cache (source_cache.py) that forward(source_keys=...) reads and fills; None: no cache.
+    source_cache: SourceCache | None = None
 
     def __init__(self, model: nn.Module, flare_config: FlareConfig, adapter_name: str = "flare") -> None:
         lora_config = flare_config.to_lora_config()
@@ -244,17 +249,46 @@ class FlareModel(CheckpointedSources, PeftModel):
                 capture_output=self.flare_config.source_layer_offset == 1,
                 compute_dtypes=compute_dtypes,
                 early_exit=early_exit,
+                deterministic=not self.flare_config.source_dropout,
             )
         finally:
             self.flare_state.capturing = False
             for module in head_copies:
                 AuxiliaryTrainingWrapper.enable_adapters(module, True)
+        return BoundSource(
+            {name: captured[point] for name, point in self._capture_points.items()},
+            self._source_masks(source_input_ids, source_attention_mask),
+        )
+
+    def _source_masks(self, source_input_ids: torch.Tensor, source_attention_mask: torch.Tensor) -> dict:
+        """Stream -> (B, S) mask of the real source tokens the source pass records."""
         masks = {INPUT_STREAM: source_attention_mask.bool()}
         if self.is_encoder_decoder:  # the source decoder ran on the start token only
             masks[DECODER_STREAM] = torch.ones(
                 source_input_ids.shape[0], 1, dtype=torch.bool, device=source_input_ids.device
             )
-        return BoundSource({name: captured[point] for name, point in self._capture_points.items()}, masks)
+        return masks
+
+    def _cached_source(
+        self, source_keys: list[str], source_input_ids, source_attention_mask, source_kwargs
+    ) -> BoundSource:
+        """The batch's source from the attached cache when it holds every row, else from a source pass whose rows it
+        then keeps."""
+        if self.source_cache is None:
+            raise ValueError(
+                "source_keys name rows of a training source cache, but none is attached to this model; attach one "
+                "with flare_xlt.source_cache.open_source_cache, or leave source_keys out."
+            )
+        if len(source_keys) != source_input_ids.shape[0]:
+            raise ValueError(f"Got {len(source_keys)} source_keys for a source batch of {source_input_ids.shape[0]}.")
+        if source_attention_mask is None:
+            source_attention_mask = torch.ones_like(source_input_ids)
+        source = self.source_cache.bound(source_keys, self._source_masks(source_input_ids, source_attention_mask))
+        if source is None:
+            source = self._run_source_pass(source_input_ids, source_attention_mask, source_kwargs)
+            streams = {name: layer.flare_stream for name, layer in self.fused_modules.items()}
+            self.source_cache.add(source_keys, source, streams)
+        return source
 
     def _project_mt_source(
         self, source_embeds: torch.Tensor, source_attention_mask: torch.Tensor | None
@@ -275,7 +309,9 @@ class FlareModel(CheckpointedSources, PeftModel):
             dict.fromkeys(self.fused_modules, projected), dict.fromkeys((INPUT_STREAM, DECODER_STREAM), mask)
         )
 
-    def _prepare_source(self, source_input_ids, source_attention_mask, source_embeds, source_kwargs) -> BoundSource:
+    def _prepare_source(
+        self, source_input_ids, source_attention_mask, source_embeds, source_kwargs, source_keys
+    ) -> BoundSource:
         source = source_embeds if source_embeds is not None else source_input_ids
         if source is not None and source_attention_mask is not None:
             if source_attention_mask.shape != source.shape[:2]:
@@ -284,13 +320,18 @@ class FlareModel(CheckpointedSources, PeftModel):
                     f"{tuple(source.shape)}: it needs the source's (batch, length) {tuple(source.shape[:2])}."
                 )
         if source_embeds is not None:
-            if source_input_ids is not None:
-                raise ValueError("Pass either source_input_ids (FLARE) or source_embeds (FLARE-MT), not both.")
+            if source_input_ids is not None or source_keys is not None:
+                raise ValueError(
+                    "Pass either source_input_ids (FLARE, with source_keys for the source cache) or source_embeds "
+                    "(FLARE-MT), not both."
+                )
             return self._project_mt_source(source_embeds, source_attention_mask)
         if self.flare_config.mt_source_dim is not None:
             raise ValueError(
                 "This is a FLARE-MT adapter: pass source_embeds (e.g. NLLB encoder states), not token ids."
             )
+        if source_keys is not None:
+            return self._cached_source(source_keys, source_input_ids, source_attention_mask, source_kwargs)
         return self._run_source_pass(source_input_ids, source_attention_mask, source_kwargs)
 
     @contextmanager
@@ -302,13 +343,16 @@ class FlareModel(CheckpointedSources, PeftModel):
         source_kwargs: dict,
         allow_batch_expansion: bool,
         generation: GenerationPlan | None = None,
+        source_keys: list[str] | None = None,
     ) -> Iterator[None]:
         state = self.flare_state
         self._refuse_unmanaged_checkpointing()
         outer = (state.source, state.allow_batch_expansion, state.positions.histories, state.positions.generation)
         given = source_input_ids is not None or source_embeds is not None
         if given and self.fusion_active:
-            state.source = self._prepare_source(source_input_ids, source_attention_mask, source_embeds, source_kwargs)
+            state.source = self._prepare_source(
+                source_input_ids, source_attention_mask, source_embeds, source_kwargs, source_keys
+            )
         elif state.open_bindings == 0:
             state.source = None  # not even the source kept from a training step for checkpointing
         state.allow_batch_expansion = allow_batch_expansion or state.allow_batch_expansion
@@ -475,16 +519,20 @@ class FlareModel(CheckpointedSources, PeftModel):
         source_input_ids: torch.Tensor | None = None,
         source_attention_mask: torch.Tensor | None = None,
         source_embeds: torch.Tensor | None = None,
+        source_keys: list[str] | None = None,
         **kwargs: Any,
     ):
         """The model's usual forward on the target input, with the source fused.
 
         Without a source (and outside `source()`), every FLARE layer computes plain LoRA, B·A·x_t·α/r: the same
         as inference without a source. Extra `source_<name>` arguments (e.g. source_token_type_ids) go to the
-        source pass as `<name>`.
+        source pass as `<name>`. `source_keys` (one per row, see source_cache.py) make the attached source cache
+        give the source, or keep it when the cache lacks a row.
         """
         source_kwargs = _pop_source_kwargs(kwargs)
-        with self._binding(source_input_ids, source_attention_mask, source_embeds, source_kwargs, False):
+        with self._binding(
+            source_input_ids, source_attention_mask, source_embeds, source_kwargs, False, source_keys=source_keys
+        ):
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     def generate(

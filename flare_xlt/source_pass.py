@@ -77,9 +77,11 @@ def run_source_pass(
     capture_output: bool,
     compute_dtypes: dict[str, torch.dtype],
     early_exit: EarlyExit | None,
+    deterministic: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Run the network on the source `inputs` under no_grad and return capture point -> recorded tensor, in its
-    compute dtype.
+    compute dtype. With `deterministic`, every module runs in eval mode (no dropout, no attention dropout) whatever
+    the network's mode; each module's own training flag is set back afterwards.
 
     Points that read one tensor (q and v of a block read the same normalised input) share one copy of it, which
     autograd then saves once in the target pass.
@@ -118,10 +120,16 @@ def run_source_pass(
         if early_exit.keep < len(blocks):
             cut = (parent, attribute, blocks)
             setattr(parent, attribute, nn.ModuleList(list(blocks)[: early_exit.keep]))
+    # The flags themselves, not train()/eval(), which a module may override; and only those that are set.
+    training = [module for module in network.modules() if module.training] if deterministic else []
+    for module in training:
+        module.training = False
     try:
         with torch.no_grad():
             runner(**inputs)
     finally:
+        for module in training:
+            module.training = True
         for handle in handles:
             handle.remove()
         if cut is not None:

@@ -10,7 +10,16 @@ if str(ROOT) not in sys.path:  # benchmarks/ sits next to the package, outside t
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import run  # noqa: E402
-from benchmarks.training import AUTHORS, INPUT_FUSION, SOURCE_ONLY, TRAINING_METHODS  # noqa: E402
+from benchmarks.encoder import FLARE_EVAL_SOURCE, RUN_METHODS  # noqa: E402
+from benchmarks.training import (  # noqa: E402
+    AUTHORS,
+    FLARE_LINEAR,
+    INPUT_FUSION,
+    LORA,
+    SOURCE_ONLY,
+    SOURCE_ONLY_PREFIX,
+    TRAINING_METHODS,
+)
 
 
 def table_rows(report: str, *title_parts: str) -> list[list[str]]:
@@ -38,9 +47,20 @@ def test_tiny_run_writes_every_row(tmp_path):
     assert [row[0] for row in table_rows(report, "Greedy generation")] == ["LoRA", "FLARE", "FLARE-MT"]
     assert [row[0] for row in table_rows(report, "24 texts (16 distinct)")] == ["translate pipeline", "naive loop"]
     assert [row[0] for row in table_rows(report, "Python function calls")] == ["2", "4", "8"]
+    e5_steps = table_rows(report, "e5-small-shaped encoder", "batch 2, 8 target")
+    assert [row[0] for row in e5_steps] == [
+        LORA,
+        FLARE_LINEAR,
+        FLARE_EVAL_SOURCE,
+        SOURCE_ONLY[FLARE_LINEAR],
+        SOURCE_ONLY_PREFIX + FLARE_EVAL_SOURCE,
+    ]
+    e5_runs = table_rows(report, "e5-small-shaped encoder", "3 epochs of 4 examples")
+    assert [row[0] for row in e5_runs] == list(RUN_METHODS) and e5_runs[0][2] == "1.00×"
+    assert all(float(row[1]) > 0 and float(row[3]) > 0 for row in e5_runs)
 
     targets = table_rows(report, "Ratios to the baseline")
-    assert len(targets) == 7 and all(row[3] in ("yes", "NO") for row in targets)
+    assert len(targets) == 10 and all(row[3] in ("yes", "NO") for row in targets)
     ratios = {row[0]: row[1] for row in targets}
     for model in (
         "M2M100 (NLLB)",

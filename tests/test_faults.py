@@ -544,7 +544,7 @@ def test_diverging_training_stops_before_a_non_finite_checkpoint(workspace, tmp_
     (run_dir,) = tmp_path.iterdir()
     kept = run_dir / "checkpoints" / f"checkpoint-{step - 1}"
     assert f"so no checkpoint is written for it. The newest checkpoint is kept: {kept}." in str(info.value)
-    assert sorted(path.name for path in run_dir.iterdir()) == ["checkpoints", "config.json", "environment.json"]
+    assert sorted(path.name for path in run_dir.iterdir()) == ["checkpoints", "config.json", "environment.json", "logs"]
     assert [path.name for path in (run_dir / "checkpoints").iterdir()] == [kept.name]
     assert all(torch.isfinite(weight).all() for weight in load_file(kept / TRAINABLE_WEIGHTS_NAME).values())
 

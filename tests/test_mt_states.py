@@ -12,7 +12,7 @@ from conftest import build, build_nllb, randomize_lora
 from transformers import M2M100ForConditionalGeneration
 
 import flare_xlt
-import flare_xlt.mt.states as states_module
+import flare_xlt.io as io_module
 from flare_xlt.mt.states import EncoderStateStore, encoder_states
 
 CORPUS = [
@@ -153,13 +153,13 @@ def test_store_round_trip_over_several_shards(tmp_path, monkeypatch):
         "shard-00002.safetensors",
     ]
     opened = []
-    real_safe_open = states_module.safe_open
+    real_safe_open = io_module.safe_open  # the store reads its shards through flare_xlt.io.TensorShards
 
     def counting_safe_open(path, *args, **kwargs):
         opened.append(path)
         return real_safe_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(states_module, "safe_open", counting_safe_open)
+    monkeypatch.setattr(io_module, "safe_open", counting_safe_open)
     store = EncoderStateStore(tmp_path)
     assert len(store) == 7 and store.d_model == 32 and "xnli-sw-4" in store and "xnli-sw-7" not in store
     assert store.metadata == {"model": "tiny", "language": "swh_Latn"}

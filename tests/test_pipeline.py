@@ -102,20 +102,26 @@ def test_transfer_errors_name_the_choices(workspace):
 
 
 def test_best_on_validation_restores_the_best_epoch():
+    from transformers import TrainerState
+
     from flare_xlt.pipeline.runs import BestOnValidation
 
     model = torch.nn.Linear(2, 1)
     model.bias.requires_grad_(False)
     scores = iter([0.5, 0.8, 0.6])
-    callback = BestOnValidation(model, lambda: next(scores))
+    callback = BestOnValidation(model, lambda: next(scores), "accuracy")
+    state = TrainerState()
     weights_by_epoch = []
     for epoch in range(3):
         with torch.no_grad():
             model.weight.fill_(float(epoch))
             model.bias.fill_(10.0 + epoch)
         weights_by_epoch.append(model.weight.detach().clone())
-        callback.on_epoch_end(None, None, None)
-    callback.on_train_end(None, None, None)
+        state.epoch, state.global_step = epoch + 1.0, 2 * (epoch + 1)
+        callback.on_epoch_end(None, state, None)
+    callback.on_train_end(None, state, None)
+    # every epoch's score is in the log history that <run>/logs/trainer_state.json keeps
+    assert state.log_history[1] == {"epoch": 2.0, "step": 4, "eval_accuracy": 0.8}
     assert torch.equal(model.weight, weights_by_epoch[1])  # epoch 2 scored best
     assert model.bias.item() == 12.0  # frozen parameters are neither saved nor restored
     assert callback.summary() == {"validation_history": [0.5, 0.8, 0.6], "best_epoch": 2}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -105,8 +106,18 @@ def test_tiny_recipe_runs_the_whole_workflow(workspace, tmp_path, capsys):
     table = (tmp_path / "runs" / "report_nusax.md").read_text()
     assert "flare" in table and "±" in table and (tmp_path / "runs" / "report_nusax.png").stat().st_size > 0
     first = capsys.readouterr().out
+    assert first.startswith(
+        "plan: 3 translations (0 done, 3 to make); 3 FLARE-MT state stores (0 done, 3 to make); 2 stage-1 runs "
+        "(0 done, 2 to make); 10 transfer runs (0 done, 10 to make)\n"
+    )
+    assert "[1/12] finetune en seed 1\n" in first and re.search(
+        r"\[12/12\] transfer id flare-end-zero seed 2 \(about ", first
+    )
+    assert "| flare |" in first  # the report's table, printed after the path of its file
     cli.run(path)  # everything is found finished: nothing is trained again
-    assert capsys.readouterr().out.count("finished earlier, skipped") == 12 and "finished earlier" not in first
+    again = capsys.readouterr().out
+    assert again.count("finished earlier, skipped") == 12 and "finished earlier" not in first
+    assert again.startswith("plan: 3 translations (3 done, 0 to make);") and "[1/" not in again
     metrics = json.loads(next((tmp_path / "runs").glob("nusax-id-flare-seed2-*/metrics.json")).read_text())
     assert metrics["seed"] == 2 and metrics["method"] == "flare"
     variant = next((tmp_path / "runs").glob("nusax-id-flare-end-zero-seed2-*"))

@@ -143,6 +143,9 @@ class TransformersBackend(Seq2SeqBackend):
             raise ValueError(
                 f"Unknown dtype {dtype!r} for the transformers backend; valid choices: {', '.join(DTYPES)}."
             )
+        from ..pipeline.models import model_config  # imported here: the pipeline imports the MT package
+
+        model_config(model)  # a missing model is named here, before the tokenizer fails on it
         super().__init__(AutoTokenizer.from_pretrained(model), model, settings, tokens_per_batch, languages)
         self.device = torch.device(device)
         self.model = AutoModelForSeq2SeqLM.from_pretrained(model, dtype=DTYPES[dtype]).to(self.device).eval()

@@ -15,12 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..io import replace_atomically
+from ..io import TensorShards, replace_atomically, save_tensors_atomic
 
 INDEX_NAME = "index.json"
 SHARD_NAME = "shard-{:05d}.safetensors"
@@ -121,8 +119,7 @@ class EncoderStateStore:
         self._shards: dict[str, str] = index["ids"]
         self._d_model = int(index["d_model"])
         self.metadata: dict = index.get("metadata", {})
-        # Opened on first use and kept: reopening a shard for every example would re-read its header each time.
-        self._handles: dict[str, Any] = {}
+        self._files = TensorShards(self.directory)
 
     @classmethod
     def write(
@@ -176,7 +173,7 @@ class EncoderStateStore:
                     raise ValueError(f"The state of {example_id!r} is not finite in float16 (NaN, or beyond ±65504).")
                 tensors[example_id] = half
                 shard_of[example_id] = name
-            replace_atomically(directory / name, lambda path, tensors=tensors: save_file(tensors, path))
+            save_tensors_atomic(directory / name, tensors)
         index = {"ids": shard_of, "d_model": d_model, "metadata": metadata or {}}
         replace_atomically(
             directory / INDEX_NAME, lambda path: Path(path).write_text(json.dumps(index), encoding="utf-8")
@@ -198,10 +195,6 @@ class EncoderStateStore:
     def d_model(self) -> int:
         return self._d_model
 
-    def __getstate__(self) -> dict:
-        # Open shard handles cannot be pickled; DataLoader workers started by spawn reopen them lazily.
-        return {**self.__dict__, "_handles": {}}
-
     def get(self, example_id: str) -> torch.Tensor:
         """The (length, d_model) float16 states of one example, read from the memory-mapped shard."""
         try:
@@ -210,10 +203,7 @@ class EncoderStateStore:
             raise KeyError(
                 f"{example_id!r} is not in the encoder state store at {self.directory} ({len(self)} ids)."
             ) from None
-        handle = self._handles.get(shard)
-        if handle is None:
-            handle = self._handles[shard] = safe_open(self.directory / shard, framework="pt")
-        return handle.get_tensor(example_id)
+        return self._files.get(shard, example_id)
 
     def batch(self, ids: list[str], dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """`source_embeds` (B, S_max, d_model), right-padded with zeros, and `source_attention_mask` (B, S_max) long,

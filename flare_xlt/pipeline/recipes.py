@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import timedelta
 from pathlib import Path
 
 import yaml
@@ -18,8 +23,10 @@ from .runs import (
     AdapterConfig,
     TrainConfig,
     finetune,
+    finetune_run,
     resolve_stage1_mode,
     transfer,
+    transfer_run,
 )
 
 
@@ -37,8 +44,10 @@ class Recipe:
     )
     mt_model: str = field(default=DEFAULT_MT_MODEL, metadata={"help": "NLLB model for missing translations."})
     mt_states: str = field(default="mt_states", metadata={"help": "Folder of FLARE-MT state stores (made if missing)."})
-    architecture: str = field(default="auto", metadata={"help": "auto, encoder or decoder."})
-    trainable: str = field(default="lora", metadata={"help": "lora, or lora+head (decoders: also train lm_head)."})
+    architecture: str = field(default="auto", metadata={"help": "auto, encoder, decoder or seq2seq."})
+    trainable: str = field(
+        default="lora", metadata={"help": "lora, lora+head (decoders: also lm_head) or lora+head+embeddings."}
+    )
     stage1_mode: str = field(
         default="auto",
         metadata={
@@ -101,10 +110,20 @@ def _build(cls, values: dict, section: str):
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"Unknown {section} settings {unknown}; valid settings: {sorted(known)}.")
+    # `languages: id` would otherwise be iterated letter by letter
+    scalars = [
+        f"{item.name}: [{values[item.name]}]"
+        for item in fields(cls)
+        if re.fullmatch(r"list\[\w+\]", str(item.type)) and not isinstance(values.get(item.name, []), list)
+    ]
+    if scalars:
+        raise ValueError(f"{section} settings that take a list were given one value; write {'; '.join(scalars)}.")
     return cls(**values)
 
 
-def load_recipe(path: str | Path) -> Recipe:
+def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
+    """The recipe in a YAML file, with `overrides` ({"train.epochs": 1, "seeds": [1]}: dotted names reach into the
+    adapter and train sections) taking the place of the file's values."""
     path = Path(path)
     try:
         values = yaml.safe_load(path.read_text())
@@ -112,6 +131,12 @@ def load_recipe(path: str | Path) -> Recipe:
         raise ValueError(f"{path}: not valid YAML: {error}") from error
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a recipe is a mapping of settings.")
+    for name, value in (overrides or {}).items():
+        *sections, key = name.split(".")
+        section = values
+        for part in sections:
+            section = section.setdefault(part, {})
+        section[key] = value
     try:
         return _build(Recipe, values, "recipe")
     except TypeError as error:  # a required setting is missing
@@ -159,31 +184,122 @@ def plan(recipe: Recipe) -> list[PlannedStep]:
     return steps
 
 
-def run_recipe(recipe: Recipe) -> list[Path]:
-    """Run every planned step; translations, state stores and runs that already exist are reused."""
+def _stage1_settings(recipe: Recipe, seed: int) -> dict:
+    """The arguments of `finetune` (and `finetune_run`) for the recipe's stage-1 run of one seed."""
+    return {
+        "model": recipe.model,
+        "task": recipe.task,
+        "output": Path(recipe.output),
+        "data": recipe.data,
+        "architecture": recipe.architecture,
+        "trainable": recipe.trainable,
+        "load_in_4bit": recipe.load_in_4bit,
+        "adapter": recipe.adapter,
+        "train": replace(recipe.train, seed=seed),
+    }
+
+
+def _transfer_settings(recipe: Recipe, step: PlannedStep, stage1: Path) -> dict:
+    """The arguments of `transfer` (and `transfer_run`) for one transfer step."""
+    variant = recipe.variants.get(step.method)
+    return {
+        "model": recipe.model,
+        "task": recipe.task,
+        "language": step.language,
+        "method": recipe.method_of(step.method),
+        "stage1": stage1,
+        "translations": Path(recipe.translations),
+        "output": Path(recipe.output),
+        "data": recipe.data,
+        "mt_states": Path(recipe.mt_states) / step.language,
+        "stage1_mode": recipe.stage1_mode,
+        "architecture": recipe.architecture,
+        "trainable": recipe.trainable,
+        "load_in_4bit": recipe.load_in_4bit,
+        "adapter": variant["adapter"] if variant else recipe.adapter,
+        "train": replace(recipe.train, seed=step.seed),
+        "name": step.method if variant else None,
+    }
+
+
+def _translation_languages(recipe: Recipe, step: PlannedStep) -> tuple[str, str]:
+    """(source, target) of a translate step: test sets are translated into English, the rest out of it."""
+    source = get_task(recipe.task).source_language
+    return (step.language, source) if step.split == "test" else (source, step.language)
+
+
+def step_status(recipe: Recipe) -> list[tuple[PlannedStep, bool]]:
+    """Every planned step with whether its output exists already (a finished run, a translated file, a state
+    store), read from the disk without loading anything."""
     task = get_task(recipe.task)
-    source = task.source_language
+    stage1: dict[int, Path] = {}
+    status = []
+    for step in plan(recipe):
+        if step.kind == "translate":
+            done = (
+                Path(recipe.translations) / output_name(task, step.split, *_translation_languages(recipe, step))
+            ).exists()
+        elif step.kind == "mt-states":
+            done = (Path(recipe.mt_states) / step.language / step.split / "index.json").exists()
+        elif step.kind == "finetune":
+            stage1[step.seed] = finetune_run(**_stage1_settings(recipe, step.seed))[0]
+            done = (stage1[step.seed] / "metrics.json").exists()
+        else:
+            done = (transfer_run(**_transfer_settings(recipe, step, stage1[step.seed]))[0] / "metrics.json").exists()
+        status.append((step, done))
+    return status
+
+
+def describe_plan(status: list[tuple[PlannedStep, bool]], every_step: bool = False) -> str:
+    """What a recipe will do: per kind of step, how many there are and how many exist already; with `every_step`
+    also one line per step."""
+    kinds = {
+        "translate": "translations",
+        "mt-states": "FLARE-MT state stores",
+        "finetune": "stage-1 runs",
+        "transfer": "transfer runs",
+    }
+    counts = []
+    for kind, noun in kinds.items():
+        steps = [done for step, done in status if step.kind == kind]
+        if steps:
+            counts.append(f"{len(steps)} {noun} ({sum(steps)} done, {len(steps) - sum(steps)} to make)")
+    lines = [f"plan: {'; '.join(counts)}"]
+    if every_step:
+        lines += [f"  {'done ' if done else 'to do'}  {_describe(step)}" for step, done in status]
+    return "\n".join(lines)
+
+
+def _describe(step: PlannedStep) -> str:
+    details = [step.method, step.split, f"seed {step.seed}" if step.seed is not None else None]
+    return " ".join([step.kind, step.language, *(detail for detail in details if detail is not None)])
+
+
+def run_recipe(recipe: Recipe) -> list[Path]:
+    """Run every planned step; translations, state stores and runs that already exist are reused. Prints the plan
+    first, and before each run its place in the grid with an estimate of the time left."""
+    task = get_task(recipe.task)
     translations, states_root = Path(recipe.translations), Path(recipe.mt_states)
+    status = step_status(recipe)
+    print(describe_plan(status))
+    runs_to_make = sum(not done for step, done in status if step.kind in ("finetune", "transfer"))
+    progress = GridProgress(runs_to_make)
     translator = None
     stage1: dict[int, Path] = {}
     run_dirs = []
-    for step in plan(recipe):
+    for step, done in status:
         if step.kind in ("translate", "mt-states"):
-            if step.kind == "translate":
-                languages = (step.language, source) if step.split == "test" else (source, step.language)
-                done = (translations / output_name(task, step.split, *languages)).exists()
-            else:
-                done = (states_root / step.language / step.split / "index.json").exists()
             if done:
                 continue
             translator = translator or Translator(recipe.mt_model, cache=translations / "translation_cache.sqlite")
             if step.kind == "translate":
+                languages = _translation_languages(recipe, step)
                 translate_task(task, [step.split], *languages, translator, translations, recipe.data)
             else:
                 if step.split == "test":  # FLARE-MT reads the original target-language test text
                     records = load_task_splits(task, step.language, ["test"], recipe.data)["test"]
                 else:
-                    path = translations / output_name(task, step.split, source, step.language)
+                    path = translations / output_name(task, step.split, task.source_language, step.language)
                     records = load_record_file(task, path)
                 reader = load_state_reader(recipe.model, task, recipe.architecture, recipe.train.max_length)
                 write_encoder_states(
@@ -194,38 +310,30 @@ def run_recipe(recipe: Recipe) -> list[Path]:
                     metadata={"reader": reader.state_signature()},
                 )
         elif step.kind == "finetune":
-            train = replace(recipe.train, seed=step.seed)
-            stage1[step.seed] = finetune(
-                recipe.model,
-                recipe.task,
-                Path(recipe.output),
-                recipe.data,
-                recipe.architecture,
-                recipe.trainable,
-                recipe.load_in_4bit,
-                recipe.adapter,
-                train,
-            )
+            with progress.run(_describe(step), done):
+                stage1[step.seed] = finetune(**_stage1_settings(recipe, step.seed))
         else:
-            variant = recipe.variants.get(step.method)
-            run_dirs.append(
-                transfer(
-                    recipe.model,
-                    recipe.task,
-                    step.language,
-                    recipe.method_of(step.method),
-                    stage1[step.seed],
-                    translations,
-                    Path(recipe.output),
-                    recipe.data,
-                    states_root / step.language,
-                    recipe.stage1_mode,
-                    recipe.architecture,
-                    recipe.trainable,
-                    recipe.load_in_4bit,
-                    variant["adapter"] if variant else recipe.adapter,
-                    replace(recipe.train, seed=step.seed),
-                    name=step.method if variant else None,
-                )
-            )
+            with progress.run(_describe(step), done):
+                run_dirs.append(transfer(**_transfer_settings(recipe, step, stage1[step.seed])))
     return run_dirs
+
+
+class GridProgress:
+    """'[k/n] step (about h:mm:ss left)' before each run to make, the estimate from the runs made so far."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.made, self.seconds = total, 0, 0.0
+
+    @contextmanager
+    def run(self, description: str, done: bool) -> Iterator[None]:
+        if done:  # finished earlier: the run itself says it is skipped
+            yield
+            return
+        left = ""
+        if self.made:
+            left = f" (about {timedelta(seconds=round(self.seconds / self.made * (self.total - self.made)))} left)"
+        print(f"[{self.made + 1}/{self.total}] {description}{left}", flush=True)
+        start = time.monotonic()
+        yield
+        self.made += 1
+        self.seconds += time.monotonic() - start

@@ -10,11 +10,14 @@ while training, the adapter (PEFT format, plus flare_config.json for FLARE), pre
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import os
 import platform
 import shutil
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import peft
@@ -22,17 +25,26 @@ import torch
 import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
-from transformers import TrainingArguments, set_seed
+from tqdm.auto import tqdm
+from transformers import PrinterCallback, TrainerCallback, TrainingArguments, set_seed
 
 from .. import __version__
 from ..config import FlareConfig
 from ..evaluation import task_scores
 from ..io import replace_directory_atomically, write_text_atomic
 from ..model import FlareModel, get_flare_model, keep_trainables_in_float32
+from ..mt.data import output_name
 from ..mt.states import EncoderStateStore
+from ..source_cache import CACHE_MODES, FlushSourceCache, SourceCache, open_source_cache
 from ..tasks import PairedCollator, TaskEncoder, TaskSpec, get_task, load_record_file, load_task_splits, pair_views
 from ..xmixup import XMixupConfig, XMixupModel
-from .checkpoints import CheckpointedCallback, CheckpointSchedule, ResumableTrainer, latest_checkpoint
+from .checkpoints import (
+    TRAINER_STATE_NAME,
+    CheckpointedCallback,
+    CheckpointSchedule,
+    ResumableTrainer,
+    latest_checkpoint,
+)
 from .models import check_max_length, load_model
 from .predict import predict
 
@@ -62,10 +74,30 @@ def resolve_stage1_mode(stage1_mode: str, load_in_4bit: bool) -> str:
 
 
 CHECKPOINTS = "checkpoints"
+SOURCE_CACHE = "source_cache"  # the disk source cache: kept while the run is unfinished, so a resumed run reads it
+LOGS = "logs"  # the Trainer's loggers and its trainer_state.json (loss and validation history); kept after the run
 
 
-@dataclass
+def document_fields(*sources: type) -> Callable[[type], type]:
+    """Class decorator: the fields' metadata help (or the help of a same-named field of `sources`) written into the
+    class docstring's Args section, which help() and the command line (jsonargparse reads docstrings) show."""
+
+    def decorate(cls: type) -> type:
+        helps = {
+            item.name: item.metadata["help"] for source in (*sources, cls) for item in fields(source) if item.metadata
+        }
+        arguments = "\n".join(f"    {item.name}: {helps[item.name]}" for item in fields(cls) if item.name in helps)
+        cls.__doc__ = f"{inspect.cleandoc(cls.__doc__)}\n\nArgs:\n{arguments}"
+        return cls
+
+    return decorate
+
+
+@document_fields()
+@dataclass(frozen=True)
 class TrainConfig:
+    """Training settings of a run (--train.*), passed on to the HF Trainer."""
+
     learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate (linear schedule)."})
     batch_size: int = field(default=32, metadata={"help": "Examples per device and step."})
     epochs: float = field(default=3.0, metadata={"help": "Training epochs."})
@@ -73,14 +105,46 @@ class TrainConfig:
     warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps with linear warm-up."})
     max_length: int = field(default=128, metadata={"help": "Tokens per input; cuts are counted in the report."})
     seed: int = field(default=42, metadata={"help": "Seed of data order and adapter initialisation."})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Steps whose gradients add up before each update (effective batch: x batch_size)."}
+    )
+    optim: str | None = field(
+        default=None,
+        metadata={
+            "help": "Optimizer, by the Trainer's names (adamw_torch, adamw_torch_fused, adafactor, ...). Default: the "
+            "Trainer's default for the installed torch."
+        },
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Train on the first N examples only (smoke runs on real data)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Score only the first N validation and test examples (smoke runs)."}
+    )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations; fusion stays on."})
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU)."})
-    report_to: str = field(default="none", metadata={"help": "Trainer loggers: none, tensorboard, wandb."})
+    eval_batch_size: int | None = field(
+        default=None, metadata={"help": "Examples per evaluation batch (default: batch_size). Not in the run's hash."}
+    )
+    report_to: str = field(
+        default="none",
+        metadata={
+            "help": "Trainer loggers: none, tensorboard, wandb, ... (comma-separated); they write into <run>/logs. "
+            "Not in the run's hash."
+        },
+    )
+    logging_steps: int = field(
+        default=10, metadata={"help": "Log the loss every this many steps, to <run>/logs. Not in the run's hash."}
+    )
+    dataloader_num_workers: int = field(
+        default=0, metadata={"help": "Processes that collate training batches. Not in the run's hash."}
+    )
     save_steps: int = field(
         default=500,
         metadata={
             "help": "Write a resumable checkpoint every this many steps and at the end of every epoch; 0: none. "
-            "Not part of the run's config: it does not change the result."
+            "Not in the run's hash."
         },
     )
     select_best_on_validation: bool = field(
@@ -90,10 +154,52 @@ class TrainConfig:
             "selects its checkpoints. Transfer runs read {task}_validation_<source>-{language}.jsonl."
         },
     )
+    source_cache: str = field(
+        default="off",
+        metadata={
+            "help": "FLARE: keep each example's source tensors from the first epoch and read them in later ones "
+            "instead of running the source pass. off; memory; disk (safetensors shards in <run>/source_cache, kept "
+            "for a resumed run). Needs the adapter's source_dropout false. Not in the run's hash."
+        },
+    )
+    source_cache_max_gb: float = field(
+        default=8.0,
+        metadata={
+            "help": "Refuse a source cache whose size estimate (printed first) is larger. Not in the run's hash."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        """Settings that would train nothing or fail inside the Trainer are refused before any run folder exists."""
+        if self.max_steps <= 0 and not self.epochs > 0:
+            raise ValueError(
+                f"epochs must be positive (or max_steps set), got epochs={self.epochs}: nothing would train."
+            )
+        counts = (
+            "batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+            "eval_batch_size",
+            "max_train_samples",
+            "max_eval_samples",
+        )
+        wrong = [f"{name}={value!r}" for name in counts if (value := getattr(self, name)) is not None and value < 1]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)}: must be a positive integer.")
+        if self.save_steps < 0 or self.dataloader_num_workers < 0:
+            raise ValueError("save_steps and dataloader_num_workers must be 0 or more.")
+        if self.source_cache not in CACHE_MODES:
+            raise ValueError(f"Unknown source_cache {self.source_cache!r}; valid choices: {', '.join(CACHE_MODES)}.")
+        if not self.source_cache_max_gb > 0:
+            raise ValueError(f"source_cache_max_gb must be positive, got {self.source_cache_max_gb!r}.")
 
 
-@dataclass
+@document_fields(FlareConfig)
+@dataclass(frozen=True)
 class AdapterConfig:
+    """The new adapter's settings (--adapter.*): those of FlareConfig that the pipeline sets; stage 1 reads the
+    LoRA ones."""
+
     r: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
@@ -105,6 +211,7 @@ class AdapterConfig:
     cross_attention_heads: int = 1
     pairing: str = "start"
     unpaired: str = "lora"
+    source_dropout: bool = True
 
     def __post_init__(self) -> None:
         self.flare_config(self.fusion)  # FlareConfig's checks, before any model loads
@@ -124,10 +231,14 @@ class AdapterConfig:
             cross_attention_heads=self.cross_attention_heads,
             pairing=self.pairing,
             unpaired=self.unpaired,
+            source_dropout=self.source_dropout,
             modules_to_save=modules_to_save,
             mt_source_dim=mt_source_dim,
         )
 
+
+# The defaults of finetune and transfer (frozen, so one instance serves every call).
+DEFAULT_ADAPTER, DEFAULT_TRAIN = AdapterConfig(), TrainConfig()
 
 PATH_SETTINGS = ("model", "data", "stage1", "translations", "mt_states")
 
@@ -212,11 +323,32 @@ def _differences(recorded, expected, prefix: str = "") -> list[str]:
     return [] if recorded == expected else [f"{prefix.rstrip('.')}: {recorded!r} -> {expected!r}"]
 
 
-def _start_run(run_dir: Path, config: dict) -> None:
-    """config.json and environment.json come first, so that an interrupted run is recognised when asked again."""
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says what asking for the same run again does."""
+
+
+@contextmanager
+def _started(run_dir: Path, config: dict) -> Iterator[None]:
+    """config.json and environment.json come first, so that an interrupted run is recognised when asked again. A
+    run that stops before its first checkpoint has nothing to resume: its folder is removed, so a failed start leaves
+    nothing behind; a run that checkpointed keeps its folder for the resume."""
     if _is_main_process():
         _write_json(run_dir / "config.json", config)
         _write_json(run_dir / "environment.json", environment())
+    try:
+        yield
+    except BaseException as error:
+        checkpoint = latest_checkpoint(run_dir / CHECKPOINTS)
+        finished = (run_dir / "metrics.json").exists()  # interrupted while printing its score: keep it
+        if checkpoint is None and not finished and _is_main_process():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        if isinstance(error, KeyboardInterrupt):
+            raise RunInterrupted(
+                f"interrupted; run the same command to resume {run_dir.name} from {checkpoint.name}"
+                if checkpoint is not None
+                else f"interrupted before {run_dir.name} wrote a checkpoint; run the same command to start it again"
+            ) from None
+        raise
 
 
 def _save_adapter(model: torch.nn.Module, run_dir: Path) -> None:
@@ -250,15 +382,19 @@ BEST_WEIGHTS_NAME = "best_trainable.safetensors"
 
 class BestOnValidation(CheckpointedCallback):
     """After each epoch, score the validation set; at the end, put back the trainable weights of the best epoch.
-    The scores and the best weights so far are part of every checkpoint."""
+    The scores and the best weights so far are part of every checkpoint; each score also enters the Trainer's log
+    history as eval_<metric>, next to the training loss."""
 
-    def __init__(self, model: torch.nn.Module, score: Callable[[], float]) -> None:
-        self.model, self.score = model, score
+    def __init__(self, model: torch.nn.Module, score: Callable[[], float], metric: str = "score") -> None:
+        self.model, self.score, self.metric = model, score, metric
         self.history: list[float] = []
         self.best_weights: dict[str, torch.Tensor] | None = None
 
     def on_epoch_end(self, args, state, control, **kwargs):
         self.history.append(self.score())
+        state.log_history.append(
+            {"epoch": state.epoch, "step": state.global_step, f"eval_{self.metric}": self.history[-1]}
+        )
         if self.history[-1] >= max(self.history):  # ties keep the later, longer-trained epoch
             self.best_weights = {
                 name: parameter.detach().clone()
@@ -302,13 +438,16 @@ def _train(
         # A FlareModel enables it itself, so that each recompute reads its own forward's source.
         target = peft_model if isinstance(peft_model, FlareModel) else peft_model.get_base_model()
         target.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    checkpoints = run_dir / CHECKPOINTS
+    checkpoints, logs = run_dir / CHECKPOINTS, run_dir / LOGS
     if not resume:
         shutil.rmtree(checkpoints, ignore_errors=True)
     arguments = TrainingArguments(
         output_dir=str(checkpoints),
         per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        **({"optim": config.optim} if config.optim is not None else {}),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
         warmup_steps=config.warmup_ratio,  # transformers 5: a float in [0, 1) is the share of steps
@@ -318,21 +457,107 @@ def _train(
         report_to=config.report_to,
         remove_unused_columns=False,  # the Trainer would drop source_* (not in the base model's forward signature)
         save_strategy="no",  # CheckpointSchedule decides when to save
-        logging_steps=10,
+        logging_steps=config.logging_steps,
+        dataloader_num_workers=config.dataloader_num_workers,
+        disable_tqdm=True,  # RunProgress draws the bar, named after the run
         use_cpu=not torch.cuda.is_available(),
     )
     schedule = [CheckpointSchedule(config.save_steps)] if config.save_steps > 0 else []
-    trainer = ResumableTrainer(
-        model=model,
-        args=arguments,
-        train_dataset=features,
-        data_collator=collator,
-        callbacks=[*callbacks, *schedule],
+    cache = _source_cache(model, features, config, run_dir, arguments)
+    if cache is not None:
+        schedule.append(FlushSourceCache(cache))
+    logs.mkdir(parents=True, exist_ok=True)
+    with _loggers_writing_into(logs):  # TensorBoard's callback reads its folder when the Trainer builds it
+        trainer = ResumableTrainer(
+            model=model,
+            args=arguments,
+            train_dataset=features,
+            data_collator=collator,
+            callbacks=[*callbacks, *schedule, RunProgress(_run_label(run_dir))],
+        )
+        trainer.remove_callback(PrinterCallback)  # RunProgress writes the logs above its bar
+        checkpoint = latest_checkpoint(checkpoints)
+        if checkpoint is not None:
+            print(f"{run_dir.name}: resuming from {checkpoint.name}")
+        try:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+        finally:
+            if cache is not None:
+                model.source_cache = None  # evaluation reads no cache, and a memory cache is freed
+    if cache is not None:  # training is over: a rerun resumes from its final checkpoint, which needs no source
+        trainer.accelerator.wait_for_everyone()  # every process has written its last shard
+        if _is_main_process():
+            shutil.rmtree(run_dir / SOURCE_CACHE, ignore_errors=True)
+    if _is_main_process():  # the loss and validation history, which outlive checkpoints/
+        _write_json(logs / TRAINER_STATE_NAME, asdict(trainer.state))
+
+
+def _source_cache(
+    model, features: list[dict], config: TrainConfig, run_dir: Path, arguments: TrainingArguments
+) -> SourceCache | None:
+    """The source cache `config` asks for, attached to a FLARE model; None when off or when the method runs no
+    source pass (LoRA, input-level fusion, FLARE-MT, X-Mixup: said once, as a recipe sets it for every method)."""
+    if config.source_cache == "off":
+        return None
+    if not (isinstance(model, FlareModel) and model.fused_modules and model.flare_config.mt_source_dim is None):
+        if _is_main_process():
+            print(f"{run_dir.name}: source_cache={config.source_cache} unused: this method runs no source pass")
+        return None
+    return open_source_cache(
+        model,
+        features,
+        config.source_cache,
+        config.source_cache_max_gb,
+        directory=run_dir / SOURCE_CACHE,
+        rank=arguments.process_index,
+        world_size=arguments.world_size,
+        autocast=torch.bfloat16 if config.bf16 else None,
+        announce=_is_main_process(),
     )
-    checkpoint = latest_checkpoint(checkpoints)
-    if checkpoint is not None:
-        print(f"{run_dir.name}: resuming from {checkpoint.name}")
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+
+
+@contextmanager
+def _loggers_writing_into(logs: Path) -> Iterator[None]:
+    """The Trainer's TensorBoard callback and wandb take their folder from these variables; checkpoints/ (the
+    Trainer's output_dir, their default) is deleted when the run finishes. A folder the user set wins."""
+    added = {name: str(logs) for name in ("TENSORBOARD_LOGGING_DIR", "WANDB_DIR") if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+def _run_label(run_dir: Path) -> str:
+    """task-language-method-seed: the run's name without its hash."""
+    return run_dir.name.rsplit("-", 1)[0]
+
+
+class RunProgress(TrainerCallback):
+    """The training progress bar, named after its run (a grid trains many), with the Trainer's logs above it."""
+
+    def __init__(self, label: str) -> None:
+        self.label, self.bar = label, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.bar = tqdm(
+                total=state.max_steps, initial=state.global_step, desc=self.label, unit="step", disable=None
+            )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None:
+            self.bar.write(f"{self.label}: {json.dumps(logs)}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _score(model, loaded, task: TaskSpec, pairs, view, config: TrainConfig, states=None):
@@ -345,7 +570,7 @@ def _score(model, loaded, task: TaskSpec, pairs, view, config: TrainConfig, stat
         pairs,
         view,
         config.max_length,
-        config.batch_size,
+        config.eval_batch_size or config.batch_size,
         source_embeds=states.batch if states is not None else None,
     )
     if task.kind == "classification":
@@ -370,7 +595,7 @@ def _validation_callback(model, loaded, task: TaskSpec, pairs, view, config: Tra
     def score() -> float:
         return _score(model, loaded, task, pairs, view, config, states)[3]["average"][_headline(task)]
 
-    return BestOnValidation(model, score)
+    return BestOnValidation(model, score, _headline(task))
 
 
 def _evaluate(
@@ -408,32 +633,32 @@ def finetune(
     architecture: str = "auto",
     trainable: str = "lora",
     load_in_4bit: bool = False,
-    adapter: AdapterConfig | None = None,
-    train: TrainConfig | None = None,
+    adapter: AdapterConfig = DEFAULT_ADAPTER,
+    train: TrainConfig = DEFAULT_TRAIN,
     resume: bool = True,
 ) -> Path:
-    """Stage 1: a LoRA (plus the task head) trained on English, evaluated on the English test set.
+    """Stage 1: train a LoRA and the task head on English and score it on the English test set.
+
+    Prints the run folder last; <output>/latest-finetune links to it.
 
     Args:
-        resume: Continue an interrupted run from the newest checkpoint in its run directory (asking for the same run
+        model: Base model: a hub name or a local folder with the model and its tokenizer.
+        task: A built-in task (xnli, tydiqa, nusax) or a task spec file (.yaml/.json).
+        output: Folder that receives the run folder.
+        data: Where the splits come from: hub, or a folder of the original release files.
+        architecture: auto (from the model's config), encoder, decoder or seq2seq.
+        trainable: lora, lora+head (decoders: also lm_head) or lora+head+embeddings (also embed_tokens). Encoders
+            always train their task head.
+        load_in_4bit: Load the base in 4-bit NF4 with bitsandbytes (GPU).
+        adapter: The LoRA's settings; stage 1 reads r, lora_alpha, lora_dropout and target_modules.
+        train: Training settings.
+        resume: Continue an interrupted run from the newest checkpoint in its run folder (asking for the same run
             again does this); false discards the run's checkpoints and trains from the start.
-        name: The run's name in folders and reports, for a variant of a method (e.g. flare-end, a FLARE adapter
-            with pairing=end); default: the method.
     """
-    spec, adapter, train = get_task(task), adapter or AdapterConfig(), train or TrainConfig()
-    config = {
-        "stage": "finetune",
-        "model": model,
-        "task": spec.name,
-        "data": data,
-        "architecture": architecture,
-        "trainable": trainable,
-        "load_in_4bit": load_in_4bit,
-        "adapter": asdict(adapter),
-        "train": _result_settings(train),
-    }
-    run_dir = run_directory(output, f"{spec.name}-{spec.source_language}-finetune-seed{train.seed}", config)
+    spec = get_task(task)
+    run_dir, config = finetune_run(model, task, output, data, architecture, trainable, load_in_4bit, adapter, train)
     if _finished(run_dir, config):
+        _link_latest(run_dir, "finetune")
         return run_dir
     loaded = _load(model, spec, architecture, load_in_4bit, train)
     _check_target_modules(loaded.model, adapter.target_modules, model)
@@ -449,27 +674,29 @@ def finetune(
     roles = ["train", "validation", "test"] if train.select_best_on_validation else ["train", "test"]
     splits = load_task_splits(spec, spec.source_language, roles, data)
     features, report, _ = TaskEncoder(spec, loaded.tokenizer, loaded.architecture, "target", train.max_length).encode(
-        _self_pairs(spec, splits["train"])
+        _self_pairs(spec, splits["train"][: train.max_train_samples])
     )
     print(f"train: {report.summary()}")
     callbacks = []
     if train.select_best_on_validation:
         _check_validation_role(spec)
-        pairs = _self_pairs(spec, splits["validation"])
+        pairs = _self_pairs(spec, splits["validation"][: train.max_eval_samples])
         callbacks.append(_validation_callback(network, loaded, spec, pairs, "target", train))
     collator = PairedCollator.for_tokenizer(loaded.tokenizer)
-    _start_run(run_dir, config)
-    _train(network, features, train, run_dir, collator, callbacks, resume)
-    _save_adapter(network, run_dir)
-    summary = {
-        **(callbacks[0].summary() if callbacks else {}),
-        "task": spec.name,
-        "method": "finetune",
-        "seed": train.seed,
-        "language": spec.source_language,
-        "config_hash": run_dir.name.rsplit("-", 1)[1],
-    }
-    _evaluate(network, loaded, spec, _self_pairs(spec, splits["test"]), "target", train, run_dir, summary)
+    test_pairs = _self_pairs(spec, splits["test"][: train.max_eval_samples])
+    with _started(run_dir, config):
+        _train(network, features, train, run_dir, collator, callbacks, resume)
+        _save_adapter(network, run_dir)
+        summary = {
+            **(callbacks[0].summary() if callbacks else {}),
+            "task": spec.name,
+            "method": "finetune",
+            "seed": train.seed,
+            "language": spec.source_language,
+            "config_hash": run_dir.name.rsplit("-", 1)[1],
+        }
+        _evaluate(network, loaded, spec, test_pairs, "target", train, run_dir, summary)
+    _link_latest(run_dir, "finetune")
     return run_dir
 
 
@@ -487,15 +714,33 @@ def transfer(
     architecture: str = "auto",
     trainable: str = "lora",
     load_in_4bit: bool = False,
-    adapter: AdapterConfig | None = None,
-    train: TrainConfig | None = None,
+    adapter: AdapterConfig = DEFAULT_ADAPTER,
+    train: TrainConfig = DEFAULT_TRAIN,
     resume: bool = True,
     name: str | None = None,
 ) -> Path:
-    """Stage 2 for one target language: evaluate the stage-1 model (zero-shot, translate-test) or train a new
-    adapter on translated data (lora, input-fusion, flare, flare-mt, x-mixup) and evaluate it on the target test set.
+    """Stage 2: transfer the stage-1 model to one target language with one method and score it on its test set.
+
+    zero-shot and translate-test evaluate the stage-1 model; lora, input-fusion, flare, flare-mt and x-mixup train
+    a new adapter on translated data first. Prints the run folder last; <output>/latest-transfer links to it.
 
     Args:
+        model: The base model of the stage-1 run (a hub name or a local folder).
+        task: A built-in task (xnli, tydiqa, nusax) or a task spec file (.yaml/.json).
+        language: Target language; one of the task's languages.
+        method: zero-shot, translate-test, lora, input-fusion, flare, flare-mt or x-mixup (translate-test:
+            classification tasks only; x-mixup: encoders only).
+        stage1: The stage-1 run folder that flare-xlt finetune wrote, e.g. runs/latest-finetune.
+        output: Folder that receives the run folder.
+        data: Where the target test set and the English splits come from: hub, or a folder of the original release
+            files.
+        stage1_mode: How the stage-1 adapter is kept: auto (frozen on 4-bit bases, merge otherwise), merge (folded
+            into the base) or frozen (a frozen LoRA under the new one).
+        architecture: auto (from the model's config), encoder, decoder or seq2seq.
+        trainable: The new adapter's trained modules: lora, lora+head or lora+head+embeddings.
+        load_in_4bit: Load the base in 4-bit NF4 with bitsandbytes (GPU).
+        adapter: The new adapter's settings (methods that train).
+        train: Training settings.
         translations: Folder with {task}_train_<source>-{language}.jsonl and {task}_test_{language}-<source>.jsonl
             (and {task}_validation_<source>-{language}.jsonl when selecting on validation), as written by
             flare-xlt translate.
@@ -506,7 +751,7 @@ def transfer(
         name: The run's name in folders and reports, for a variant of a method (e.g. flare-end, a FLARE adapter
             with pairing=end); default: the method.
     """
-    spec, adapter, train = get_task(task), adapter or AdapterConfig(), train or TrainConfig()
+    spec = get_task(task)
     spec.check_language(language)
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; valid choices: {', '.join(METHODS)}.")
@@ -521,37 +766,38 @@ def transfer(
         raise ValueError(f"Method {method!r} needs --translations (the folder written by flare-xlt translate).")
     if method == "flare-mt" and mt_states is None:
         raise ValueError("Method 'flare-mt' needs --mt_states (a folder with train/ and test/ state stores).")
-    stage1_adapter = Path(stage1) / "adapter"
-    if not (stage1_adapter / "adapter_config.json").is_file():
-        raise FileNotFoundError(
-            f"{stage1_adapter / 'adapter_config.json'} not found: --stage1 must be a stage-1 run directory, as "
-            "flare-xlt finetune writes it."
-        )
+    stage1_adapter = _check_stage1(Path(stage1), model, spec)
     trains_adapter = method in TRAINING_METHODS
-    # Only what changes this method's result enters the config (and its hash): the same run asked again is found.
-    config = {
-        "stage": "transfer",
-        "model": model,
-        "task": spec.name,
-        "language": language,
-        "method": method,
-        "stage1": str(stage1),
-        "translations": str(translations) if needs_translations else None,
-        "data": data,
-        "mt_states": str(mt_states) if method == "flare-mt" else None,
-        "stage1_mode": stage1_mode,
-        "architecture": architecture,
-        "trainable": trainable if trains_adapter else None,
-        "load_in_4bit": load_in_4bit,
-        "adapter": asdict(adapter) if trains_adapter else None,
-        "train": _result_settings(train),
-    }
     label = name or method
-    if name is not None:
-        config["variant"] = name
-    run_dir = run_directory(output, f"{spec.name}-{language}-{label}-seed{train.seed}", config)
+    run_dir, config = transfer_run(
+        model,
+        task,
+        language,
+        method,
+        stage1,
+        translations,
+        output,
+        data,
+        mt_states,
+        stage1_mode,
+        architecture,
+        trainable,
+        load_in_4bit,
+        adapter,
+        train,
+        name,
+    )
     if _finished(run_dir, config):
+        _link_latest(run_dir, "transfer")
         return run_dir
+    # The translated files this method reads, each checked here, before any model loads.
+    source = spec.source_language
+    roles = {"test": (language, source)} if needs_translations else {}
+    if trains_adapter:
+        roles["train"] = (source, language)
+        if train.select_best_on_validation:
+            roles["validation"] = (source, language)
+    translated = {role: _translation_file(Path(translations), spec, role, *pair) for role, pair in roles.items()}
     loaded = _load(model, spec, architecture, load_in_4bit, train)
     if trains_adapter:
         _check_target_modules(loaded.model, adapter.target_modules, model)
@@ -563,13 +809,11 @@ def transfer(
 
     test_target = load_task_splits(spec, language, ["test"], data)["test"]
     if needs_translations:
-        test_english = load_record_file(
-            spec, Path(translations) / f"{spec.name}_test_{language}-{spec.source_language}.jsonl"
-        )
-        test_pairs = pair_views(spec, test_target, test_english)
+        test_pairs = pair_views(spec, test_target, load_record_file(spec, translated["test"]))
     else:
         test_pairs = _self_pairs(spec, test_target)
-    states, selection = None, {}
+    test_pairs = test_pairs[: train.max_eval_samples]
+    states = None
     if trains_adapter:
         store = EncoderStateStore(Path(mt_states) / "train") if method == "flare-mt" else None
         # The training features; for FLARE-MT also the reader whose text the encoder states must cover.
@@ -588,11 +832,9 @@ def transfer(
                 raise ValueError("x-mixup mixes encoder hidden states; it runs on encoder models only.")
             # A new LoRA trains together with the mixing gates, on top of the stage-1 model.
             network = XMixupModel(network, XMixupConfig())
-        train_target = load_record_file(
-            spec, Path(translations) / f"{spec.name}_train_{spec.source_language}-{language}.jsonl"
-        )
-        english = load_task_splits(spec, spec.source_language, ["train"], data)["train"]
-        train_pairs = pair_views(spec, train_target, english)
+        english = load_task_splits(spec, source, ["train"], data)["train"]
+        train_pairs = pair_views(spec, load_record_file(spec, translated["train"]), english)
+        train_pairs = train_pairs[: train.max_train_samples]
         if store is not None:
             train_keys = _check_states(store, state_reader, train_pairs)
         features, report, _ = state_reader.encode(train_pairs)
@@ -607,32 +849,149 @@ def transfer(
             _check_validation_role(spec)
             validation = pair_views(
                 spec,
-                load_record_file(
-                    spec, Path(translations) / f"{spec.name}_validation_{spec.source_language}-{language}.jsonl"
-                ),
-                load_task_splits(spec, spec.source_language, ["validation"], data)["validation"],
-            )
+                load_record_file(spec, translated["validation"]),
+                load_task_splits(spec, source, ["validation"], data)["validation"],
+            )[: train.max_eval_samples]
             validation_states = None
             if store is not None:
                 validation_states = EncoderStateStore(Path(mt_states) / "validation")
                 _check_states(validation_states, state_reader, validation)
             callbacks.append(_validation_callback(network, loaded, spec, validation, view, train, validation_states))
-        _start_run(run_dir, config)
-        _train(network, features, train, run_dir, collator, callbacks, resume)
-        _save_adapter(network, run_dir)
-        selection = callbacks[0].summary() if callbacks else {}
-    else:
-        _start_run(run_dir, config)
     summary = {
-        **selection,
         "task": spec.name,
         "method": label,
         "seed": train.seed,
         "language": language,
         "config_hash": run_dir.name.rsplit("-", 1)[1],
     }
-    _evaluate(network, loaded, spec, test_pairs, view, train, run_dir, summary, states)
+    with _started(run_dir, config):
+        if trains_adapter:
+            _train(network, features, train, run_dir, collator, callbacks, resume)
+            _save_adapter(network, run_dir)
+            summary = {**(callbacks[0].summary() if callbacks else {}), **summary}
+        _evaluate(network, loaded, spec, test_pairs, view, train, run_dir, summary, states)
+    _link_latest(run_dir, "transfer")
     return run_dir
+
+
+def finetune_run(
+    model: str,
+    task: str,
+    output: Path = Path("runs"),
+    data: str = "hub",
+    architecture: str = "auto",
+    trainable: str = "lora",
+    load_in_4bit: bool = False,
+    adapter: AdapterConfig = DEFAULT_ADAPTER,
+    train: TrainConfig = DEFAULT_TRAIN,
+) -> tuple[Path, dict]:
+    """The run folder `finetune` with these settings writes, and the config it records (nothing is read)."""
+    spec = get_task(task)
+    config = {
+        "stage": "finetune",
+        "model": model,
+        "task": spec.name,
+        "data": data,
+        "architecture": architecture,
+        "trainable": trainable,
+        "load_in_4bit": load_in_4bit,
+        "adapter": asdict(adapter),
+        "train": _result_settings(train),
+    }
+    return run_directory(output, f"{spec.name}-{spec.source_language}-finetune-seed{train.seed}", config), config
+
+
+def transfer_run(
+    model: str,
+    task: str,
+    language: str,
+    method: str,
+    stage1: Path,
+    translations: Path | None = None,
+    output: Path = Path("runs"),
+    data: str = "hub",
+    mt_states: Path | None = None,
+    stage1_mode: str = "auto",
+    architecture: str = "auto",
+    trainable: str = "lora",
+    load_in_4bit: bool = False,
+    adapter: AdapterConfig = DEFAULT_ADAPTER,
+    train: TrainConfig = DEFAULT_TRAIN,
+    name: str | None = None,
+) -> tuple[Path, dict]:
+    """The run folder `transfer` with these settings writes, and the config it records (nothing is read). Only what
+    changes the method's result enters the config (and its hash), so the same run asked for again is found."""
+    spec, trains_adapter = get_task(task), method in TRAINING_METHODS
+    config = {
+        "stage": "transfer",
+        "model": model,
+        "task": spec.name,
+        "language": language,
+        "method": method,
+        "stage1": str(stage1),
+        "translations": str(translations) if method != "zero-shot" else None,
+        "data": data,
+        "mt_states": str(mt_states) if method == "flare-mt" else None,
+        "stage1_mode": resolve_stage1_mode(stage1_mode, load_in_4bit),
+        "architecture": architecture,
+        "trainable": trainable if trains_adapter else None,
+        "load_in_4bit": load_in_4bit,
+        "adapter": asdict(adapter) if trains_adapter else None,
+        "train": _result_settings(train, trains_adapter),
+    }
+    if name is not None:
+        config["variant"] = name
+    return run_directory(output, f"{spec.name}-{language}-{name or method}-seed{train.seed}", config), config
+
+
+def _check_stage1(stage1: Path, model: str, task: TaskSpec) -> Path:
+    """The stage-1 run's adapter folder. A transfer run, or a stage-1 run of another base model or task, would be
+    loaded without complaint and trained on: refused, by the config.json the run wrote."""
+    adapter = stage1 / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"{adapter / 'adapter_config.json'} not found: --stage1 must be a stage-1 run directory, as flare-xlt "
+            "finetune writes it."
+        )
+    config_path = stage1 / "config.json"
+    if not config_path.is_file():  # an adapter folder laid out by hand: nothing to check it against
+        return adapter
+    recorded = json.loads(config_path.read_text(encoding="utf-8"))
+    if recorded.get("stage") != "finetune":
+        raise ValueError(
+            f"--stage1 {stage1} is a {recorded.get('stage')} run ({recorded.get('method')}), not a stage-1 run: give "
+            "the folder flare-xlt finetune wrote (its name holds -finetune-)."
+        )
+    mismatched = [
+        f"{name} {recorded[name]!r}, not {asked!r}"
+        for name, asked in (("model", model), ("task", task.name))
+        if _canonical(recorded[name], name) != _canonical(asked, name)
+    ]
+    if mismatched:
+        raise ValueError(f"--stage1 {stage1} was trained with {' and '.join(mismatched)}: use its stage-1 run.")
+    return adapter
+
+
+def _translation_file(translations: Path, task: TaskSpec, role: str, source: str, target: str) -> Path:
+    """A translated file this run reads; a missing one is named with the command that writes it."""
+    path = translations / output_name(task, role, source, target)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found. Write it with: flare-xlt translate --task {task.name} --src {source} --tgt {target} "
+            f"--splits '[{role}]' --output {translations}"
+        )
+    return path
+
+
+def _link_latest(run_dir: Path, stage: str) -> None:
+    """<output>/latest-<stage> points at the stage's newest run, so scripts need no glob over hashes."""
+    if not _is_main_process():
+        return
+    link = run_dir.parent / f"latest-{stage}"
+    staging = link.with_name(f".{link.name}.staging")
+    staging.unlink(missing_ok=True)
+    staging.symlink_to(run_dir.name, target_is_directory=True)
+    os.replace(staging, link)  # atomic: a reader sees the old link or the new one
 
 
 def _check_validation_role(task: TaskSpec) -> None:
@@ -643,9 +1002,27 @@ def _check_validation_role(task: TaskSpec) -> None:
         )
 
 
-def _result_settings(train: TrainConfig) -> dict:
-    """The training settings that enter a run's config and hash: all but how often it is checkpointed."""
-    return {name: value for name, value in asdict(train).items() if name != "save_steps"}
+# How a run is carried out, checkpointed and logged, never what it computes: outside its config and hash, so that
+# changing them finds the same run (and resumes or skips it) instead of training a second one.
+NOT_RESULT_SETTINGS = (
+    "save_steps",
+    "report_to",
+    "logging_steps",
+    "eval_batch_size",
+    "dataloader_num_workers",
+    "source_cache",  # the same source tensors, computed once (up to the rounding of another batch's shapes)
+    "source_cache_max_gb",
+)
+# All that the evaluation-only methods (zero-shot, translate-test) read of the training settings.
+EVALUATION_SETTINGS = ("seed", "max_length", "max_eval_samples")
+
+
+def _result_settings(train: TrainConfig, trains: bool = True) -> dict:
+    """The training settings that enter a run's config and hash."""
+    kept = [
+        name for name in asdict(train) if name not in NOT_RESULT_SETTINGS and (trains or name in EVALUATION_SETTINGS)
+    ]
+    return {name: getattr(train, name) for name in kept}
 
 
 def _check_target_modules(model: torch.nn.Module, target_modules: list[str] | str | None, model_name: str) -> None:

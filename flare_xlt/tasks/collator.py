@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..source_cache import KEY_FIELD
+
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "source_input_ids", "source_attention_mask")
 
 
@@ -16,6 +18,7 @@ class PairedCollator:
     Returns input_ids / attention_mask / labels and, for paired batches, source_input_ids / source_attention_mask.
     Token-level labels are padded with -100: with the inputs when they line up with them (decoder-only models), on
     the right to their own length otherwise (encoder-decoder models); scalar labels and QA positions are stacked.
+    Each feature's `source_key` (set by the training source cache, source_cache.py) becomes the list `source_keys`.
     Other keys (ids, offsets) are left out: they are bookkeeping, not model inputs.
     """
 
@@ -71,4 +74,6 @@ class PairedCollator:
         for key in ("labels", "start_positions", "end_positions"):
             if key in features[0] and key not in batch:
                 batch[key] = torch.tensor([feature[key] for feature in features], dtype=torch.long)
+        if KEY_FIELD in features[0]:
+            batch["source_keys"] = [feature[KEY_FIELD] for feature in features]
         return batch

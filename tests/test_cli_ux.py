@@ -1,0 +1,260 @@
+"""The command line as a user meets it: logs that outlive the run, refusals before anything is written, one-line
+errors with exit code 2, help for every option, plans and progress of a recipe. Commands run in-process through
+cli.main, and each test checks the messages, exit codes and files left behind."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+
+import pytest
+import yaml
+from conftest import NUSAX_DATA
+
+from flare_xlt import __version__
+from flare_xlt.cli import COMMANDS, main
+from flare_xlt.config import SOURCE_SITES, UNPAIRED_MODES
+from flare_xlt.fusion import FUSION_NAMES
+from flare_xlt.pipeline.checkpoints import ResumableTrainer
+from flare_xlt.pipeline.models import ARCHITECTURES, TRAINABLE
+from flare_xlt.pipeline.runs import METHODS, STAGE1_MODES
+from flare_xlt.token_pairing import PAIRING_MODES
+
+TINY_TRAIN = ["--train.batch_size", "2", "--train.max_steps", "2", "--train.max_length", "48", "--train.seed", "3"]
+
+
+def call(*argv: str) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `flare-xlt argv`."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(argument) for argument in argv])
+        except SystemExit as exit:
+            code = exit.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def finetune_args(workspace, output) -> list[str]:
+    return ["finetune", "--model", workspace / "encoder", "--task", "nusax", "--data", NUSAX_DATA, "--output", output]
+
+
+@pytest.fixture(scope="module")
+def stage1(workspace, tmp_path_factory):
+    """A stage-1 run made through the command line, logging every step: (its folder, what the command printed)."""
+    output = tmp_path_factory.mktemp("cli") / "runs"
+    limits = ["--train.max_train_samples", "2", "--train.max_eval_samples", "2"]
+    code, printed, errors = call(*finetune_args(workspace, output), *TINY_TRAIN, *limits, "--train.logging_steps", "1")
+    assert code == 0, errors
+    return output, printed
+
+
+# ------------------------------------------------------------------------------------------ 1: logs that survive
+def test_loss_history_is_kept_and_loggers_stay_out_of_the_run_hash(workspace, stage1):
+    output, printed = stage1
+    run_dir = output / printed.splitlines()[-1].rsplit("/", 1)[-1]
+    assert printed.splitlines()[-1] == str(run_dir)  # the last line names the run folder, for scripts
+    assert (output / "latest-finetune").resolve() == run_dir.resolve()
+    assert not (run_dir / "checkpoints").exists()
+    history = json.loads((run_dir / "logs" / "trainer_state.json").read_text())["log_history"]
+    # a loss per step; 2 training examples in batches of 2: each step is an epoch
+    assert [(entry["step"], entry["epoch"]) for entry in history if "loss" in entry] == [(1, 1.0), (2, 2.0)]
+    assert json.loads((run_dir / "metrics.json").read_text())["scores"]["average"]["count"] == 2
+    # Settings that do not change the result find the same, finished run instead of training a second one.
+    code, again, _ = call(
+        *finetune_args(workspace, output),
+        *TINY_TRAIN,
+        *("--train.max_train_samples", "2", "--train.max_eval_samples", "2"),
+        *("--train.report_to", "tensorboard", "--train.logging_steps", "7", "--train.eval_batch_size", "1"),
+        *("--train.dataloader_num_workers", "1"),
+    )
+    assert code == 0 and "finished earlier, skipped" in again and again.splitlines()[-1] == str(run_dir)
+    assert sorted(path.name for path in output.iterdir()) == ["latest-finetune", run_dir.name]
+
+
+# ------------------------------------------------------------------------------- 2: wrong bases and empty runs
+def test_stage1_must_be_a_stage1_run_of_the_same_model_and_task(workspace, stage1, tmp_path):
+    run_dir = stage1[1].splitlines()[-1]
+    transfer_run = tmp_path / "nusax-id-flare-seed3-0123abcd"
+    (transfer_run / "adapter").mkdir(parents=True)
+    (transfer_run / "adapter" / "adapter_config.json").write_text("{}")
+    (transfer_run / "config.json").write_text(json.dumps({"stage": "transfer", "method": "flare"}))
+    transfer = ["transfer", "--task", "nusax", "--language", "id", "--method", "zero-shot", "--output", tmp_path / "o"]
+    code, _, errors = call(*transfer, "--model", workspace / "encoder", "--stage1", transfer_run)
+    assert code == 2 and f"--stage1 {transfer_run} is a transfer run (flare), not a stage-1 run" in errors
+    code, _, errors = call(*transfer, "--model", workspace / "decoder", "--stage1", run_dir)
+    assert code == 2 and f"was trained with model '{workspace / 'encoder'}', not '{workspace / 'decoder'}'" in errors
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--train.epochs", "0"], "epochs must be positive (or max_steps set), got epochs=0.0: nothing would train."),
+        (["--train.batch_size", "0"], "batch_size=0: must be a positive integer."),
+    ],
+)
+def test_settings_that_train_nothing_are_refused_before_anything_is_written(workspace, tmp_path, option, message):
+    code, _, errors = call(*finetune_args(workspace, tmp_path / "runs"), *option)
+    assert (code, errors.strip()) == (2, f"error: {message}")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failed_start_leaves_nothing_and_an_interrupted_run_keeps_its_checkpoint(workspace, tmp_path, monkeypatch):
+    output = tmp_path / "runs"
+    code, _, errors = call(*finetune_args(workspace, output), *TINY_TRAIN, "--train.optim", "no_such_optimizer")
+    assert code == 2 and "no_such_optimizer" in errors
+    assert list(output.iterdir()) == []  # config.json was written, then removed with its run folder
+
+    train_step = ResumableTrainer.training_step
+
+    def interrupted_at_step_2(self, *args, **kwargs):
+        if self.state.global_step == 1:
+            raise KeyboardInterrupt
+        return train_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ResumableTrainer, "training_step", interrupted_at_step_2)
+    code, _, errors = call(*finetune_args(workspace, output), *TINY_TRAIN, "--train.save_steps", "1")
+    [run_dir] = output.iterdir()
+    assert (code, errors.splitlines()[-1]) == (
+        130,
+        f"interrupted; run the same command to resume {run_dir.name} from checkpoint-1",
+    )
+    assert (run_dir / "checkpoints" / "checkpoint-1").is_dir() and (run_dir / "config.json").is_file()
+    code, _, errors = call(
+        *finetune_args(workspace, output), *TINY_TRAIN, "--train.save_steps", "0", "--train.seed", "4"
+    )
+    assert code == 130 and "interrupted before nusax-en-finetune-seed4-" in errors
+    assert list(output.iterdir()) == [run_dir]  # nothing to resume: the seed-4 folder is gone
+
+
+# ------------------------------------------------------------------------------------- 4: errors without tracebacks
+def test_user_errors_are_one_line_with_exit_code_2_and_debug_shows_the_traceback(
+    workspace, stage1, tmp_path, monkeypatch
+):
+    _, printed = stage1
+    code, _, errors = call(*finetune_args(workspace, tmp_path), "--task", "xx")
+    assert (code, errors) == (
+        2,
+        "error: Unknown task 'xx'; valid choices: xnli, tydiqa, nusax or the path of a task spec file.\n",
+    )
+    with pytest.raises(ValueError, match="Unknown task 'xx'"):
+        main(["finetune", "--model", "m", "--task", "xx", "--debug"])
+    monkeypatch.setenv("FLARE_XLT_DEBUG", "1")
+    with pytest.raises(ValueError, match="Unknown task 'xx'"):
+        main(["finetune", "--model", "m", "--task", "xx"])
+    monkeypatch.delenv("FLARE_XLT_DEBUG")
+
+    # a missing translation names the command that writes it
+    code, _, errors = call(
+        "transfer",
+        "--model",
+        workspace / "encoder",
+        "--task",
+        "nusax",
+        "--language",
+        "id",
+        "--method",
+        "lora",
+        "--stage1",
+        printed.splitlines()[-1],
+        "--translations",
+        tmp_path / "none",
+        "--output",
+        tmp_path / "o",
+    )
+    assert code == 2 and errors.count("\n") == 1
+    assert "Write it with: flare-xlt translate --task nusax --src id --tgt en --splits '[test]' --output" in errors
+    # a model that is not there offline is named, by translate as by the pipeline
+    code, _, errors = call(
+        "translate", "--task", "nusax", "--tgt", "id", "--model", "no-such/model", "--output", tmp_path
+    )
+    assert code == 2 and errors.startswith("error: Model 'no-such/model' is neither a local model folder")
+
+
+def test_recipe_settings_are_checked_by_name_and_shape(tmp_path):
+    recipe = {"model": "m", "task": "nusax", "languages": "id", "methods": ["flare"]}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    code, _, errors = call("run", "--recipe", tmp_path / "recipe.yaml")
+    assert (code, errors) == (
+        2,
+        "error: recipe settings that take a list were given one value; write languages: [id].\n",
+    )
+    code, _, errors = call(
+        "run", "--recipe", tmp_path / "recipe.yaml", "--set.languages", "[id]", "--set.train.lr", "1"
+    )
+    assert code == 2 and "Unknown train settings ['lr']; valid settings: ['batch_size', 'bf16'," in errors
+
+
+# ------------------------------------------------------------------------------------------ 3: help that explains
+def test_every_option_of_every_command_is_explained(capsys):
+    for command in COMMANDS:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        options = text[text.index("\n  -h, --help") :]
+        entries = [" ".join(entry.split()) for entry in re.split(r"\n(?=  --)", options)]
+        for entry in entries:
+            words = entry.split(" (")[0].split()
+            described = [word for word in words if not (word.startswith(("-", "[", "{")) or word.isupper())]
+            assert described, f"{command}: {entry} has no description"
+        assert "<class" not in text, f"{command}: a type printed as a class"
+    with pytest.raises(SystemExit):
+        main(["transfer", "--help"])
+    text = " ".join(capsys.readouterr().out.split("\noptions:", 1)[1].split())
+    assert "--train.learning_rate LEARNING_RATE Peak learning rate" in text and "(type: path, default: runs)" in text
+    for option, choices in {
+        "method": METHODS,
+        "stage1_mode": STAGE1_MODES,
+        "architecture": ARCHITECTURES,
+        "trainable": TRAINABLE,
+        "adapter.fusion": FUSION_NAMES,
+        "adapter.pairing": PAIRING_MODES,
+        "adapter.unpaired": UNPAIRED_MODES,
+        "adapter.source_site": SOURCE_SITES,
+    }.items():
+        help_text = re.search(rf"--{option} \S+ (.*?) \((?:required|type):", text).group(1)
+        assert all(choice in help_text for choice in choices), f"--{option}: {help_text}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listing = capsys.readouterr().out.split("Available subcommands:")[1]
+    summaries = {entry.split()[0]: " ".join(entry.split()[1:]) for entry in re.split(r"\n    (?=\S)", listing)[1:]}
+    assert set(summaries) == set(COMMANDS) and all(summary.endswith(".") for summary in summaries.values())
+
+
+def test_unknown_options_get_a_hint_and_version_prints(capsys):
+    code, _, errors = call(
+        "finetune", "--model", "m", "--task", "nusax", "--learning_rate", "1", "--num_train_epochs", "2"
+    )
+    assert code == 2
+    assert "--learning_rate: did you mean --train.learning_rate?" in errors
+    assert "--num_train_epochs: did you mean --train.epochs?" in errors
+    code, printed, _ = call("--version")
+    assert (code, printed.split()[-1]) == (0, __version__)
+
+
+# ----------------------------------------------------------------------------------------------- 6: plans
+def test_run_prints_the_plan_and_dry_run_stops_there(workspace, tmp_path):
+    recipe = {
+        "model": str(workspace / "encoder"),
+        "task": "nusax",
+        "languages": ["id"],
+        "methods": ["zero-shot", "flare"],
+        "seeds": [1, 2],
+        "output": str(tmp_path / "runs"),
+        "translations": str(workspace / "translations"),
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    code, printed, _ = call("run", "--recipe", tmp_path / "recipe.yaml", "--dry_run", "--set.seeds", "[7]")
+    assert code == 0 and printed.splitlines() == [
+        "plan: 2 translations (2 done, 0 to make); 1 stage-1 runs (0 done, 1 to make); "
+        "2 transfer runs (0 done, 2 to make)",
+        "  done   translate id train",
+        "  done   translate id test",
+        "  to do  finetune en seed 7",
+        "  to do  transfer id zero-shot seed 7",
+        "  to do  transfer id flare seed 7",
+    ]
+    assert not (tmp_path / "runs").exists()
