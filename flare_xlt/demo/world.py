@@ -216,12 +216,19 @@ class NoisyMT:
     def translate(self, meaning: Meaning, into: str, key: str) -> str:
         """`key` (e.g. the example id and direction) seeds the errors, so a translation is the same on every run."""
         exact = realise_english(meaning) if into == "en" else realise_tolan(meaning, self.lexicon)
-        rng = random.Random(f"{self.seed}/{key}")
-        substitutes = vocabulary(into, self.lexicon)
-        words = []
-        for word in exact.split():
-            draw = rng.random()
-            if draw < self.error_rate / 2:
-                continue
-            words.append(rng.choice(substitutes) if draw < self.error_rate else word)
-        return " ".join(words) or exact.split()[0]  # a translation is never empty
+        return add_word_errors(
+            exact, vocabulary(into, self.lexicon), self.error_rate, random.Random(f"{self.seed}/{key}")
+        )
+
+
+def add_word_errors(text: str, substitutes: list[str], error_rate: float, rng: random.Random) -> str:
+    """Each word dropped with probability error_rate / 2 and replaced by a random word of `substitutes` with
+    probability error_rate / 2; never empty (the first word is kept when every word was dropped). Also the degraded
+    MT of the real-text benchmark (benchmarks/real)."""
+    words = []
+    for word in text.split():
+        draw = rng.random()
+        if draw < error_rate / 2:
+            continue
+        words.append(rng.choice(substitutes) if draw < error_rate else word)
+    return " ".join(words) or text.split()[0]
