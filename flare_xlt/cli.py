@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import difflib
+import inspect
 import json
 import os
 import re
 import sys
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import CLI, ArgumentParser, DefaultHelpFormatter
+from jsonargparse import CLI, ArgumentParser
 
 from . import __version__
 from .demo.experiment import DemoConfig, run_demo
@@ -27,7 +32,7 @@ from .mt.data import (
 from .mt.languages import language_code
 from .mt.sharding import Shards
 from .mt.translator import DEFAULT_MT_MODEL, GenerationSettings, Translator
-from .pipeline import NonFiniteTrainingError, finetune, transfer
+from .pipeline import NonFiniteTrainingError, evaluate, finetune, transfer
 from .pipeline.models import load_state_reader
 from .pipeline.recipes import describe_plan, load_recipe, load_variants, run_recipe, step_status
 from .report import write_report
@@ -323,6 +328,7 @@ COMMANDS = {
     "mt-states": mt_states,
     "finetune": finetune,
     "transfer": transfer,
+    "evaluate": evaluate,
     "run": run,
     "report": report,
     "demo": demo,
@@ -339,19 +345,14 @@ HF_OPTION_NAMES = {
 }
 
 
-class HelpFormatter(DefaultHelpFormatter):
-    """jsonargparse prints the type of a pathlib.Path option as <class 'Path'>."""
-
-    def _get_type_str(self, action) -> str | None:
-        text = super()._get_type_str(action)
-        return text and text.replace("<class 'Path'>", "path").replace("Path", "path")
-
-
 class FlareParser(ArgumentParser):
     """Boolean options also work as bare flags (--train.bf16), and an unknown option gets a did-you-mean hint."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **{"formatter_class": HelpFormatter, **kwargs})
+    def format_help(self) -> str:
+        # jsonargparse prints the type of a pathlib.Path option as <class 'Path'> (wrapped onto two lines where the
+        # help is long), and Path | null otherwise; the help says path. The text is rewritten because the formatter's
+        # type method is internal to jsonargparse.
+        return re.sub(r"type:\s+[^,)]*", _lowercase_path, super().format_help())
 
     def add_argument(self, *args, **kwargs):
         if kwargs.get("type") is bool:
@@ -359,11 +360,32 @@ class FlareParser(ArgumentParser):
         return super().add_argument(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
-        parser = getattr(ex, "subcommand_parser", None) or self
-        known = [option[2:] for option in parser._option_string_actions if option.startswith("--")]
+        known = _option_names(COMMANDS.get(_COMMAND.get()))
         unknown = re.findall(r"--([\w.]+)|option '([\w.]+)'", message)
         hints = [_hint(dashed or quoted, known) for dashed, quoted in unknown]
         return super().error(message + "".join(f"\n  {hint}" for hint in hints if hint), ex)
+
+
+def _lowercase_path(type_text: re.Match) -> str:
+    return re.sub(r"<class\s+'Path'>|Path", "path", type_text[0])
+
+
+# The subcommand on the command line that main is parsing, whose options the did-you-mean hints search.
+_COMMAND: contextvars.ContextVar[str | None] = contextvars.ContextVar("command", default=None)
+
+
+def _option_names(command: Callable | None) -> list[str]:
+    """The options of a subcommand, from its signature as jsonargparse turns it into options (a parameter's name, and
+    section.field for each field of a dataclass parameter), or those of flare-xlt itself."""
+    if command is None:
+        return ["help", "version", "config", "print_config"]
+    annotations = typing.get_type_hints(command)
+    names = ["help", "config", "print_config"]
+    for name in inspect.signature(command).parameters:
+        names.append(name)
+        if dataclasses.is_dataclass(annotations.get(name)):
+            names += [f"{name}.{field.name}" for field in dataclasses.fields(annotations[name])]
+    return names
 
 
 def _hint(name: str, known: list[str]) -> str | None:
@@ -386,6 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     arguments = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in arguments or os.environ.get("FLARE_XLT_DEBUG", "0") not in ("", "0")
     arguments = [argument for argument in arguments if argument != "--debug"]
+    _COMMAND.set(next((argument for argument in arguments if argument in COMMANDS), None))
     try:
         result = CLI(
             COMMANDS,

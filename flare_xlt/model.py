@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import huggingface_hub
 import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 
 STAGE1_MODES = ("merge", "frozen")
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+ADAPTER_FILES = (ADAPTER_WEIGHTS_NAME, "adapter_config.json", "flare_config.json")  # what save_pretrained writes
 MT_PROJECTION_KEY = "lora_mt_projection"
 _CROSS_ATTENTION_PARENT = re.compile(r"(encdecattention|encoder_attn|crossattention|cross_attn)", re.IGNORECASE)
 _KEY_VALUE_LEAVES = {"k", "v", "k_proj", "v_proj", "key", "value"}
@@ -590,7 +592,7 @@ class FlareModel(CheckpointedSources, PeftModel):
                 weights.update({f"{MT_PROJECTION_KEY}.{key}": value.contiguous() for key, value in projection.items()})
                 save_file(weights, written / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})
             self.flare_config.save(written)
-            for name in (ADAPTER_WEIGHTS_NAME, "adapter_config.json", "flare_config.json"):
+            for name in ADAPTER_FILES:
                 os.replace(written / name, directory / name)
 
     @classmethod
@@ -601,11 +603,20 @@ class FlareModel(CheckpointedSources, PeftModel):
         adapter_name: str = "flare",
         is_trainable: bool = False,
         stage1: str = "merge",
+        revision: str | None = None,
+        token: str | bool | None = None,
         **_: Any,
     ) -> FlareModel:
         """Restore a FLARE adapter saved by save_pretrained onto `model` (a base model, or a PeftModel whose
-        stage-1 adapter is handled as `stage1`)."""
+        stage-1 adapter is handled as `stage1`). `model_id` is a local folder or, as for PeftModel.from_pretrained,
+        a hub repo id, downloaded (and cached) at `revision` with `token`."""
         directory = Path(model_id)
+        if not directory.is_dir():
+            directory = Path(
+                huggingface_hub.snapshot_download(
+                    str(model_id), revision=revision, token=token, allow_patterns=list(ADAPTER_FILES)
+                )
+            )
         config = FlareConfig.load(directory)
         flare = get_flare_model(model, config, adapter_name=adapter_name, stage1=stage1)
         weights_path = directory / ADAPTER_WEIGHTS_NAME
@@ -616,6 +627,26 @@ class FlareModel(CheckpointedSources, PeftModel):
             flare.requires_grad_(False)
             flare.eval()
         return flare
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str = "Upload FLARE adapter",
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        **_: Any,
+    ) -> str:
+        """Upload what save_pretrained writes (the PEFT LoRA and flare_config.json) to a hub repo, created if
+        missing; returns the commit's URL. from_pretrained(model, repo_id) loads it back."""
+        api = huggingface_hub.HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder)
+            commit = api.upload_folder(
+                repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision
+            )
+        return str(commit)
 
     def load_flare_weights(self, weights: dict[str, torch.Tensor], source: str = "state dict") -> None:
         """Load FLARE adapter weights (as save_pretrained writes them), refusing missing or unexpected keys."""

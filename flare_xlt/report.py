@@ -93,6 +93,56 @@ def _read_run(path: Path) -> dict:
     return run
 
 
+def name_sweep_variants(runs: list[dict]) -> list[dict]:
+    """Runs of one method with several runs for one task, language and seed (a sweep in one folder) become rows of
+    their own, named by the settings that set them apart, e.g. "flare (learning_rate=0.001)"; the settings come from
+    each run's config.json, next to its metrics.json. Other runs are returned unchanged; runs of a swept method
+    without a config.json are left for summarize to refuse."""
+    counts = Counter((run["task"], run["method"], run["language"], run["seed"]) for run in runs)
+    swept = {(task, method) for (task, method, _, _), count in counts.items() if count > 1}
+    settings = {id(run): _flat_config(run) for run in runs if (run["task"], run["method"]) in swept}
+    if not swept or None in settings.values():
+        return runs
+    differing: dict[tuple[str, str], set[str]] = defaultdict(set)
+    by_point: dict[tuple, list[dict]] = defaultdict(list)
+    for run in runs:
+        if (run["task"], run["method"]) in swept:
+            by_point[(run["task"], run["method"], run["language"], run["seed"])].append(settings[id(run)])
+    for (task, method, _, _), configs in by_point.items():
+        keys = {key for config in configs for key in config}
+        # Compared within one language and seed: what differs there is what the sweep varied (the stage-1 run, say,
+        # differs between seeds but is a setting where one seed has two).
+        differing[(task, method)] |= {key for key in keys if len({json.dumps(c.get(key)) for c in configs}) > 1}
+    named = []
+    for run in runs:
+        keys = sorted(differing.get((run["task"], run["method"]), ()))
+        if keys:
+            values = ", ".join(f"{key.rpartition('.')[2]}={json.dumps(settings[id(run)].get(key))}" for key in keys)
+            run = {**run, "method": f"{run['method']} ({values})"}
+        named.append(run)
+    return named
+
+
+def _flat_config(run: Mapping) -> dict[str, object] | None:
+    """The run's config.json as dotted keys (train.learning_rate), or None where there is none."""
+    if "path" not in run:  # a run built by hand, not read from a folder
+        return None
+    path = Path(run["path"]).parent / "config.json"
+    if not path.is_file():
+        return None
+    flat: dict[str, object] = {}
+
+    def walk(value: object, prefix: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{prefix}{key}.")
+        else:
+            flat[prefix.rstrip(".")] = value
+
+    walk(json.loads(path.read_text(encoding="utf-8")), "")
+    return flat
+
+
 def _method_key(method: str) -> tuple[int, int, str]:
     """Paper order for the known methods, then unknown ones alphabetically."""
     if method in METHOD_ORDER:
@@ -242,7 +292,7 @@ def write_report(directory: str | Path, output: str | Path | None = None) -> lis
     runs = [run for run in collect_runs(directory) if run["method"] != STAGE1_METHOD]
     if not runs:
         raise ValueError(f"No transfer runs (metrics.json) below {directory}.")
-    summaries = summarize(runs)
+    summaries = summarize(name_sweep_variants(runs))
     # Checked before writing anything, so a bad name cannot leave a partial report behind.
     for task in summaries:
         if not _TASK_NAME.fullmatch(task):

@@ -416,14 +416,18 @@ class XMixupModel(nn.Module):
                 os.replace(entry, destination)
 
     @classmethod
-    def from_pretrained(cls, model: nn.Module, directory: str | os.PathLike, is_trainable: bool = False) -> XMixupModel:
+    def from_pretrained(
+        cls, model: nn.Module, directory: str | os.PathLike, is_trainable: bool = False, adapter_loaded: bool = False
+    ) -> XMixupModel:
         """Restore what save_pretrained wrote. `model` is the base the PEFT adapter in `directory` goes onto; when
-        the directory holds a full transformers model instead, that model is loaded (of `model`'s class)."""
+        the directory holds a full transformers model instead, that model is loaded (of `model`'s class).
+        adapter_loaded: `model` already carries the adapter of `directory` (e.g. a FlareModel restored from it, with
+        a frozen stage-1 LoRA that plain PEFT loading would drop); only the mixing layers are loaded."""
         directory = Path(directory)
         config = XMixupConfig.load(directory)
-        if (directory / "adapter_config.json").is_file():
+        if not adapter_loaded and (directory / "adapter_config.json").is_file():
             model = PeftModel.from_pretrained(model, directory, is_trainable=is_trainable)
-        else:
+        elif not adapter_loaded:
             model = type(model).from_pretrained(directory)
         xmixup = cls(model, config)
         weights = load_file(directory / WEIGHTS_NAME)

@@ -8,18 +8,25 @@ import contextlib
 import io
 import json
 import re
+from logging.handlers import BufferingHandler
+from pathlib import Path
 
 import pytest
 import yaml
 from conftest import NUSAX_DATA
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers.utils import logging as transformers_logging
 
 from flare_xlt import __version__
 from flare_xlt.cli import COMMANDS, main
 from flare_xlt.config import SOURCE_SITES, UNPAIRED_MODES
 from flare_xlt.fusion import FUSION_NAMES
+from flare_xlt.pipeline import TrainConfig, evaluate, finetune, transfer
 from flare_xlt.pipeline.checkpoints import ResumableTrainer
 from flare_xlt.pipeline.models import ARCHITECTURES, TRAINABLE
 from flare_xlt.pipeline.runs import METHODS, STAGE1_MODES
+from flare_xlt.tasks import get_task, load_original_view
 from flare_xlt.token_pairing import PAIRING_MODES
 
 TINY_TRAIN = ["--train.batch_size", "2", "--train.max_steps", "2", "--train.max_length", "48", "--train.seed", "3"]
@@ -188,6 +195,38 @@ def test_recipe_settings_are_checked_by_name_and_shape(tmp_path):
     assert code == 2 and "Unknown train settings ['lr']; valid settings: ['batch_size', 'bf16'," in errors
 
 
+# ------------------------------------------------------------------------------------------------------ 5: noise
+def test_stage1_then_transfer_is_quiet_and_a_missing_head_is_still_reported(workspace, stage1, tmp_path, recwarn):
+    transformers_log = BufferingHandler(capacity=10_000)
+    transformers_logging.add_handler(transformers_log)
+    try:
+        quick = TrainConfig(batch_size=2, max_steps=1, max_length=48, seed=3, max_eval_samples=2)
+        options = {"output": tmp_path / "runs", "data": NUSAX_DATA, "train": quick}
+        # The encoder checkpoint has no classifier: stage 1 trained one, which the transfer loads from its adapter.
+        transfer(str(workspace / "encoder"), "nusax", "id", "zero-shot", Path(stage1[1].splitlines()[-1]), **options)
+        # A decoder with tied embeddings whose stage 1 trains lm_head and embed_tokens apart, merged for zero-shot.
+        tied = tmp_path / "tied"
+        config = LlamaConfig.from_pretrained(workspace / "decoder")
+        config.tie_word_embeddings = True
+        LlamaForCausalLM(config).save_pretrained(tied)
+        AutoTokenizer.from_pretrained(workspace / "decoder").save_pretrained(tied)
+        both = "lora+head+embeddings"
+        tied_stage1 = finetune(str(tied), "nusax", options["output"], NUSAX_DATA, trainable=both, train=quick)
+        transfer(str(tied), "nusax", "id", "zero-shot", tied_stage1, trainable=both, **options)
+        assert not [record for record in transformers_log.buffer if "LOAD REPORT" in record.getMessage()]
+        assert [str(warning.message) for warning in recwarn if "tie" in str(warning.message)] == []
+        # The banner where the base is loaded outside the pipeline: the log would have shown it above.
+        base = AutoModelForSequenceClassification.from_pretrained(workspace / "encoder", num_labels=3)
+        assert any("LOAD REPORT" in record.getMessage() for record in transformers_log.buffer)
+    finally:
+        transformers_logging.remove_handler(transformers_log)
+    # A stage-1 adapter without the head: the transfer would score a random classifier, and says so.
+    headless = tmp_path / "headless"
+    get_peft_model(base, LoraConfig(r=2, target_modules=["query"])).save_pretrained(headless / "adapter")
+    with pytest.warns(UserWarning, match=r"has no classifier\.dense\.bias, .* no adapter trains or holds them"):
+        transfer(str(workspace / "encoder"), "nusax", "id", "zero-shot", headless, **options)
+
+
 # ------------------------------------------------------------------------------------------ 3: help that explains
 def test_every_option_of_every_command_is_explained(capsys):
     for command in COMMANDS:
@@ -258,3 +297,52 @@ def test_run_prints_the_plan_and_dry_run_stops_there(workspace, tmp_path):
         "  to do  transfer id flare seed 7",
     ]
     assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------------------------------ 7: workflow features
+def test_evaluate_reproduces_a_runs_score_and_scores_other_data(workspace, tmp_path):
+    # A decoder: its predictions are generated text, which any change to the model it scores would change.
+    quick = TrainConfig(batch_size=2, max_steps=2, learning_rate=0.05, max_length=48, seed=3, max_eval_samples=2)
+    decoder, runs = str(workspace / "decoder"), tmp_path / "runs"
+    stage1_run = finetune(decoder, "nusax", output=runs, data=NUSAX_DATA, train=quick)
+    flare_run = transfer(
+        decoder, "nusax", "id", "flare", stage1_run, workspace / "translations", runs, NUSAX_DATA, train=quick
+    )
+    for run_dir in (stage1_run, flare_run):
+        evaluated = evaluate(run_dir, output=tmp_path / run_dir.name)
+        assert evaluated["scores"] == json.loads((run_dir / "metrics.json").read_text())["scores"]
+        assert (tmp_path / run_dir.name / "predictions.jsonl").read_text() == (
+            run_dir / "predictions.jsonl"
+        ).read_text()
+    # The stage-1 run on Indonesian train data, through the command line.
+    code, _, errors = call(
+        "evaluate", "--run", stage1_run, "--language", "id", "--split", "train", "--output", tmp_path / "id-train"
+    )
+    assert code == 0, errors
+    written = json.loads((tmp_path / "id-train" / "evaluation.json").read_text())
+    predictions = [json.loads(line) for line in (tmp_path / "id-train" / "predictions.jsonl").read_text().splitlines()]
+    indonesian = load_original_view(get_task("nusax"), "id", "train", NUSAX_DATA)[:2]  # the run's max_eval_samples
+    assert (written["language"], written["split"], list(written["scores"])) == ("id", "train", ["id", "average"])
+    assert [(row["id"], row["reference"]) for row in predictions] == [(r["id"], r["label"]) for r in indonesian]
+    # A method that reads the English translation names the command that writes a missing one; an --output that
+    # holds anything but an earlier evaluation is refused, not replaced.
+    code, _, errors = call("evaluate", "--run", flare_run, "--split", "train")
+    assert code == 2 and "flare-xlt translate --task nusax --src id --tgt en --splits '[train]'" in errors
+    code, _, errors = call("evaluate", "--run", stage1_run, "--output", runs)
+    assert code == 2 and "holds other files than an evaluation's" in errors
+    assert (flare_run / "metrics.json").is_file()
+
+
+def test_the_documented_python_api_example_runs(workspace, tmp_path, monkeypatch, capsys):
+    document = Path(__file__).resolve().parents[1] / "docs" / "pipeline.md"
+    example = re.search(r"### 2.10 Python API.*?```python\n(.*?)```", document.read_text(), flags=re.DOTALL).group(1)
+    variables = {"MODEL": workspace / "encoder", "DATA": NUSAX_DATA, "TRANSLATIONS": workspace / "translations"}
+    for name, value in variables.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").symlink_to(document.parents[1] / "configs")
+    namespace = {"__name__": "example"}
+    exec(compile(example, str(document), "exec"), namespace)
+    assert namespace["scores"]["scores"] == json.loads((namespace["run"] / "metrics.json").read_text())["scores"]
+    printed = capsys.readouterr().out
+    assert "macro_f1 " in printed and "  to do  transfer id flare seed 1" in printed

@@ -581,3 +581,26 @@ def test_colliding_report_names_are_refused_before_writing(tmp_path: Path) -> No
     with pytest.raises(ValueError, match=r"would both write report_a_per_seed\.csv"):
         write_report(tmp_path / "runs", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_of_one_method_becomes_one_row_per_setting(tmp_path: Path) -> None:
+    # flare at two learning rates for the same language and seeds, beside zero-shot; each run has its config.json.
+    for seed in (1, 2):
+        zero_shot = write_run(
+            tmp_path / f"zero-shot-{seed}", task="nusax", method="zero-shot", seed=seed, language="id",
+            metric="accuracy", scores={"id": classification(0.40)},
+        )  # fmt: skip
+        (zero_shot.parent / "config.json").write_text(json.dumps({"method": "zero-shot", "stage1": f"s{seed}"}))
+        for learning_rate, accuracy in ((0.001, 0.50 + seed / 100), (0.01, 0.60)):
+            metrics = write_run(
+                tmp_path / f"flare-{learning_rate}-{seed}", task="nusax", method="flare", seed=seed, language="id",
+                metric="accuracy", scores={"id": classification(accuracy)},
+            )  # fmt: skip
+            # The stage-1 run differs per seed, as it does in a recipe: not a setting of the sweep.
+            config = {"method": "flare", "stage1": f"s{seed}", "train": {"seed": seed, "learning_rate": learning_rate}}
+            (metrics.parent / "config.json").write_text(json.dumps(config))
+    markdown = next(path for path in write_report(tmp_path) if path.suffix == ".md").read_text()
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1] for line in markdown.splitlines() if line.startswith("| ")}
+    assert rows["zero-shot"] == "40.0 ± 0.0"
+    assert rows["flare (learning_rate=0.001)"] == "51.5 ± 0.7"  # 51 and 52
+    assert rows["flare (learning_rate=0.01)"] == "60.0 ± 0.0"

@@ -87,3 +87,48 @@ def test_save_overwrites_previous_files_whole(tmp_path):
     for name, parameter in flare.named_parameters():
         if "lora_" in name:
             assert torch.equal(parameter, loaded.get_parameter(name))
+
+
+def test_hub_round_trip_forwards_revision_and_token_and_loads_identically(tmp_path, monkeypatch):
+    """push_to_hub and from_pretrained(repo id) through huggingface_hub's public functions, with the hub replaced by a
+    folder: nothing is sent or read over the network."""
+    import shutil
+
+    import huggingface_hub
+
+    hub, calls = tmp_path / "hub", []
+
+    class FolderHub:
+        def __init__(self, token=None):
+            calls.append(("HfApi", token))
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            calls.append(("create_repo", repo_id, private, exist_ok))
+
+        def upload_folder(self, repo_id, folder_path, commit_message, revision=None):
+            calls.append(("upload_folder", repo_id, revision))
+            shutil.copytree(folder_path, hub / repo_id)
+            return f"https://huggingface.co/{repo_id}/commit/0"
+
+    def snapshot_download(repo_id, revision=None, token=None, allow_patterns=None):
+        calls.append(("snapshot_download", repo_id, revision, token))
+        return str(hub / repo_id)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FolderHub)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    flare = get_flare_model(build("xlmr-cls"), FlareConfig(modules_to_save=HEADS["xlmr-cls"])).eval()
+    randomize_lora(flare)
+    assert flare.push_to_hub("me/flare", private=True, token="secret", revision="v1").endswith("/commit/0")
+    flare.save_pretrained(tmp_path / "local")
+    from_hub = FlareModel.from_pretrained(build("xlmr-cls"), "me/flare", revision="v1", token="secret")
+    from_folder = FlareModel.from_pretrained(build("xlmr-cls"), tmp_path / "local")
+    assert calls == [
+        ("HfApi", "secret"),
+        ("create_repo", "me/flare", True, True),
+        ("upload_folder", "me/flare", "v1"),
+        ("snapshot_download", "me/flare", "v1", "secret"),
+    ]
+    inputs = batch_for("xlmr-cls")
+    with torch.no_grad():
+        assert torch.equal(from_hub(**inputs).logits, from_folder(**inputs).logits)
+        assert torch.equal(from_hub(**inputs).logits, flare(**inputs).logits)

@@ -84,7 +84,9 @@ def train_tokenizer(corpus: list[str], model_type: str, vocab_size: int) -> PreT
     backend.pre_tokenizer = pre_tokenizers.Metaspace()
     backend.decoder = decoders.Metaspace()
     prompt = ["Sentiment:\n"]
-    backend.train_from_iterator(corpus + prompt, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS))
+    # No progress bar: it is drawn on stderr in the middle of the demo's own output, and the training takes a second.
+    bpe = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False)
+    backend.train_from_iterator(corpus + prompt, bpe)
     bos, eos = backend.token_to_id("<s>"), backend.token_to_id("</s>")
     if model_type == "decoder":
         backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import (
@@ -15,6 +15,7 @@ from transformers import (
     AutoTokenizer,
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+from transformers.utils import logging as transformers_logging
 
 from ..tasks import TaskEncoder, TaskSpec
 
@@ -31,6 +32,8 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
     architecture: str  # "encoder" or "decoder"
+    # Weights the checkpoint lacks, newly initialized on load (a task head the base model has not got).
+    newly_initialized: list[str] = field(default_factory=list)
 
     def head_modules(self, task: TaskSpec, trainable: str) -> list[str] | None:
         """modules_to_save: the encoder's task head always, plus its token embeddings with 'lora+head+embeddings'.
@@ -98,20 +101,36 @@ def load_model(model_name: str, task: TaskSpec, architecture: str = "auto", load
     if architecture == "encoder":
         tokenizer.padding_side = "right"
         if task.kind == "classification":
-            model = AutoModelForSequenceClassification.from_pretrained(
-                model_name, num_labels=len(task.label_names), **kwargs
+            model, missing = _without_load_report(
+                AutoModelForSequenceClassification, model_name, num_labels=len(task.label_names), **kwargs
             )
         else:
-            model = AutoModelForQuestionAnswering.from_pretrained(model_name, **kwargs)
+            model, missing = _without_load_report(AutoModelForQuestionAnswering, model_name, **kwargs)
     elif architecture == "seq2seq":  # classification and QA by generation (mT5)
         tokenizer.padding_side = "right"
-        model = AutoModelForSeq2SeqLM.from_pretrained(model_name, **kwargs)
+        model, missing = _without_load_report(AutoModelForSeq2SeqLM, model_name, **kwargs)
     else:
         tokenizer.padding_side = "left"  # generation appends on the right
-        model = AutoModelForCausalLM.from_pretrained(model_name, **kwargs)
+        model, missing = _without_load_report(AutoModelForCausalLM, model_name, **kwargs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return LoadedModel(model, tokenizer, architecture)
+    return LoadedModel(model, tokenizer, architecture, missing)
+
+
+def _without_load_report(auto_class, model_name: str, **kwargs) -> tuple[torch.nn.Module, list[str]]:
+    """The model, and the weights its checkpoint lacks, without transformers' LOAD REPORT.
+
+    A base checkpoint has no task head, so every load logs a banner listing the head as MISSING, "newly initialized".
+    Stage 1 trains that head and stage 2 loads it from the stage-1 adapter right after, so the banner made zero-shot
+    look as if it used a random head. It is silenced for this one call (errors still show), and the missing keys
+    come back instead: the pipeline reports those no adapter provides (runs.report_untrained)."""
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        model, loading_info = auto_class.from_pretrained(model_name, output_loading_info=True, **kwargs)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    return model, sorted(loading_info["missing_keys"])
 
 
 def load_state_reader(model_name: str, task: TaskSpec, architecture: str, max_length: int) -> TaskEncoder:

@@ -9,12 +9,14 @@ while training, the adapter (PEFT format, plus flare_config.json for FLARE), pre
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
 import os
 import platform
 import shutil
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -45,7 +47,7 @@ from .checkpoints import (
     ResumableTrainer,
     latest_checkpoint,
 )
-from .models import check_max_length, load_model
+from .models import LoadedModel, check_max_length, load_model
 from .predict import predict
 
 METHODS = ("zero-shot", "translate-test", "lora", "input-fusion", "flare", "flare-mt", "x-mixup")
@@ -71,6 +73,31 @@ def resolve_stage1_mode(stage1_mode: str, load_in_4bit: bool) -> str:
     if stage1_mode == "auto":
         return "frozen" if load_in_4bit else "merge"
     return stage1_mode
+
+
+# Warnings about what the pipeline does on purpose, silenced inside its commands only (a caller's own PEFT use still
+# sees them), each with its reason.
+EXPECTED_WARNINGS = (
+    # trainable=lora+head+embeddings trains lm_head and embed_tokens as two full copies (the authors' setting), so on
+    # a model with tied embeddings PEFT warns at every adapter that the tie breaks, and again when a merge unties them.
+    (UserWarning, r"Model has `tie_word_embeddings=True` and a tied layer is part of the adapter"),
+    (UserWarning, r"Input and output embeddings are no longer tied after merging"),
+    # peft 0.21's PeftModel.__init__ reads the attribute transformers 5.23 renamed; not ours to fix.
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+)
+
+
+def without_expected_warnings(command: Callable) -> Callable:
+    """`command` with EXPECTED_WARNINGS silenced while it runs."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        with warnings.catch_warnings():
+            for category, message in EXPECTED_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=category)
+            return command(*args, **kwargs)
+
+    return run
 
 
 CHECKPOINTS = "checkpoints"
@@ -598,33 +625,42 @@ def _validation_callback(model, loaded, task: TaskSpec, pairs, view, config: Tra
     return BestOnValidation(model, score, _headline(task))
 
 
-def _evaluate(
-    model, loaded, task: TaskSpec, pairs, view, config: TrainConfig, run_dir: Path, summary: dict, states=None
-):
-    if not _is_main_process():
-        return None
+def _evaluation(
+    model, loaded, task: TaskSpec, pairs, view, config: TrainConfig, summary: dict, states=None
+) -> tuple[list[dict], dict]:
+    """(one prediction row per pair, the metrics: `summary` with the headline metric and the scores)."""
     predictions, raw, references, scores = _score(model, loaded, task, pairs, view, config, states)
     ids = [pair["id"] for pair in pairs]
     rows = [
         {"id": i, "prediction": p, "reference": r, "output": o}
         for i, p, r, o in zip(ids, predictions, references, raw, strict=True)
     ]
+    return rows, {**summary, "metric": _headline(task), "scores": scores}
+
+
+def _write_evaluation(directory: Path, rows: list[dict], metrics: dict, metrics_name: str) -> None:
+    """predictions.jsonl, then the metrics file, each atomically; prints the headline score."""
     write_text_atomic(
-        run_dir / "predictions.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        directory / "predictions.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     )
-    metrics = {
-        **summary,
-        "metric": _headline(task),
-        "scores": scores,
-        "run": run_dir.name,
-    }
-    _write_json(run_dir / "metrics.json", metrics)
+    _write_json(directory / metrics_name, metrics)
+    headline = metrics["scores"]["average"][metrics["metric"]]
+    print(f"{metrics['run']}: {metrics['metric']} {headline:.4f} on {metrics['scores']['average']['count']} examples")
+
+
+def _evaluate(
+    model, loaded, task: TaskSpec, pairs, view, config: TrainConfig, run_dir: Path, summary: dict, states=None
+):
+    if not _is_main_process():
+        return None
+    rows, metrics = _evaluation(model, loaded, task, pairs, view, config, summary, states)
+    metrics["run"] = run_dir.name
+    _write_evaluation(run_dir, rows, metrics, "metrics.json")  # metrics.json last: it marks the run finished
     shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)  # the run is complete: nothing is left to resume
-    headline = scores["average"][metrics["metric"]]
-    print(f"{run_dir.name}: {metrics['metric']} {headline:.4f} on {scores['average']['count']} examples")
     return metrics
 
 
+@without_expected_warnings
 def finetune(
     model: str,
     task: str,
@@ -670,6 +706,7 @@ def finetune(
         modules_to_save=loaded.head_modules(spec, trainable),
     )
     network = get_peft_model(loaded.model, lora)
+    report_untrained(loaded, network, model)
     keep_trainables_in_float32(network)  # a bf16 checkpoint's head copy would round most updates away
     roles = ["train", "validation", "test"] if train.select_best_on_validation else ["train", "test"]
     splits = load_task_splits(spec, spec.source_language, roles, data)
@@ -700,6 +737,7 @@ def finetune(
     return run_dir
 
 
+@without_expected_warnings
 def transfer(
     model: str,
     task: str,
@@ -801,18 +839,9 @@ def transfer(
     loaded = _load(model, spec, architecture, load_in_4bit, train)
     if trains_adapter:
         _check_target_modules(loaded.model, adapter.target_modules, model)
-    network = _load_stage1(loaded.model, stage1_adapter, model)
-    if not trains_adapter and stage1_mode == "merge":
-        # Evaluate the model the trained methods start from: on a 4-bit base a merge re-quantises.
-        network = network.merge_and_unload()
+    network = _stage1_model(loaded, stage1_adapter, model, stage1_mode, trains_adapter)
     view = METHOD_VIEWS[method]
-
-    test_target = load_task_splits(spec, language, ["test"], data)["test"]
-    if needs_translations:
-        test_pairs = pair_views(spec, test_target, load_record_file(spec, translated["test"]))
-    else:
-        test_pairs = _self_pairs(spec, test_target)
-    test_pairs = test_pairs[: train.max_eval_samples]
+    test_pairs = _target_pairs(spec, language, "test", data, translated.get("test"), train.max_eval_samples)
     states = None
     if trains_adapter:
         store = EncoderStateStore(Path(mt_states) / "train") if method == "flare-mt" else None
@@ -872,6 +901,165 @@ def transfer(
         _evaluate(network, loaded, spec, test_pairs, view, train, run_dir, summary, states)
     _link_latest(run_dir, "transfer")
     return run_dir
+
+
+# What `evaluate` writes next to predictions.jsonl: not metrics.json, which marks a finished run, so that a report
+# over a folder holding evaluations does not count one as a second run of its method.
+EVALUATION_NAME = "evaluation.json"
+SAVED_ADAPTER = "saved-adapter"  # the `stage` of an adapter folder that no run of this pipeline recorded
+
+
+@without_expected_warnings
+def evaluate(
+    run: Path,
+    language: str | None = None,
+    split: str = "test",
+    output: Path | None = None,
+    data: str | None = None,
+    translations: Path | None = None,
+    mt_states: Path | None = None,
+    model: str | None = None,
+    task: str | None = None,
+    stage1: Path | None = None,
+    max_length: int | None = None,
+    max_samples: int | None = None,
+    batch_size: int | None = None,
+) -> dict:
+    """Score a finished run, or a saved FLARE adapter, on one language and split; print or write the scores.
+
+    The run's model is rebuilt as it was scored (base model, stage-1 adapter, the run's adapter) and reads the split
+    as its method does. Evaluating a run on its own language and test split reproduces its metrics.json. Returns the
+    scores as metrics.json holds them, with `split` and `evaluated` (the run folder) added.
+
+    Args:
+        run: A run folder that flare-xlt finetune or transfer wrote (or its adapter/), or a folder that
+            FlareModel.save_pretrained wrote (then give --model and --task).
+        language: The language to score; default: the run's (English for a stage-1 run).
+        split: train, validation or test (the task's roles), or a split name of the dataset.
+        output: A new folder for predictions.jsonl and evaluation.json (written whole or not at all; a folder of an
+            earlier evaluation is replaced). Default: print the scores only.
+        data: Where the split comes from: hub, or a folder of the original release files; default: the run's.
+        translations: For the methods that read an English translation (translate-test, input-fusion, flare,
+            x-mixup): the folder with {task}_{split}_{language}-<source>.jsonl; default: the run's.
+        mt_states: For flare-mt: a folder with a state store named after the split; default: the run's.
+        model: The base model; default: the run's. Required for a saved adapter.
+        task: A built-in task or a task spec file; default: the run's. Required for a saved adapter.
+        stage1: A saved adapter: the stage-1 run folder whose adapter is merged into the base first, if any.
+        max_length: Tokens per input; default: the run's train.max_length (128 for a saved adapter).
+        max_samples: Score the first N examples only; default: the run's train.max_eval_samples (all).
+        batch_size: Examples per batch; default: the run's training batch size (32 where it has none).
+    """
+    run_dir, config = _recorded_run(Path(run), model, task, stage1)
+    model = model or config["model"]
+    spec = get_task(task or config["task"])
+    method = config["method"]
+    language = language or config.get("language") or spec.source_language
+    spec.check_language(language)
+    data = data or config["data"]
+    view = METHOD_VIEWS.get(method, "target")  # a stage-1 run reads the target view, as in its own evaluation
+    translated = None
+    if view != "target":
+        translations = translations or config.get("translations")
+        if translations is None:
+            raise ValueError(f"A {method} run reads the split's translation into English: give --translations.")
+        translated = _translation_file(Path(translations), spec, split, language, spec.source_language)
+    recorded = config.get("train", {})
+    train = TrainConfig(
+        **{
+            **recorded,
+            "max_length": max_length or recorded.get("max_length", DEFAULT_TRAIN.max_length),
+            "max_eval_samples": max_samples or recorded.get("max_eval_samples"),
+            "eval_batch_size": batch_size,
+        }
+    )
+    pairs = _target_pairs(spec, language, split, data, translated, train.max_eval_samples)
+    states = None
+    loaded = _load(model, spec, config["architecture"], config["load_in_4bit"], train)
+    if method == "flare-mt":
+        folder = mt_states or config.get("mt_states")
+        if folder is None:
+            raise ValueError("A flare-mt run reads encoder states: give --mt_states.")
+        states = EncoderStateStore(Path(folder) / split)
+        _check_states(states, TaskEncoder(spec, loaded.tokenizer, loaded.architecture, view, train.max_length), pairs)
+    network = _run_model(loaded, run_dir, config, model, spec)
+    summary = {
+        "task": spec.name,
+        "method": config.get("variant") or method,
+        "seed": train.seed,
+        "language": language,
+        "split": split,
+        "evaluated": str(run_dir),
+        "run": run_dir.name,
+    }
+    rows, metrics = _evaluation(network, loaded, spec, pairs, view, train, summary, states)
+    if output is None:
+        headline = metrics["scores"]["average"][metrics["metric"]]
+        print(f"{run_dir.name} on {language} {split}: {metrics['metric']} {headline:.4f}")
+        print(json.dumps(metrics["scores"], indent=2))
+    else:
+        _check_evaluation_folder(Path(output))
+        replace_directory_atomically(output, lambda folder: _write_evaluation(folder, rows, metrics, EVALUATION_NAME))
+    return metrics
+
+
+def _recorded_run(path: Path, model: str | None, task: str | None, stage1: Path | None) -> tuple[Path, dict]:
+    """(the run folder, the config it recorded) of a run folder or its adapter/; for an adapter saved outside a run,
+    (its folder, the settings of a FLARE adapter on `model`, merged onto `stage1` if given)."""
+    for folder in (path, path.parent) if path.name == "adapter" else (path,):
+        config_path = folder / "config.json"
+        if config_path.is_file():
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            if config.get("stage") in ("finetune", "transfer"):  # not a model's config.json
+                return folder, {"method": "finetune", **config}
+    if not (path / "flare_config.json").is_file():
+        raise FileNotFoundError(
+            f"{path} is neither a run folder (with the config.json flare-xlt finetune or transfer writes) nor a "
+            "FLARE adapter folder (with flare_config.json)."
+        )
+    if model is None or task is None:
+        raise ValueError(f"{path} is a saved FLARE adapter, not a run folder: give --model and --task.")
+    flare_config = FlareConfig.load(path)
+    method = "lora" if flare_config.fusion is None else "flare-mt" if flare_config.mt_source_dim else "flare"
+    return path, {
+        "stage": SAVED_ADAPTER,
+        "model": model,
+        "task": task,
+        "method": method,
+        "stage1": str(stage1) if stage1 is not None else None,
+        "stage1_mode": "merge",
+        "data": "hub",
+        "architecture": "auto",
+        "load_in_4bit": False,
+    }
+
+
+def _run_model(loaded, run_dir: Path, config: dict, model_name: str, task: TaskSpec) -> torch.nn.Module:
+    """The model a run scored: its stage-1 adapter on the base, and the run's own adapter, as the run built them."""
+    adapter = run_dir if config["stage"] == SAVED_ADAPTER else run_dir / "adapter"
+    if config["stage"] == "finetune":
+        return _load_stage1(loaded, adapter, model_name)
+    trained = config["method"] in TRAINING_METHODS
+    network = loaded.model
+    if config["stage1"] is not None:
+        stage1_adapter = _check_stage1(Path(config["stage1"]), model_name, task)
+        network = _stage1_model(loaded, stage1_adapter, model_name, config["stage1_mode"], trained)
+    if not trained:
+        return network
+    flare = FlareModel.from_pretrained(network, adapter, stage1=config["stage1_mode"])
+    if config["stage1"] is None:  # a saved adapter on the bare base: its own modules_to_save must hold the head
+        report_untrained(loaded, flare, model_name)
+    if config["method"] == "x-mixup":
+        return XMixupModel.from_pretrained(flare, adapter, adapter_loaded=True)
+    return flare
+
+
+def _check_evaluation_folder(output: Path) -> None:
+    """`output` is replaced whole: only an empty folder or an earlier evaluation may be there (not, say, runs/)."""
+    if output.exists() and not {entry.name for entry in output.iterdir()} <= {EVALUATION_NAME, "predictions.jsonl"}:
+        raise ValueError(
+            f"--output {output} exists and holds other files than an evaluation's; evaluate writes a new folder, "
+            "which would replace it: give another --output."
+        )
 
 
 def finetune_run(
@@ -1043,11 +1231,51 @@ def _is_suffix(target: str, name: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
-def _load_stage1(base: torch.nn.Module, adapter: Path, model_name: str) -> PeftModel:
+def _stage1_model(
+    loaded: LoadedModel, adapter: Path, model_name: str, stage1_mode: str, trains_adapter: bool
+) -> PeftModel | torch.nn.Module:
+    """The stage-1 model a transfer method starts from: a new adapter goes on the PeftModel (get_flare_model merges
+    or freezes it); an evaluation-only method reads it merged, as the trained methods start from it."""
+    network = _load_stage1(loaded, adapter, model_name)
+    if not trains_adapter and stage1_mode == "merge":
+        # Evaluate the model the trained methods start from: on a 4-bit base a merge re-quantises.
+        network = network.merge_and_unload()
+    return network
+
+
+def _target_pairs(
+    task: TaskSpec, language: str, role: str, data: str, translated: Path | None, limit: int | None
+) -> list[dict]:
+    """The first `limit` records of a target-language split, paired with their translation into the source
+    language where the method reads it (`translated`), or with themselves."""
+    records = load_task_splits(task, language, [role], data)[role]
+    if translated is None:
+        return _self_pairs(task, records)[:limit]
+    return pair_views(task, records, load_record_file(task, translated))[:limit]
+
+
+def _load_stage1(loaded: LoadedModel, adapter: Path, model_name: str) -> PeftModel:
     try:
-        return PeftModel.from_pretrained(base, adapter)
+        network = PeftModel.from_pretrained(loaded.model, adapter)
     except RuntimeError as error:  # torch's load_state_dict lists every size mismatch
         raise ValueError(f"The stage-1 adapter {adapter} does not fit {model_name}: {error}") from error
+    report_untrained(loaded, network, model_name)
+    return network
+
+
+def report_untrained(loaded: LoadedModel, network: PeftModel, model_name: str) -> None:
+    """Warn about the weights the base checkpoint lacks (models.load_model keeps transformers' report of them quiet)
+    that no adapter of `network` trains or holds, such as a task head missing from a stage-1 adapter: they keep their
+    random initialisation, and the scores of a model reading them mean little."""
+    kept = {name for config in network.peft_config.values() for name in (config.modules_to_save or [])}
+    untrained = [key for key in loaded.newly_initialized if not kept & set(key.split(".")[:-1])]
+    if untrained:
+        warnings.warn(
+            f"{model_name} has no {', '.join(untrained)} and no adapter trains or holds them: they keep their random "
+            "initialisation. A stage-1 adapter must save the task head (flare-xlt finetune does).",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def _check_states(store: EncoderStateStore, reader: TaskEncoder, pairs: list[dict]) -> list[str]:
