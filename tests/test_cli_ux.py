@@ -12,6 +12,7 @@ from logging.handlers import BufferingHandler
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import NUSAX_DATA
 from peft import LoraConfig, get_peft_model
@@ -346,3 +347,23 @@ def test_the_documented_python_api_example_runs(workspace, tmp_path, monkeypatch
     assert namespace["scores"]["scores"] == json.loads((namespace["run"] / "metrics.json").read_text())["scores"]
     printed = capsys.readouterr().out
     assert "macro_f1 " in printed and "  to do  transfer id flare seed 1" in printed
+
+
+def test_gradient_accumulation_and_weight_decay_reach_the_trainer(workspace, tmp_path):
+    """Accumulating 2 batches halves the optimizer steps of an epoch; weight decay changes the trained weights."""
+    from safetensors.torch import load_file
+
+    def trained(name: str, *options: str) -> tuple[int, dict]:
+        one_epoch = ["--train.batch_size", "1", "--train.epochs", "1", "--train.max_length", "48", "--train.seed", "3"]
+        code, printed, errors = call(*finetune_args(workspace, tmp_path / name), *one_epoch, *options)
+        assert code == 0, errors
+        run = Path(printed.strip().splitlines()[-1])
+        steps = json.loads((run / "logs" / "trainer_state.json").read_text())["global_step"]
+        return steps, load_file(run / "adapter" / "adapter_model.safetensors")
+
+    plain_steps, plain = trained("plain")
+    accumulated_steps, _ = trained("accumulated", "--train.gradient_accumulation_steps", "2")
+    assert plain_steps >= 3 and accumulated_steps == -(-plain_steps // 2), (plain_steps, accumulated_steps)
+    _, decayed = trained("decayed", "--train.weight_decay", "0.5")
+    assert plain.keys() == decayed.keys()
+    assert any(not torch.equal(plain[name], decayed[name]) for name in plain)
