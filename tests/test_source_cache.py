@@ -163,9 +163,8 @@ def test_fingerprint_follows_every_frozen_weight_without_a_float64_copy_of_it(mo
     """The fingerprint changes when one element of a frozen weight does, and summing a weight never allocates more
     than one float64 chunk: a whole-tensor sum(dtype=float64) copied e5-small's embedding (733 MiB, the cache runs'
     measured peak)."""
-    from benchmarks.harness import peak_memory
-
     import flare_xlt.source_cache as source_cache
+    from benchmarks.harness import peak_memory
 
     monkeypatch.setattr(source_cache, "CHECKSUM_CHUNK", 256)
     flare = noisy_flare()
