@@ -18,31 +18,37 @@ def test_readme_quickstart_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "flare-adapter" / "flare_config.json").is_file()
 
 
-def test_readme_workflow_commands_run_on_tiny_models(workspace, tmp_path):
+def test_readme_workflow_commands_run_on_tiny_models(workspace, tmp_path, monkeypatch):
+    """bash expands the README's workflow (variables, the loop, line continuations) with `flare-xlt` defined as a
+    function that records each command line; the commands then run in this process through the console script's
+    own entry point, in order: one torch import instead of one per command."""
     import os
     import subprocess
-    import sys
+    from importlib.metadata import entry_points
 
     from conftest import NUSAX_DATA
 
     script = re.search(r"## Workflow.*?```bash\n(.*?)```", README.read_text(), flags=re.DOTALL).group(1)
+    recorder = 'flare-xlt() { printf "%s\\0" "$@" >> "$COMMANDS"; printf "\\n\\0" >> "$COMMANDS"; }\n'
     environment = {
         **os.environ,
         "MODEL": str(workspace / "encoder"),
         "MT_MODEL": str(workspace / "nllb"),
         "DATA": NUSAX_DATA,
-        "HF_HUB_OFFLINE": "1",
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "COMMANDS": str(tmp_path / "commands"),
     }
-    finished = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert finished.returncode == 0, finished.stderr[-3000:]
+    subprocess.run(["bash", "-euo", "pipefail", "-c", recorder + script], cwd=tmp_path, env=environment, check=True)
+    commands = [command.strip("\0").split("\0") for command in (tmp_path / "commands").read_text().split("\n\0")]
+    commands = [command for command in commands if command != [""]]
+    assert [command[0] for command in commands] == ["finetune", "translate", "translate"] + ["transfer"] * 3 + [
+        "report",
+        "evaluate",
+    ]
+    (script_entry,) = [entry for entry in entry_points(group="console_scripts") if entry.name == "flare-xlt"]
+    main = script_entry.load()
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        main(command)
     runs = sorted(path.parent.name.rsplit("-", 1)[0] for path in (tmp_path / "runs").rglob("metrics.json"))
     assert runs == [
         "nusax-en-finetune-seed42",
@@ -51,3 +57,4 @@ def test_readme_workflow_commands_run_on_tiny_models(workspace, tmp_path):
         "nusax-id-zero-shot-seed42",
     ]
     assert "| flare |" in (tmp_path / "runs" / "report_nusax.md").read_text()
+    assert (tmp_path / "evaluations" / "flare-id-test" / "evaluation.json").is_file()
