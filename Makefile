@@ -74,7 +74,8 @@ bench: $(STAMP) apertium
 	$(OFFLINE) $(PYTHON) -m benchmarks.run
 
 # Every transfer method on multilingual-e5-small over real Bible text in 5 languages and 3 seeds, real MT (Apertium)
-# for Spanish: benchmarks/REAL.md. Sizes and run time: benchmarks/real/README.md.
+# for Spanish, FLARE's pairings on two languages and gemma-3-270m at a reduced size: benchmarks/REAL.md. Sizes and
+# run time: docs/real.md.
 bench-real: $(STAMP) apertium real-assets
 	$(OFFLINE) $(PYTHON) -m benchmarks.real.run
 

@@ -22,7 +22,7 @@ import math
 import re
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from io import BytesIO, StringIO
 from pathlib import Path
 
@@ -280,18 +280,22 @@ def _ranks(means: Mapping[str, float]) -> dict[str, float]:
     }
 
 
-def write_report(directory: str | Path, output: str | Path | None = None) -> list[Path]:
+def write_report(
+    directory: str | Path, output: str | Path | None = None, select: Callable[[dict], bool] | None = None
+) -> list[Path]:
     """Per task, in output (default: directory), returns the paths written in this order:
 
     report_<task>.md (Markdown table), report_<task>.csv (one row per method), report_<task>_per_seed.csv (tidy, one
     row per run and language), report_<task>.tex (booktabs table) and the figure as report_<task>.png and .pdf.
+    `select(run)` keeps only some of the folder's runs (e.g. two tables from one folder of runs).
     """
     directory = Path(directory)
     output = directory if output is None else Path(output)
     # Stage-1 runs (method "finetune") score English, not a transfer: they are not rows of the transfer tables.
     runs = [run for run in collect_runs(directory) if run["method"] != STAGE1_METHOD]
+    runs = [run for run in runs if select is None or select(run)]
     if not runs:
-        raise ValueError(f"No transfer runs (metrics.json) below {directory}.")
+        raise ValueError(f"No transfer runs (metrics.json) below {directory}" + (" selected." if select else "."))
     summaries = summarize(name_sweep_variants(runs))
     # Checked before writing anything, so a bad name cannot leave a partial report behind.
     for task in summaries:

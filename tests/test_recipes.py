@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -146,9 +147,15 @@ def test_variants_are_checked_when_the_recipe_loads(tmp_path):
             load_recipe(path)
     path.write_text(yaml.safe_dump({**base, "variants": {"v": {"adapter": {"pairing": "proportional"}}}}))
     recipe = load_recipe(path)
-    assert recipe.method_of("v") == "flare" and recipe.variants["v"]["adapter"].pairing == "proportional"
-    assert recipe.variants["v"]["adapter"].r == recipe.adapter.r  # the rest comes from the recipe's adapter
+    assert recipe.method_of("v") == "flare" and recipe.adapter_for("v").pairing == "proportional"
+    assert recipe.adapter_for("v").r == recipe.adapter.r  # the rest comes from the recipe's adapter
+    # A copy with another adapter (dataclasses.replace, as scripts and the benchmarks make one per seed and
+    # language) checks the variant again and applies its overrides to the copy's adapter.
+    copy = replace(recipe, adapter=replace(recipe.adapter, r=2), seeds=[7])
+    assert (copy.adapter_for("v").pairing, copy.adapter_for("v").r) == ("proportional", 2)
+    assert copy.adapter_for("lora") == copy.adapter
     ablation = load_variants(CONFIGS[0].parent / "variants" / "ablation-pairing.yaml")
     path.write_text(yaml.safe_dump({**base, "methods": ["lora", *ablation], "variants": ablation}))
-    pairs = {(v["adapter"].pairing, v["adapter"].unpaired) for v in load_recipe(path).variants.values()}
+    loaded = load_recipe(path)
+    pairs = {(loaded.adapter_for(name).pairing, loaded.adapter_for(name).unpaired) for name in ablation}
     assert pairs == {(p, u) for p in ("start", "end", "proportional") for u in ("lora", "zero_source")}

