@@ -283,6 +283,7 @@ def demo(
     seeds: list[int] | None = None,
     variants: Path | None = None,
     sweep: str | None = None,
+    workers: int | None = None,
 ) -> None:
     """Run the embedded benchmark on a CPU and print its table.
 
@@ -304,6 +305,8 @@ def demo(
         sweep: Run every method at several values of one setting, e.g. mt_error_rate_test=0,0.1,0.2,0.3
             (mt_error_rate, mt_error_rate_train, mt_error_rate_test or target_resource); writes a table and a plot
             of the score against the value.
+        workers: Runs trained side by side, each in a process of its own with an equal share of the CPU threads
+            (default: one per CPU core, at most 4; 1 on a GPU). The results do not depend on it.
     """
     config = DemoConfig(
         output,
@@ -315,6 +318,7 @@ def demo(
         variants=load_variants(variants) if variants is not None else {},
         mt_error_rate_train=mt_error_rate_train,
         mt_error_rate_test=mt_error_rate_test,
+        workers=workers,
     )
     if sweep is not None:
         print(run_sweep(config, *parse_sweep(sweep)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import statistics
 from dataclasses import replace
 
@@ -237,3 +238,44 @@ def test_a_sweep_of_two_points_writes_its_table_and_plot(tmp_path, capsys):
     for bad in ("colour=1,2", "mt_error_rate_test=", "mt_error_rate_test=a,b", "mt_error_rate_test=0.1,0.1"):
         with pytest.raises(ValueError, match="--sweep"):
             parse_sweep(bad)
+
+
+def test_runs_side_by_side_equal_runs_one_after_another(tmp_path):
+    """workers=2 (two processes, one thread each) trains the same weights, scores and predictions as one process
+    with one thread; the world is shared, so only the scheduling differs (a transfer given another seed's stage 1,
+    or a seed's runs mixed up, would change the weights)."""
+    import torch
+    from safetensors.torch import load_file
+
+    config = DemoConfig(output=tmp_path / "one", flare_mt=False, seeds=(1, 2), sizes=TINY, workers=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        printed = run_demo(config)
+    finally:
+        torch.set_num_threads(threads)
+    shutil.copytree(tmp_path / "one" / "pretrained", tmp_path / "two" / "pretrained")
+    side_by_side = run_demo(replace(config, output=tmp_path / "two", workers=2))
+    assert side_by_side.split("Report")[0] == printed.split("Report")[0]
+
+    def runs(output):  # by run name without the hash, which covers the (different) paths
+        made = {}
+        for path in (output / setting_name(config) / "runs").rglob("metrics.json"):
+            weights = path.parent / "adapter" / "adapter_model.safetensors"
+            made[path.parent.name.rsplit("-", 1)[0]] = (
+                json.loads(path.read_text())["scores"],
+                (path.parent / "predictions.jsonl").read_bytes(),
+                load_file(weights) if weights.exists() else None,
+            )
+        return made
+
+    one, two = runs(tmp_path / "one"), runs(tmp_path / "two")
+    assert sorted(one) == sorted(two) and len(one) == 2 * 6  # stage 1 and five transfer methods per seed
+    trained = [name for name in one if one[name][2] is not None]
+    assert len(trained) == 2 * 4  # stage 1, lora, input-fusion, flare
+    for name in one:
+        assert one[name][:2] == two[name][:2], name
+        for key, tensor in (one[name][2] or {}).items():
+            assert torch.equal(tensor, two[name][2][key]), (name, key)
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        replace(config, workers=0)

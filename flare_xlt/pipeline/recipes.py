@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
 
+import torch
 import yaml
 
 from ..mt.data import output_name, translate_task, write_encoder_states
@@ -283,9 +286,15 @@ def _describe(step: PlannedStep) -> str:
     return " ".join([step.kind, step.language, *(detail for detail in details if detail is not None)])
 
 
-def run_recipe(recipe: Recipe) -> list[Path]:
+def run_recipe(recipe: Recipe, workers: int = 1) -> list[Path]:
     """Run every planned step; translations, state stores and runs that already exist are reused. Prints the plan
-    first, and before each run its place in the grid with an estimate of the time left."""
+    first, and before each run its place in the grid with an estimate of the time left.
+
+    workers > 1 trains and scores that many runs side by side in processes of their own, each with an equal share
+    of torch's CPU threads (for small models on a CPU, where one run cannot use every core); a seed's stage 1
+    finishes before its transfers start. Translations and state stores are made first, in this process."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}.")
     task = get_task(recipe.task)
     translations, states_root = Path(recipe.translations), Path(recipe.mt_states)
     status = step_status(recipe)
@@ -293,37 +302,77 @@ def run_recipe(recipe: Recipe) -> list[Path]:
     runs_to_make = sum(not done for step, done in status if step.kind in ("finetune", "transfer"))
     progress = GridProgress(runs_to_make)
     translator = None
+    for step, done in status:
+        if step.kind not in ("translate", "mt-states") or done:
+            continue
+        translator = translator or Translator(recipe.mt_model, cache=translations / "translation_cache.sqlite")
+        if step.kind == "translate":
+            languages = _translation_languages(recipe, step)
+            translate_task(task, [step.split], *languages, translator, translations, recipe.data)
+        else:
+            if step.split == "test":  # FLARE-MT reads the original target-language test text
+                records = load_task_splits(task, step.language, ["test"], recipe.data)["test"]
+            else:
+                path = translations / output_name(task, step.split, task.source_language, step.language)
+                records = load_record_file(task, path)
+            reader = load_state_reader(recipe.model, task, recipe.architecture, recipe.train.max_length)
+            write_encoder_states(
+                reader.state_texts(records),
+                step.language,
+                states_root / step.language / step.split,
+                translator,
+                metadata={"reader": reader.state_signature()},
+            )
+    runs = [(step, done) for step, done in status if step.kind in ("finetune", "transfer")]
+    if workers > 1 and runs_to_make:
+        return _run_in_processes(recipe, runs, workers, progress)
     stage1: dict[int, Path] = {}
     run_dirs = []
-    for step, done in status:
-        if step.kind in ("translate", "mt-states"):
-            if done:
-                continue
-            translator = translator or Translator(recipe.mt_model, cache=translations / "translation_cache.sqlite")
-            if step.kind == "translate":
-                languages = _translation_languages(recipe, step)
-                translate_task(task, [step.split], *languages, translator, translations, recipe.data)
-            else:
-                if step.split == "test":  # FLARE-MT reads the original target-language test text
-                    records = load_task_splits(task, step.language, ["test"], recipe.data)["test"]
-                else:
-                    path = translations / output_name(task, step.split, task.source_language, step.language)
-                    records = load_record_file(task, path)
-                reader = load_state_reader(recipe.model, task, recipe.architecture, recipe.train.max_length)
-                write_encoder_states(
-                    reader.state_texts(records),
-                    step.language,
-                    states_root / step.language / step.split,
-                    translator,
-                    metadata={"reader": reader.state_signature()},
-                )
-        elif step.kind == "finetune":
-            with progress.run(_describe(step), done):
+    for step, done in runs:
+        with progress.run(_describe(step), done):
+            if step.kind == "finetune":
                 stage1[step.seed] = finetune(**_stage1_settings(recipe, step.seed))
-        else:
-            with progress.run(_describe(step), done):
+            else:
                 run_dirs.append(transfer(**_transfer_settings(recipe, step, stage1[step.seed])))
     return run_dirs
+
+
+def _limit_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _run_in_processes(recipe: Recipe, runs: list, workers: int, progress: GridProgress) -> list[Path]:
+    """The runs of `run_recipe` in a pool of `workers` processes; returns the transfer runs in plan order. The first
+    error stops the grid: runs not yet started are cancelled, and the error is raised here."""
+    threads = max(1, torch.get_num_threads() // workers)
+    transfers: dict[int, list] = {}
+    for step, done in runs:
+        if step.kind == "transfer":
+            transfers.setdefault(step.seed, []).append((step, done))
+    made: dict[PlannedStep, Path] = {}
+    context = multiprocessing.get_context("spawn")  # a fork of a process with torch threads can hang
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_limit_threads, initargs=(threads,))
+    try:
+        pending = {
+            pool.submit(finetune, **_stage1_settings(recipe, step.seed)): (step, done)
+            for step, done in runs
+            if step.kind == "finetune"
+        }
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                step, done = pending.pop(future)
+                made[step] = future.result()
+                progress.finished(_describe(step), done)
+                if step.kind == "finetune":
+                    for transfer_step, transfer_done in transfers.get(step.seed, []):
+                        settings = _transfer_settings(recipe, transfer_step, made[step])
+                        pending[pool.submit(transfer, **settings)] = (transfer_step, transfer_done)
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return [made[step] for step, _ in runs if step.kind == "transfer"]
 
 
 class GridProgress:
@@ -331,6 +380,7 @@ class GridProgress:
 
     def __init__(self, total: int) -> None:
         self.total, self.made, self.seconds = total, 0, 0.0
+        self.started = time.monotonic()
 
     @contextmanager
     def run(self, description: str, done: bool) -> Iterator[None]:
@@ -345,3 +395,12 @@ class GridProgress:
         yield
         self.made += 1
         self.seconds += time.monotonic() - start
+
+    def finished(self, description: str, done: bool) -> None:
+        """For runs made side by side: '[k/n] done: step (about h:mm:ss left)', from the wall time so far."""
+        if done:
+            return
+        self.made += 1
+        self.seconds = time.monotonic() - self.started
+        left = timedelta(seconds=round(self.seconds / self.made * (self.total - self.made)))
+        print(f"[{self.made}/{self.total}] done: {description} (about {left} left)", flush=True)
