@@ -209,6 +209,8 @@ def run_demo(config: DemoConfig) -> str:
     output = Path(config.output)
     lexicon = Lexicon.invent(config.world_seed)
     pretraining = PretrainingConfig(**{**asdict(config.sizes.pretraining), "target_resource": config.target_resource})
+    # Pretraining stays in this process with all its threads, not side by side: the encoder world's weights depend
+    # on the thread count (by 3e-7 between 1 and 2 threads), and a world is reused by every later setting.
     model_folder = pretrained_model(output / "pretrained", pretraining, config.model_type, lexicon, config.world_seed)
     folder = output / setting_name(config)
     task = write_task_data(config, lexicon, folder)

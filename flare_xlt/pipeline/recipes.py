@@ -341,17 +341,23 @@ def _limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _process_pool(workers: int) -> ProcessPoolExecutor:
+    """`workers` spawned processes, each with an equal share of this process's torch threads (a fork of a process
+    with torch threads can hang)."""
+    threads = max(1, torch.get_num_threads() // workers)
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_limit_threads, initargs=(threads,))
+
+
 def _run_in_processes(recipe: Recipe, runs: list, workers: int, progress: GridProgress) -> list[Path]:
     """The runs of `run_recipe` in a pool of `workers` processes; returns the transfer runs in plan order. The first
     error stops the grid: runs not yet started are cancelled, and the error is raised here."""
-    threads = max(1, torch.get_num_threads() // workers)
     transfers: dict[int, list] = {}
     for step, done in runs:
         if step.kind == "transfer":
             transfers.setdefault(step.seed, []).append((step, done))
     made: dict[PlannedStep, Path] = {}
-    context = multiprocessing.get_context("spawn")  # a fork of a process with torch threads can hang
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_limit_threads, initargs=(threads,))
+    pool = _process_pool(workers)
     try:
         pending = {
             pool.submit(finetune, **_stage1_settings(recipe, step.seed)): (step, done)
