@@ -203,6 +203,11 @@ def share_stage1(source: Path, target: Path) -> None:
             link.symlink_to(run.resolve(), target_is_directory=True)
 
 
+def finished_runs(output: str | Path) -> list[Path]:
+    """The run folders (stage 1 included) below `output` that hold a metrics.json, through the links to shared ones."""
+    return [path.parent.resolve() for path in Path(output).glob("*/metrics.json")]
+
+
 def stage1_scores(runs: Path) -> list[float]:
     return [run["scores"]["average"]["accuracy"] for run in collect_runs(runs) if run["method"] == "finetune"]
 
@@ -317,15 +322,20 @@ def main(argv: list[str] | None = None) -> Path:
     grids = encoder_grids(arguments.size, size, work, names)
     if "decoder" in names:
         grids.append(decoder_grid(arguments.size, size, work))
-    reports = {}
+    reports, made = {}, 0
     for grid in grids:
         write_text_atomic(work / grid.name / "recipe.json", json.dumps(asdict(grid.recipe), indent=2, default=str))
+        before = len(finished_runs(grid.recipe.output))
         run_grid(grid.recipe, f"{grid.name}: {grid.model_name}")
+        made += len(finished_runs(grid.recipe.output)) - before
         reports[grid.name] = write_report(grid.recipe.output, work / grid.name, select=grid.select)
     seconds = time.perf_counter() - started
+    total = len({run for grid in grids for run in finished_runs(grid.recipe.output)})
+    # The wall time covers only the runs this invocation made; the others were reused from an earlier one.
+    timing = f"wall time {seconds / 60:.1f} min, in which {made} of its {total} runs were made (the rest reused)"
     report = arguments.report or (DEFAULT_REPORT if arguments.size == "full" else work / "REAL-tiny.md")
-    write_markdown(report, arguments.size, size, work, grids, reports, seconds, share.summary())
-    print(f"wrote {report} ({seconds / 60:.1f} min)", flush=True)
+    write_markdown(report, arguments.size, size, work, grids, reports, timing, share.summary())
+    print(f"wrote {report} ({timing})", flush=True)
     return report
 
 
@@ -374,7 +384,7 @@ def grid_section(grid: Grid, paths: list[Path], path: Path, size_name: str) -> l
 
 
 def write_markdown(
-    path: Path, size_name: str, size: BenchSize, work: Path, grids: list[Grid], reports: dict, seconds: float, cpu: str
+    path: Path, size_name: str, size: BenchSize, work: Path, grids: list[Grid], reports: dict, timing: str, cpu: str
 ) -> None:
     from importlib.metadata import version
 
@@ -383,7 +393,7 @@ def write_markdown(
         "# Real-world benchmark: multilingual-e5-small and gemma-3-270m on parallel Bible text",
         "",
         f"Written by `python -m benchmarks.real.run --size {size_name}` (`make bench-real` runs the full size) on "
-        f"{datetime.date.today().isoformat()}; wall time {seconds / 60:.1f} min (tables: "
+        f"{datetime.date.today().isoformat()}; {timing} (tables: "
         f"{', '.join(grid.name for grid in grids)}). CPU: {cpu}.",
         "",
         "The task, `bible-canon`: which of six sections of the canon a verse comes from (law, history, wisdom, "
