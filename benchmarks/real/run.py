@@ -169,20 +169,22 @@ def workspace(size_name: str, size: BenchSize) -> Path:
     return assets.cache_root() / "bench" / f"{size_name}-{digest}"
 
 
-def make_recipe(size: BenchSize, model: Path, built: bible.BuiltTask, languages, methods, work: Path) -> Recipe:
+def make_recipe(
+    model: Path, built: bible.BuiltTask, languages, methods, work: Path, seeds, architecture: str, adapter, train
+) -> Recipe:
     return Recipe(
         model=str(model),
         task=str(built.task_file),
         languages=list(languages),
         methods=list(methods),
-        seeds=list(size.seeds),
+        seeds=list(seeds),
         output=str(work / "runs"),
         data=str(built.data),
         translations=str(work / "translations"),
-        architecture="encoder",
+        architecture=architecture,
         trainable="lora",
-        adapter=size.adapter,
-        train=size.train,
+        adapter=adapter,
+        train=train,
     )
 
 
@@ -219,7 +221,9 @@ def encoder_grids(size_name: str, size: BenchSize, work: Path, names: list[str])
     model = assets.e5_folder()
     built = bible.build_task(bible.Bible(assets.bible_db()), list(size.languages), work, size.task)
     main_mt = conditions(size.languages, False, size.degraded_error_rate)
-    main_recipe = make_recipe(size, model, built, size.languages, METHODS, work / "main")
+    main_recipe = make_recipe(
+        model, built, size.languages, METHODS, work / "main", size.seeds, "encoder", size.adapter, size.train
+    )
     grids = []
     if "main" in names or "pairing" in names:
         bible.write_translations(
@@ -235,7 +239,17 @@ def encoder_grids(size_name: str, size: BenchSize, work: Path, names: list[str])
             built, oracle_mt, work / "oracle" / "translations", apertium_translations, size.task.data_seed
         )
         share_stage1(work / "main" / "runs", work / "oracle" / "runs")
-        recipe = make_recipe(size, model, built, size.oracle_languages, ORACLE_METHODS, work / "oracle")
+        recipe = make_recipe(
+            model,
+            built,
+            size.oracle_languages,
+            ORACLE_METHODS,
+            work / "oracle",
+            size.seeds,
+            "encoder",
+            size.adapter,
+            size.train,
+        )
         title = "Oracle MT: the human translation as MT (an upper bound)"
         grids.append(
             Grid(
@@ -277,19 +291,16 @@ def decoder_grid(size_name: str, size: BenchSize, work: Path) -> Grid:
     built = bible.build_task(bible.Bible(assets.bible_db()), list(decoder.languages), folder, decoder.task)
     mt = conditions(decoder.languages, False, size.degraded_error_rate)
     bible.write_translations(built, mt, folder / "translations", apertium_translations, size.task.data_seed)
-    recipe = Recipe(
-        model=str(assets.gemma_folder()),
-        task=str(built.task_file),
-        languages=list(decoder.languages),
-        methods=list(decoder.methods),
-        seeds=list(size.seeds),
-        output=str(folder / "runs"),
-        data=str(built.data),
-        translations=str(folder / "translations"),
-        architecture="decoder",
-        trainable="lora",
-        adapter=decoder.adapter,
-        train=decoder.train,
+    recipe = make_recipe(
+        assets.gemma_folder(),
+        built,
+        decoder.languages,
+        decoder.methods,
+        folder,
+        size.seeds,
+        "decoder",
+        decoder.adapter,
+        decoder.train,
     )
     counts = f"{6 * decoder.task.train_per_class} training and {6 * decoder.task.test_per_class} test verses"
     title = f"Decoder: gemma-3-270m, reduced size ({', '.join(decoder.languages)}; {counts}, 1 epoch)"
