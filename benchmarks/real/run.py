@@ -321,6 +321,12 @@ def main(argv: list[str] | None = None) -> Path:
         default=",".join(GRIDS),
         help=f"Comma-separated tables to run and report, from {', '.join(GRIDS)} (default: all).",
     )
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="Comma-separated seeds to run now, e.g. to run seeds side by side in two invocations (default: all); "
+        "the report covers every finished run.",
+    )
     arguments = parser.parse_args(argv)
     names = [name.strip() for name in arguments.grids.split(",") if name.strip()]
     unknown = sorted(set(names) - set(GRIDS))
@@ -337,7 +343,8 @@ def main(argv: list[str] | None = None) -> Path:
     for grid in grids:
         write_text_atomic(work / grid.name / "recipe.json", json.dumps(asdict(grid.recipe), indent=2, default=str))
         before = len(finished_runs(grid.recipe.output))
-        run_grid(grid.recipe, f"{grid.name}: {grid.model_name}")
+        seeds = [int(seed) for seed in arguments.seeds.split(",")] if arguments.seeds else grid.recipe.seeds
+        run_grid(replace(grid.recipe, seeds=seeds), f"{grid.name}: {grid.model_name}")
         made += len(finished_runs(grid.recipe.output)) - before
         reports[grid.name] = write_report(grid.recipe.output, work / grid.name, select=grid.select)
     seconds = time.perf_counter() - started
