@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from flare_xlt.io import write_text_atomic
 from flare_xlt.mt.data import translate_task
 from flare_xlt.mt.translator import Translator
-from flare_xlt.pipeline.recipes import Recipe, run_recipe
+from flare_xlt.pipeline.recipes import Recipe, plan, run_recipe
 from flare_xlt.pipeline.runs import AdapterConfig, TrainConfig
 from flare_xlt.report import collect_runs, summarize, write_report
 
@@ -327,6 +327,12 @@ def main(argv: list[str] | None = None) -> Path:
         help="Comma-separated seeds to run now, e.g. to run seeds side by side in two invocations (default: all); "
         "the report covers every finished run.",
     )
+    parser.add_argument(
+        "--no-run",
+        action="store_true",
+        help="Train nothing: write the report from the runs finished so far, saying how many of the planned runs "
+        "that is.",
+    )
     arguments = parser.parse_args(argv)
     names = [name.strip() for name in arguments.grids.split(",") if name.strip()]
     unknown = sorted(set(names) - set(GRIDS))
@@ -344,13 +350,24 @@ def main(argv: list[str] | None = None) -> Path:
         write_text_atomic(work / grid.name / "recipe.json", json.dumps(asdict(grid.recipe), indent=2, default=str))
         before = len(finished_runs(grid.recipe.output))
         seeds = [int(seed) for seed in arguments.seeds.split(",")] if arguments.seeds else grid.recipe.seeds
-        run_grid(replace(grid.recipe, seeds=seeds), f"{grid.name}: {grid.model_name}")
+        if not arguments.no_run:
+            run_grid(replace(grid.recipe, seeds=seeds), f"{grid.name}: {grid.model_name}")
         made += len(finished_runs(grid.recipe.output)) - before
         reports[grid.name] = write_report(grid.recipe.output, work / grid.name, select=grid.select)
     seconds = time.perf_counter() - started
     total = len({run for grid in grids for run in finished_runs(grid.recipe.output)})
     # The wall time covers only the runs this invocation made; the others were reused from an earlier one.
     timing = f"wall time {seconds / 60:.1f} min, in which {made} of its {total} runs were made (the rest reused)"
+    planned = len(
+        {
+            (step, grid.recipe.model)
+            for grid in grids
+            for step in plan(grid.recipe)
+            if step.kind in ("finetune", "transfer")
+        }
+    )
+    if total < planned:
+        timing += f". PARTIAL: {total} of the {planned} planned runs are finished, and the tables show only those"
     report = arguments.report or (DEFAULT_REPORT if arguments.size == "full" else work / "REAL-tiny.md")
     write_markdown(report, arguments.size, size, work, grids, reports, timing, share.summary())
     print(f"wrote {report} ({timing})", flush=True)
