@@ -299,7 +299,8 @@ def run_recipe(recipe: Recipe, workers: int = 1) -> list[Path]:
     translations, states_root = Path(recipe.translations), Path(recipe.mt_states)
     status = step_status(recipe)
     print(describe_plan(status))
-    runs_to_make = sum(not done for step, done in status if step.kind in ("finetune", "transfer"))
+    runs = [(step, done) for step, done in status if step.kind in ("finetune", "transfer")]
+    runs_to_make = sum(not done for _, done in runs)
     progress = GridProgress(runs_to_make)
     translator = None
     for step, done in status:
@@ -323,7 +324,6 @@ def run_recipe(recipe: Recipe, workers: int = 1) -> list[Path]:
                 translator,
                 metadata={"reader": reader.state_signature()},
             )
-    runs = [(step, done) for step, done in status if step.kind in ("finetune", "transfer")]
     if workers > 1 and runs_to_make:
         return _run_in_processes(recipe, runs, workers, progress)
     stage1: dict[int, Path] = {}
