@@ -72,3 +72,37 @@ def test_tiny_run_writes_every_row(tmp_path):
     assert "Not run: no GPU was lent" in report
     assert "Inference tensors cannot be saved for backward" in report
     assert "| torch threads | 1 |" in report
+
+
+def test_bench_real_counts_only_the_planned_runs_that_finished(tmp_path):
+    """REAL.md's PARTIAL count: two grids with one model share stage 1 but not their transfers, and runs in a grid's
+    folder that no grid asks for (left by an earlier design) count for nothing."""
+    import json
+
+    from benchmarks.real import run as real
+    from flare_xlt.pipeline.recipes import Recipe
+
+    def grid(name: str, methods: list[str]) -> real.Grid:
+        recipe = Recipe(
+            model="m", task="xnli", languages=["sw"], methods=methods, seeds=[1], output=str(tmp_path / name)
+        )
+        Path(recipe.output).mkdir()
+        return real.Grid(name, name, recipe, {}, "m", tuple(methods), ("sw",))
+
+    def finish(output: str, method: str, language: str) -> None:
+        folder = Path(output) / f"xnli-{language}-{method}-seed1-0"
+        folder.mkdir(parents=True)
+        metrics = {"task": "xnli", "method": method, "seed": 1, "language": language, "metric": "accuracy"}
+        metrics |= {"scores": {language: {"accuracy": 0.5}}, "run": folder.name, "config_hash": "0"}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+
+    main, oracle = grid("main", ["zero-shot", "lora"]), grid("oracle", ["lora"])
+    planned = real.planned_runs([main, oracle])
+    assert len(planned) == 4  # one stage 1 (shared), zero-shot and LoRA in main, LoRA in oracle
+    finish(main.recipe.output, "finetune", "en")
+    finish(main.recipe.output, "lora", "sw")
+    finish(main.recipe.output, "x-mixup", "sw")  # in the folder, in no grid
+    assert len(planned & real.finished_keys([main, oracle])) == 2  # main's LoRA is not oracle's
+    finish(oracle.recipe.output, "lora", "sw")
+    finish(main.recipe.output, "zero-shot", "sw")
+    assert planned <= real.finished_keys([main, oracle])
