@@ -73,9 +73,9 @@ demo: $(STAMP)
 bench: $(STAMP) apertium
 	$(OFFLINE) $(PYTHON) -m benchmarks.run
 
-# Every transfer method on multilingual-e5-small over real Bible text in 5 languages and 3 seeds, real MT (Apertium)
-# for Spanish, FLARE's pairings on two languages and gemma-3-270m at a reduced size: benchmarks/REAL.md. Sizes and
-# run time: docs/real.md.
+# Every transfer method on multilingual-e5-small over real Bible text and 3 seeds (LoRA, FLARE, zero-shot and
+# translate-test in 5 languages, input fusion and X-Mixup in 2), real MT (Apertium) for Spanish, FLARE's pairings on
+# Hindi and gemma-3-270m at a reduced size: benchmarks/REAL.md. About 110 minutes on 2 cores; sizes: docs/real.md.
 bench-real: $(STAMP) apertium real-assets
 	$(OFFLINE) $(PYTHON) -m benchmarks.real.run
 

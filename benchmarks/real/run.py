@@ -1,6 +1,6 @@
 """`make bench-real`: every transfer method on multilingual-e5-small over real Bible text, through the real recipes.
 
-    python -m benchmarks.real.run                 # full size (about 60 minutes on 2 cores): benchmarks/REAL.md
+    python -m benchmarks.real.run                 # full size (about 110 minutes on 2 cores): benchmarks/REAL.md
     python -m benchmarks.real.run --size tiny     # a few minutes: proves the path end to end, writes a separate report
 
 The task (`bible-canon`, benchmarks/real/bible.py; the design and why: docs/real.md) is built under the cache
@@ -473,7 +473,8 @@ def write_markdown(
         "",
         f"Written by `python -m benchmarks.real.run --size {size_name}` (`make bench-real` runs the full size) on "
         f"{datetime.date.today().isoformat()}; {timing} (tables: "
-        f"{', '.join(grid.name for grid in grids)}). CPU: {cpu}.",
+        f"{', '.join(grid.name for grid in grids)}). CPU: {cpu}. How long a fresh full run takes on 2 cores, "
+        "measured from the runs' own times: [docs/real.md](../docs/real.md#methods-and-sizes-make-bench-real).",
         "",
         "The task, `bible-canon`: which of six sections of the canon a verse comes from (law, history, wisdom, "
         "prophets, gospels, apostolic: Acts and the letters). Balanced classes, chance 16.7 %. English train "
