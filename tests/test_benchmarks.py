@@ -86,7 +86,6 @@ def test_bench_real_counts_only_the_planned_runs_that_finished(tmp_path):
         recipe = Recipe(
             model="m", task="xnli", languages=["sw"], methods=methods, seeds=[1], output=str(tmp_path / name)
         )
-        Path(recipe.output).mkdir()
         return real.Grid(name, name, recipe, {}, "m", tuple(methods), ("sw",))
 
     def finish(output: str, method: str, language: str) -> None:
@@ -106,3 +105,29 @@ def test_bench_real_counts_only_the_planned_runs_that_finished(tmp_path):
     finish(oracle.recipe.output, "lora", "sw")
     finish(main.recipe.output, "zero-shot", "sw")
     assert planned <= real.finished_keys([main, oracle])
+
+
+def test_bench_real_oracle_grid_links_the_main_grids_stage1(tmp_path, monkeypatch):
+    """The oracle grid must start from the main grid's stage-1 runs: they are made first (only stage 1, in the main
+    folder) and linked, so the pipeline does not train the same runs again in the oracle folder."""
+    from dataclasses import replace
+
+    from benchmarks.real import run as real
+    from flare_xlt.pipeline.recipes import Recipe
+
+    main = Recipe(model="m", task="xnli", languages=["sw"], methods=["lora"], seeds=[1, 2], output=str(tmp_path / "a"))
+    oracle = real.Grid("oracle", "", replace(main, output=str(tmp_path / "b")), {}, "m", (), (), stage1_from=main)
+    calls = []
+
+    def run_recipe(recipe, workers):  # stands in for training: stage 1 of each seed appears in the main folder
+        calls.append((recipe.methods, recipe.seeds, recipe.output, workers))
+        for seed in recipe.seeds:
+            (Path(recipe.output) / f"xnli-en-finetune-seed{seed}-0").mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(real, "run_recipe", run_recipe)
+    real.share_stage1(oracle, [2], workers=2, train=True)
+    assert calls == [([], [2], main.output, 2)]
+    link = tmp_path / "b" / "xnli-en-finetune-seed2-0"
+    assert link.is_symlink() and link.resolve() == (tmp_path / "a" / "xnli-en-finetune-seed2-0").resolve()
+    real.share_stage1(oracle, [1, 2], workers=1, train=False)  # --no-run: links what exists, trains nothing
+    assert len(calls) == 1
