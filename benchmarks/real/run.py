@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from flare_xlt.io import write_text_atomic
 from flare_xlt.mt.data import translate_task
 from flare_xlt.mt.translator import Translator
-from flare_xlt.pipeline.recipes import Recipe, plan, run_recipe
+from flare_xlt.pipeline.recipes import Recipe, default_workers, plan, run_recipe
 from flare_xlt.pipeline.runs import AdapterConfig, TrainConfig
 from flare_xlt.report import collect_runs, summarize, write_report
 
@@ -197,11 +197,10 @@ def make_recipe(
     )
 
 
-def default_workers() -> int:
-    """Two runs side by side on a CPU with 2 or more cores: measured on 2 cores, two processes with one thread each
-    make about 1.25x the runs of one process with two (Arabic, seed 1 alone: LoRA 46 s, FLARE 99 s; seeds 2 and 3
-    side by side: 73 s and 145 s each). More workers were not measured. On a GPU, one run at a time."""
-    return 1 if torch.cuda.is_available() else max(1, min(os.cpu_count() or 1, 2))
+# Two runs side by side on a CPU with 2 or more cores: measured on 2 cores, two processes with one thread each make
+# about 1.25x the runs of one process with two (Arabic, seed 1 alone: LoRA 46 s, FLARE 99 s; seeds 2 and 3 side by
+# side: 73 s and 145 s each). More workers were not measured.
+BENCH_MOST_WORKERS = 2
 
 
 def run_grid(recipe: Recipe, description: str, workers: int) -> None:
@@ -392,7 +391,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument(
         "--workers",
         type=int,
-        default=default_workers(),
+        default=default_workers(BENCH_MOST_WORKERS),
         help="Runs trained side by side, each in its own process with an equal share of the CPU threads (default: 2 "
         "on a CPU with 2 or more cores, 1 on a GPU).",
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import statistics
 import time
@@ -24,7 +23,7 @@ from ..io import write_text_atomic
 from ..mt.data import output_name, write_records
 from ..mt.states import EncoderStateStore
 from ..pipeline.models import load_state_reader
-from ..pipeline.recipes import Recipe, run_recipe
+from ..pipeline.recipes import Recipe, default_workers, run_recipe
 from ..pipeline.runs import AdapterConfig, TrainConfig
 from ..report import collect_runs, write_report
 from ..tasks import TaskEncoder, TaskSpec, get_task, read_rows
@@ -79,7 +78,7 @@ class DemoConfig:
     variants: dict[str, dict] = field(default_factory=dict)  # named method variants, as in a recipe
     mt_error_rate_train: float | None = None  # English -> Tolan: what the translate-train methods learn from
     mt_error_rate_test: float | None = None  # Tolan -> English: what translate-test and FLARE read at test time
-    workers: int | None = None  # runs side by side; None: default_workers()
+    workers: int | None = None  # runs side by side; None: default_workers(DEMO_MOST_WORKERS)
 
     @property
     def train_error(self) -> float:
@@ -196,11 +195,10 @@ def setting_name(config: DemoConfig) -> str:
     return f"{config.model_type}-resource{config.target_resource:g}-{errors}-{digest}"
 
 
-def default_workers() -> int:
-    """On a CPU, one run per core (at most 4): the demo's models are too small for one run to use several cores
-    (measured on 2 cores: a seed's runs take 84 s with 2 threads and 105 s with 1, so two runs side by side with one
-    thread each finish sooner). On a GPU, one run at a time."""
-    return 1 if torch.cuda.is_available() else max(1, min(os.cpu_count() or 1, 4))
+# One run per core, at most 4: the demo's models are too small for one run to use several cores (measured on 2 cores:
+# a seed's runs take 84 s with 2 threads and 105 s with 1, so two runs side by side with one thread each finish
+# sooner).
+DEMO_MOST_WORKERS = 4
 
 
 def run_demo(config: DemoConfig) -> str:
@@ -241,7 +239,7 @@ def run_demo(config: DemoConfig) -> str:
         train=config.sizes.train_for(config.model_type),
         variants=dict(config.variants),
     )
-    run_recipe(recipe, workers=config.workers or default_workers())
+    run_recipe(recipe, workers=config.workers or default_workers(DEMO_MOST_WORKERS))
     paths = write_report(folder / "runs", folder)
     table = paths[0].read_text(encoding="utf-8")
     english = [

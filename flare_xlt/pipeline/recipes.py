@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -337,6 +338,12 @@ def run_recipe(recipe: Recipe, workers: int = 1) -> list[Path]:
     return run_dirs
 
 
+def default_workers(most: int) -> int:
+    """Runs side by side for `run_recipe`: on a CPU one per core, at most `most` (the caller's measured limit); on a
+    GPU one at a time."""
+    return 1 if torch.cuda.is_available() else max(1, min(os.cpu_count() or 1, most))
+
+
 def _limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
@@ -407,6 +414,6 @@ class GridProgress:
         if done:
             return
         self.made += 1
-        self.seconds = time.monotonic() - self.started
-        left = timedelta(seconds=round(self.seconds / self.made * (self.total - self.made)))
+        elapsed = time.monotonic() - self.started
+        left = timedelta(seconds=round(elapsed / self.made * (self.total - self.made)))
         print(f"[{self.made}/{self.total}] done: {description} (about {left} left)", flush=True)
