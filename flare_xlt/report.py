@@ -34,8 +34,11 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
 from .io import write_bytes_atomic, write_text_atomic
+from .paired import CONFIDENCE, RESAMPLES, Difference, summary_differences
 
 STAGE1_METHOD = "finetune"
+# The method every other is compared with, by default: translate-train LoRA, the paper's main baseline.
+DEFAULT_BASELINE = "lora"
 METHOD_ORDER = ("zero-shot", "translate-test", "lora", "input-fusion", "x-mixup", "flare", "flare-mt")
 
 # The metrics.json contract: the only keys read, each with the JSON type it must have.
@@ -161,7 +164,8 @@ def summarize(runs: Iterable[Mapping], metric: str | None = None) -> dict[str, d
       "average_languages": the languages every method has, which Avg and the ranks use;
       "dropped": {language: [methods that lack it]} for the languages left out of Avg and the ranks;
       "ranks": {method: average rank}, empty (like "average") when no language is common to all methods;
-      "per_seed": per_seed[method][language][seed] = the value behind the table's cells.
+      "per_seed": per_seed[method][language][seed] = the value behind the table's cells;
+      "runs": runs[method][language][seed] = the run that value comes from.
     Where a method has runs whose `language` is a given language, only those fill that language's cells (side
     evaluations by runs for other languages are ignored there); two results for one cell and seed are a ValueError.
     """
@@ -177,7 +181,13 @@ def _summarize_task(task: str, runs: list[Mapping], metric: str | None) -> dict:
         if len(headline) != 1:
             raise ValueError(f"Task {task!r}: runs disagree on the headline metric {sorted(headline)}; pass metric=.")
         metric = headline.pop()
-    values = _seed_values(runs, metric)
+    sources = _seed_runs(runs, metric)
+    values = {
+        method: {
+            language: {seed: value for seed, (_, value) in per_seed.items()} for language, per_seed in cells.items()
+        }
+        for method, cells in sources.items()
+    }
     methods = sorted(values, key=_method_key)
     languages = sorted({language for per_language in values.values() for language in per_language})
     table = {
@@ -211,6 +221,13 @@ def _summarize_task(task: str, runs: list[Mapping], metric: str | None) -> dict:
         "per_seed": {
             method: {language: dict(values[method][language]) for language in values[method]} for method in methods
         },
+        "runs": {
+            method: {
+                language: {seed: run for seed, (run, _) in per_seed.items()}
+                for language, per_seed in sources[method].items()
+            }
+            for method in methods
+        },
     }
 
 
@@ -219,8 +236,8 @@ def _where(run: Mapping) -> str:
     return str(run.get("path", run["run"]))
 
 
-def _seed_values(runs: list[Mapping], metric: str) -> dict[str, dict[str, dict[int, float]]]:
-    """values[method][language][seed] = the metric, exactly one run per cell and seed."""
+def _seed_runs(runs: list[Mapping], metric: str) -> dict[str, dict[str, dict[int, tuple[Mapping, float]]]]:
+    """found[method][language][seed] = (the run, its metric), exactly one run per cell and seed."""
     # A run may score several languages: a zero-shot run scores all of them, while a run trained for one target
     # language may also evaluate others on the side. Where a method has runs dedicated to a language (run
     # `language` == that language), only those fill its cell, so side evaluations never mix into it, not even for
@@ -233,15 +250,15 @@ def _seed_values(runs: list[Mapping], metric: str) -> dict[str, dict[str, dict[i
             if language == AVERAGE or ((method, language) in dedicated and run["language"] != language):
                 continue
             found[(method, language, run["seed"])].append((run, _score(run, language, scores, metric)))
-    values: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    cells: dict[str, dict[str, dict[int, tuple[Mapping, float]]]] = defaultdict(lambda: defaultdict(dict))
     for (method, language, seed), results in found.items():
         if len(results) != 1:
             raise ValueError(
                 f"{method!r} seed {seed} has {len(results)} results for {language!r}: "
                 f"{', '.join(_where(run) for run, _ in results)}."
             )
-        values[method][language][seed] = results[0][1]
-    return values
+        cells[method][language][seed] = results[0]
+    return cells
 
 
 def _score(run: Mapping, language: str, scores: Mapping, metric: str) -> float:
@@ -281,23 +298,75 @@ def _ranks(means: Mapping[str, float]) -> dict[str, float]:
 
 
 def write_report(
-    directory: str | Path, output: str | Path | None = None, select: Callable[[dict], bool] | None = None
+    directory: str | Path,
+    output: str | Path | None = None,
+    select: Callable[[dict], bool] | None = None,
+    baseline: str = DEFAULT_BASELINE,
 ) -> list[Path]:
     """Per task, in output (default: directory), returns the paths written in this order:
 
     report_<task>.md (Markdown table), report_<task>.csv (one row per method), report_<task>_per_seed.csv (tidy, one
-    row per run and language), report_<task>.tex (booktabs table) and the figure as report_<task>.png and .pdf.
-    `select(run)` keeps only some of the folder's runs (e.g. two tables from one folder of runs).
+    row per run and language), report_<task>_differences.csv (each method minus `baseline` with its paired 95 %
+    interval, per language and on Avg), report_<task>.tex (booktabs table) and the figure as report_<task>.png and
+    .pdf. `select(run)` keeps only some of the folder's transfer runs (e.g. two tables from one folder of runs); the
+    stage-1 column reads every stage-1 run of the folder.
     """
     directory = Path(directory)
     output = directory if output is None else Path(output)
-    # Stage-1 runs (method "finetune") score English, not a transfer: they are not rows of the transfer tables.
-    runs = [run for run in collect_runs(directory) if run["method"] != STAGE1_METHOD]
-    runs = [run for run in runs if select is None or select(run)]
+    found = collect_runs(directory)
+    # Stage-1 runs (method "finetune") score English, not a transfer: they are a column, not rows.
+    stage1 = [run for run in found if run["method"] == STAGE1_METHOD]
+    runs = [run for run in found if run["method"] != STAGE1_METHOD and (select is None or select(run))]
     if not runs:
         raise ValueError(f"No transfer runs (metrics.json) below {directory}" + (" selected." if select else "."))
     summaries = summarize(name_sweep_variants(runs))
-    # Checked before writing anything, so a bad name cannot leave a partial report behind.
+    artifacts = _checked_artifact_paths(output, summaries)
+    written: list[Path] = []
+    for task, summary in summaries.items():
+        summary = compare(summary, [run for run in stage1 if run["task"] == task], baseline)
+        paths = artifacts[task]
+        write_text_atomic(paths["markdown"], _markdown(task, summary))
+        write_text_atomic(paths["wide_csv"], _csv(summary))
+        write_text_atomic(paths["per_seed_csv"], _per_seed_csv(task, summary))
+        write_text_atomic(paths["differences_csv"], _differences_csv(summary))
+        write_text_atomic(paths["latex"], _latex(task, summary))
+        figure = plot_summary(task, summary)
+        write_bytes_atomic(paths["png"], _render(figure, "png"))
+        write_bytes_atomic(paths["pdf"], _render(figure, "pdf"))
+        written += paths.values()
+    return written
+
+
+def compare(summary: Mapping, stage1_runs: list[Mapping], baseline: str = DEFAULT_BASELINE) -> dict:
+    """The summary with what the report sets beside its table: "stage1" ({method: Cell}, the English score of the
+    stage-1 runs of the method's seeds), "baseline", and "differences" (paired.summary_differences against it)."""
+    return {
+        **summary,
+        "stage1": _stage1_cells(summary, stage1_runs),
+        "baseline": baseline,
+        "differences": summary_differences(summary, baseline),
+    }
+
+
+def _stage1_cells(summary: Mapping, stage1_runs: list[Mapping]) -> dict[str, Cell]:
+    cells = {}
+    for method in summary["methods"]:
+        seeds = {seed for per_seed in summary["per_seed"][method].values() for seed in per_seed}
+        english = [_stage1_score(run, summary["metric"]) for run in stage1_runs if run["seed"] in seeds]
+        if english:
+            cells[method] = _cell(english)
+    return cells
+
+
+def _stage1_score(run: Mapping, metric: str) -> float:
+    language = run["language"]
+    if language not in run["scores"]:
+        raise ValueError(f"{_where(run)}: a stage-1 run with no scores[{language!r}].")
+    return _score(run, language, run["scores"][language], metric)
+
+
+def _checked_artifact_paths(output: Path, summaries: Mapping[str, dict]) -> dict[str, dict[str, Path]]:
+    """Every task's report paths, checked before anything is written so a bad name leaves no partial report."""
     for task in summaries:
         if not _TASK_NAME.fullmatch(task):
             raise ValueError(f"Task name {task!r} cannot be used in a file name.")
@@ -309,18 +378,7 @@ def write_report(
             if path in owners:
                 raise ValueError(f"Tasks {owners[path]!r} and {task!r} would both write {path.name}.")
             owners[path] = task
-    written: list[Path] = []
-    for task, summary in summaries.items():
-        paths = artifacts[task]
-        write_text_atomic(paths["markdown"], _markdown(task, summary))
-        write_text_atomic(paths["wide_csv"], _csv(summary))
-        write_text_atomic(paths["per_seed_csv"], _per_seed_csv(task, summary))
-        write_text_atomic(paths["latex"], _latex(task, summary))
-        figure = plot_summary(task, summary)
-        write_bytes_atomic(paths["png"], _render(figure, "png"))
-        write_bytes_atomic(paths["pdf"], _render(figure, "pdf"))
-        written += paths.values()
-    return written
+    return artifacts
 
 
 def _artifact_paths(output: Path, task: str) -> dict[str, Path]:
@@ -328,6 +386,7 @@ def _artifact_paths(output: Path, task: str) -> dict[str, Path]:
         "markdown": output / f"report_{task}.md",
         "wide_csv": output / f"report_{task}.csv",
         "per_seed_csv": output / f"report_{task}_per_seed.csv",
+        "differences_csv": output / f"report_{task}_differences.csv",
         "latex": output / f"report_{task}.tex",
         "png": output / f"report_{task}.png",
         "pdf": output / f"report_{task}.pdf",
@@ -345,12 +404,45 @@ def is_flare(method: str) -> bool:
 
 
 def _percent(cell: Cell | None) -> str:
-    return _MISSING if cell is None else f"{100 * cell[0]:.1f} ± {100 * cell[1]:.1f}"
+    """Mean ± std in percent; one seed has no spread to show, so its value stands alone."""
+    if cell is None:
+        return _MISSING
+    mean, std, seeds = cell
+    return f"{100 * mean:.1f}" if seeds < 2 else f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def _stage1_header(summary: Mapping) -> str:
+    return "en (stage 1)"
+
+
+def _difference_header(summary: Mapping) -> str:
+    return f"Avg − {summary['baseline']} [95% CI]"
+
+
+def _difference_text(difference: Difference | None) -> str:
+    """ "+2.1 [-0.4, +4.6] level": the difference and its interval in points, and whether it is resolved."""
+    if difference is None:
+        return _MISSING
+    low, high = 100 * difference.low, 100 * difference.high
+    return f"{100 * difference.difference:+.1f} [{low:+.1f}, {high:+.1f}] {difference.verdict}"
+
+
+def _difference_cell(summary: Mapping, method: str, key: str) -> str:
+    if method == summary["baseline"]:
+        return "baseline"
+    return _difference_text(summary["differences"].get(method, {}).get(key))
 
 
 def _markdown(task: str, summary: Mapping) -> str:
     languages, methods, table = summary["languages"], summary["methods"], summary["table"]
-    columns = [*languages, "Avg", "Avg. rank"]
+    stage1, differences = summary.get("stage1"), summary.get("differences")
+    columns = [
+        *([_stage1_header(summary)] if stage1 else []),
+        *languages,
+        "Avg",
+        "Avg. rank",
+        *([_difference_header(summary)] if differences else []),
+    ]
     lines = [
         f"# {task}: {summary['metric']}",
         "",
@@ -358,20 +450,62 @@ def _markdown(task: str, summary: Mapping) -> str:
         "| :--- |" + " ---: |" * len(columns),
     ]
     for method in methods:
-        row = [_percent(table[method].get(key)) for key in [*languages, AVERAGE]]
+        row = [_percent(stage1.get(method))] if stage1 else []
+        row += [_percent(table[method].get(key)) for key in [*languages, AVERAGE]]
         rank = summary["ranks"].get(method)
         row.append(_MISSING if rank is None else f"{rank:.2f}")
+        if differences:
+            row.append(_difference_cell(summary, method, AVERAGE))
         lines.append(f"| {method} | " + " | ".join(row) + " |")
-    lines += [
+    units = f"{summary['metric']} in percent: mean ± sample std (ddof=1) over seeds, the value alone for one seed"
+    lines += ["", f"{units}; {_MISSING} marks a missing result.", "", _seeds_line(summary), "", _average_line(summary)]
+    if stage1:
+        lines += ["", _stage1_line(summary)]
+    return "\n".join([*lines, *_differences_section(summary)]) + "\n"
+
+
+def _stage1_line(summary: Mapping) -> str:
+    return (
+        f"{_stage1_header(summary)}: the English test score of the stage-1 runs (finetune) of the row's seeds, the "
+        "model every transfer method starts from."
+    )
+
+
+def _differences_section(summary: Mapping) -> list[str]:
+    """Each method minus the baseline per language and on Avg, with its interval; or why there is none."""
+    baseline, differences = summary.get("baseline"), summary.get("differences")
+    if baseline is None:
+        return []
+    if baseline not in summary["methods"]:
+        return ["", f"No paired differences: no {baseline} rows to compare with."]
+    if not differences:
+        return [
+            "",
+            f"No paired differences from {baseline}: the runs have no predictions.jsonl (per-item predictions).",
+        ]
+    keys = [*summary["languages"], *([AVERAGE] if summary["average_languages"] else [])]
+    labels = [*summary["languages"], *(["Avg"] if summary["average_languages"] else [])]
+    lines = [
         "",
-        f"{summary['metric']} in percent: mean ± sample std (ddof=1; 0.0 for one seed) over seeds; "
-        f"{_MISSING} marks a missing result.",
+        f"**Difference from {baseline}** ({summary['metric']} points, method minus {baseline}, 95% paired interval):",
         "",
-        _seeds_line(summary),
-        "",
-        _average_line(summary),
+        "| Method | " + " | ".join(labels) + " |",
+        "| :--- |" + " ---: |" * len(labels),
     ]
-    return "\n".join(lines) + "\n"
+    for method in summary["methods"]:
+        if method != baseline:
+            lines.append(f"| {method} | " + " | ".join(_difference_cell(summary, method, key) for key in keys) + " |")
+    return [*lines, "", _differences_note(summary)]
+
+
+def _differences_note(summary: Mapping) -> str:
+    return (
+        f"Differences are taken seed by seed (seeds both methods have) on the same test items, paired by id; the "
+        f"interval is a paired bootstrap over {RESAMPLES} resamples of test items and seeds together "
+        f"({round(100 * CONFIDENCE)}% percentile interval, fixed random seed). ahead or behind: the interval "
+        f"excludes 0, so the difference is resolved; level: it includes 0. {_MISSING}: no per-item predictions "
+        "for that cell."
+    )
 
 
 def _seeds_line(summary: Mapping) -> str:
@@ -404,35 +538,70 @@ def _average_line(summary: Mapping, with_average: bool = True) -> str:
 
 
 def _csv(summary: Mapping) -> str:
-    """One row per method; raw metric values (fractions, not percent); an empty field is a missing result."""
-    keys = [*summary["languages"], AVERAGE]
-    prefixes = [*summary["languages"], "avg"]
+    """One row per method, in percent like the Markdown (the header says so); an empty field is a missing result."""
+    stage1 = summary.get("stage1") or {}
+    keys = [*(["stage1"] if stage1 else []), *summary["languages"], AVERAGE]
+    prefixes = [*(["stage1_en"] if stage1 else []), *summary["languages"], "avg"]
     stream = StringIO()
     writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow(
-        ["method", *(f"{prefix}_{part}" for prefix in prefixes for part in ("mean", "std", "n")), "avg_rank"]
-    )
+    parts = ("mean_percent", "std_percent", "n")
+    writer.writerow(["method", *(f"{prefix}_{part}" for prefix in prefixes for part in parts), "avg_rank"])
     for method in summary["methods"]:
-        cells = summary["table"][method]
+        cells = {**summary["table"][method], **({"stage1": stage1[method]} if method in stage1 else {})}
         row: list[object] = [method]
         for key in keys:
-            row += list(cells[key]) if key in cells else ["", "", ""]
+            row += _csv_cell(cells[key]) if key in cells else ["", "", ""]
         row.append(summary["ranks"].get(method, ""))
         writer.writerow(row)
     return stream.getvalue()
+
+
+def _in_percent(fraction: float) -> float:
+    # Rounded to drop the noise of the conversion (100 * 0.57 is 56.99999999999999); scores carry far fewer than ten
+    # decimals.
+    return round(100 * fraction, 10)
+
+
+def _csv_cell(cell: Cell) -> list[object]:
+    mean, std, seeds = cell
+    return [_in_percent(mean), _in_percent(std), seeds]
 
 
 def _per_seed_csv(task: str, summary: Mapping) -> str:
     """Tidy: one row per value that enters the tables (a run's score for one language), in percent like the Markdown."""
     stream = StringIO()
     writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow(["task", "language", "method", "seed", "metric", "value"])
+    writer.writerow(["task", "language", "method", "seed", "metric", "value_percent"])
     for method in summary["methods"]:
         for language, per_seed in sorted(summary["per_seed"][method].items()):
             for seed, value in sorted(per_seed.items()):
-                # Rounded to drop the noise of the conversion (100 * 0.57 is 56.99999999999999); scores carry far
-                # fewer than ten decimals.
-                writer.writerow([task, language, method, seed, summary["metric"], round(100 * value, 10)])
+                writer.writerow([task, language, method, seed, summary["metric"], _in_percent(value)])
+    return stream.getvalue()
+
+
+def _differences_csv(summary: Mapping) -> str:
+    """Tidy: one row per method and language (and "avg"): the difference from the baseline and its interval."""
+    stream = StringIO()
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(
+        [
+            "method",
+            "baseline",
+            "language",
+            "difference_percent",
+            "low_percent",
+            "high_percent",
+            "verdict",
+            "seeds",
+            "items",
+        ]
+    )
+    for method, per_language in summary.get("differences", {}).items():
+        for key, difference in per_language.items():
+            language = "avg" if key == AVERAGE else key
+            numbers = [_in_percent(value) for value in (difference.difference, difference.low, difference.high)]
+            extra = [difference.verdict, difference.seeds, difference.items]
+            writer.writerow([method, summary["baseline"], language, *numbers, *extra])
     return stream.getvalue()
 
 
@@ -522,6 +691,11 @@ def _latex_cell(cell: Cell, best: bool) -> str:
 _FLARE_COLOURS = ("#D55E00", "#0072B2", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
 _BASELINE_COLOUR = "#6E6E6E"
 _PANELS_PER_ROW = 4
+# The share of the figure's width a title line may take, so it keeps a margin on both sides.
+_TITLE_SHARE = 0.96
+# The narrowest metric axis in points: values that (nearly) tie are drawn on this span around them, so a difference of
+# a tenth of a point does not fill the panel.
+_MIN_SPAN = 5.0
 
 
 def plot_summary(task: str, summary: Mapping) -> Figure:
@@ -556,9 +730,20 @@ def plot_summary(task: str, summary: Mapping) -> Figure:
             if is_flare(method):
                 label.set_fontweight("bold")
                 label.set_color(colours[method])
-    figure.suptitle(f"{task}: {summary['metric']}, {_seeds_phrase(summary)}")
+    _fit_title(figure, f"{task}: {summary['metric']}", _seeds_phrase(summary))
     figure.supxlabel(f"{summary['metric']} (%)", fontsize="medium")
     return figure
+
+
+def _fit_title(figure: Figure, what: str, seeds: str) -> None:
+    """The title on one line where it fits the figure's width, else on two, shrunk further if a line still would not
+    fit (a one-language figure is narrow)."""
+    renderer = figure.canvas.get_renderer()
+    for text, size in ((f"{what}, {seeds}", "large"), (f"{what}\n{seeds}", "large"), (f"{what}\n{seeds}", "medium")):
+        title = figure.suptitle(text, fontsize=size)
+        if title.get_window_extent(renderer).width <= _TITLE_SHARE * figure.bbox.width:
+            return
+    title.set_fontsize("small")
 
 
 def _method_colours(methods: list[str]) -> dict[str, str]:
@@ -585,13 +770,23 @@ def _dot_panel(axes: Axes, methods: list[str], table: Mapping, key: str, colours
             axes.plot(100 * mean, row, "o", markerfacecolor="white", markeredgecolor=colour, markersize=6.5, zorder=3)
     low = min(100 * (mean - std) for _, _, (mean, std, _) in present)
     high = max(100 * (mean + std) for _, _, (mean, std, _) in present)
-    # A margin so no dot sits on the frame, and at least a point of width when every method scores the same.
-    margin = max(0.08 * (high - low), 0.5)
-    axes.set_xlim(low - margin, high + margin)
+    axes.set_xlim(*_metric_limits(low, high))
     axes.xaxis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 5, 10]))
     axes.grid(axis="both", color="#E5E5E5", linewidth=0.8)
     axes.set_axisbelow(True)
     axes.tick_params(axis="y", length=0)
+
+
+def _metric_limits(low: float, high: float) -> tuple[float, float]:
+    """The panel's metric axis: the values with a margin so no dot sits on the frame, at least _MIN_SPAN wide (kept
+    inside 0 to 100 where the values are)."""
+    margin = 0.08 * (high - low)
+    low, high = low - margin, high + margin
+    if high - low >= _MIN_SPAN:
+        return low, high
+    centre = (low + high) / 2
+    low = min(max(centre - _MIN_SPAN / 2, 0.0), max(100.0 - _MIN_SPAN, low))
+    return low, low + _MIN_SPAN
 
 
 def _seed_counts(summary: Mapping) -> set[int]:

@@ -20,7 +20,8 @@ PDF_SIGNATURE = b"%PDF-"
 
 
 def report_names(task: str) -> list[str]:
-    return [f"report_{task}{suffix}" for suffix in (".md", ".csv", "_per_seed.csv", ".tex", ".png", ".pdf")]
+    suffixes = (".md", ".csv", "_per_seed.csv", "_differences.csv", ".tex", ".png", ".pdf")
+    return [f"report_{task}{suffix}" for suffix in suffixes]
 
 
 # xnli (accuracy), values[method][language] = one score per seed 1, 2, 3 (None = that seed has no result).
@@ -208,12 +209,15 @@ def test_markdown_table(runs_dir: Path, tmp_path: Path) -> None:
         "| flare | 71.0 ± 1.4 | 62.0 ± 2.8 | 66.5 ± 2.1 | 1.00 |\n"
         "| custom | 65.0 ± 0.0 | 51.0 ± 1.4 | 58.0 ± 0.7 | 2.00 |\n"
         "\n"
-        "f1 in percent: mean ± sample std (ddof=1; 0.0 for one seed) over seeds; – marks a missing result.\n"
+        "f1 in percent: mean ± sample std (ddof=1) over seeds, the value alone for one seed; – marks a missing "
+        "result.\n"
         "\n"
         "Seeds per cell: 2.\n"
         "\n"
         "Avg. (std over seeds of each seed's average) and Avg. rank (1 = best, ties share the average rank) "
         "are over ar, sw.\n"
+        "\n"
+        "No paired differences: no lora rows to compare with.\n"
     )
     assert sorted(path.name for path in paths) == sorted(report_names("xnli") + report_names("tydiqa"))
     # The Markdown first: the demo prints paths[0] as the table.
@@ -227,7 +231,9 @@ def test_markdown_missing_cell_varying_seeds_and_dropped_language(runs_dir: Path
     # flare has no th; its Avg is (0.70 + 0.42) / 2 with std 0.005; ranks (1 + 1.5) / 2.
     assert lines[6] == "| flare | 70.0 ± 0.0 | 42.0 ± 1.0 | – | 56.0 ± 0.5 | 1.25 |"
     assert "Seeds per cell: 3, except lora/sw 2, lora/Avg 2." in lines
-    assert lines[-1].endswith("are over de, sw. Dropped from both: th (missing for flare).")
+    assert lines[-3].endswith("are over de, sw. Dropped from both: th (missing for flare).")
+    # The fixture's runs have no predictions.jsonl, so there is nothing to pair, and the report says so.
+    assert lines[-1] == "No paired differences from lora: the runs have no predictions.jsonl (per-item predictions)."
 
 
 def test_csv_columns_and_values(runs_dir: Path, tmp_path: Path) -> None:
@@ -235,21 +241,24 @@ def test_csv_columns_and_values(runs_dir: Path, tmp_path: Path) -> None:
     with (tmp_path / "report_xnli.csv").open(encoding="utf-8", newline="") as stream:
         reader = csv.DictReader(stream)
         rows = {row["method"]: row for row in reader}
+    parts = ("mean_percent", "std_percent", "n")
     assert reader.fieldnames == [
         "method",
-        *(f"{language}_{part}" for language in ("de", "sw", "th", "avg") for part in ("mean", "std", "n")),
+        *(f"{language}_{part}" for language in ("de", "sw", "th", "avg") for part in parts),
         "avg_rank",
     ]
     assert list(rows) == ["zero-shot", "lora", "flare"]
+    # In percent, as the header says and as the Markdown and the per-seed CSV are.
     lora = rows["lora"]
-    assert float(lora["sw_mean"]) == pytest.approx(0.42)
-    assert float(lora["sw_std"]) == pytest.approx(0.02 * math.sqrt(2))
+    assert float(lora["sw_mean_percent"]) == pytest.approx(42.0)
+    assert float(lora["sw_std_percent"]) == pytest.approx(2 * math.sqrt(2))
     assert lora["sw_n"] == "2"
-    assert float(lora["avg_mean"]) == pytest.approx(0.52)
-    assert float(lora["avg_std"]) == pytest.approx(0.03 / math.sqrt(2))
+    assert float(lora["avg_mean_percent"]) == pytest.approx(52.0)
+    assert float(lora["avg_std_percent"]) == pytest.approx(3 / math.sqrt(2))
     assert float(lora["avg_rank"]) == pytest.approx(1.75)
     # A missing result is empty fields, not a zero.
-    assert (rows["flare"]["th_mean"], rows["flare"]["th_std"], rows["flare"]["th_n"]) == ("", "", "")
+    flare = rows["flare"]
+    assert (flare["th_mean_percent"], flare["th_std_percent"], flare["th_n"]) == ("", "", "")
 
 
 def test_png_is_written(runs_dir: Path, tmp_path: Path) -> None:
@@ -352,7 +361,38 @@ def test_stage1_runs_are_not_rows_of_the_transfer_tables(tmp_path):
     write_report(tmp_path)
     rows = {row["method"]: row for row in csv.DictReader((tmp_path / "report_xnli.csv").open())}
     assert set(rows) == {"flare", "lora"}
-    assert (float(rows["flare"]["avg_mean"]), float(rows["flare"]["avg_rank"])) == (0.6, 1.0)
+    assert (float(rows["flare"]["avg_mean_percent"]), float(rows["flare"]["avg_rank"])) == (60.0, 1.0)
+    # They are the stage-1 column instead: the English score every method starts from (one seed: no "±").
+    assert [float(rows[method]["stage1_en_mean_percent"]) for method in ("flare", "lora")] == [90.0, 90.0]
+    lines = (tmp_path / "report_xnli.md").read_text(encoding="utf-8").splitlines()
+    assert lines[2] == "| Method | en (stage 1) | sw | Avg | Avg. rank |"
+    assert lines[4] == "| lora | 90.0 | 50.0 | 50.0 | 2.00 |"
+
+
+def test_stage1_column_takes_the_stage1_runs_of_the_rows_seeds(tmp_path: Path) -> None:
+    for seed, english in ((1, 0.80), (2, 0.90), (3, 0.70)):
+        write_run(
+            tmp_path / f"stage1-{seed}", task="xnli", method="finetune", seed=seed, language="en",
+            metric="accuracy", scores={"en": classification(english)},
+        )  # fmt: skip
+    for method, seeds in (("lora", (1, 2)), ("flare", (1, 2, 3))):
+        for seed in seeds:
+            write_run(
+                tmp_path / f"{method}-{seed}", task="xnli", method=method, seed=seed, language="sw",
+                metric="accuracy", scores={"sw": classification(0.5)},
+            )  # fmt: skip
+    write_report(tmp_path)
+    lines = (tmp_path / "report_xnli.md").read_text(encoding="utf-8").splitlines()
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1] for line in lines if line.startswith("| ")}
+    # lora ran seeds 1 and 2, whose stage 1 scored 80 and 90; flare also seed 3 (70): 80 ± 10 over three.
+    assert rows["lora"] == "85.0 ± 7.1" and rows["flare"] == "80.0 ± 10.0"
+    # Without stage-1 runs in the folder there is no such column.
+    for seed in (1, 2, 3):
+        (tmp_path / f"stage1-{seed}" / "metrics.json").unlink()
+    write_report(tmp_path)
+    assert "stage 1" not in (tmp_path / "report_xnli.md").read_text(encoding="utf-8")
+    with (tmp_path / "report_xnli.csv").open(encoding="utf-8") as stream:
+        assert "stage1" not in stream.readline()
 
 
 def seed_means(values: dict[str, dict[str, list[float | None]]]) -> dict[str, dict[str, float]]:
@@ -426,7 +466,7 @@ def test_per_seed_csv_has_one_row_per_run_in_percent(runs_dir: Path, tmp_path: P
     with (tmp_path / "report_xnli_per_seed.csv").open(encoding="utf-8", newline="") as stream:
         reader = csv.DictReader(stream)
         rows = list(reader)
-    assert reader.fieldnames == ["task", "language", "method", "seed", "metric", "value"]
+    assert reader.fieldnames == ["task", "language", "method", "seed", "metric", "value_percent"]
     # One row per value written to a metrics.json: the side evaluations (0.99) and the "average" entries are not runs
     # of their cell; lora's sw seed 3 never ran.
     expected = [
@@ -445,11 +485,11 @@ def test_per_seed_csv_has_one_row_per_run_in_percent(runs_dir: Path, tmp_path: P
             seed,
             metric,
         )
-        assert float(row["value"]) == pytest.approx(value)
+        assert float(row["value_percent"]) == pytest.approx(value)
     # Same units as the Markdown: the mean of a cell's rows is the number the Markdown prints.
     markdown = (tmp_path / "report_xnli.md").read_text(encoding="utf-8")
     lora_sw = statistics.fmean(
-        float(row["value"]) for row in rows if (row["method"], row["language"]) == ("lora", "sw")
+        float(row["value_percent"]) for row in rows if (row["method"], row["language"]) == ("lora", "sw")
     )
     assert f"{lora_sw:.1f}" == "42.0" and "| lora | 62.0 ± 2.0 | 42.0 ± 2.8 |" in markdown
 
