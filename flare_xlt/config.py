@@ -5,14 +5,21 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from peft import LoraConfig
-
-from .fusion import FUSION_NAMES
 from .io import write_text_atomic
-from .token_pairing import PAIRING_MODES
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 FLARE_CONFIG_NAME = "flare_config.json"
+# The choices of the settings below; fusion.py and token_pairing.py implement them. They are named here, in a module
+# that imports no torch, so that the command line can check and explain them without loading a model library.
+POSITION_MIXING_FUSIONS = ("matmul", "matmul_relu", "cross_attention")
+FUSION_NAMES = ("add", "mul", "add_relu", "mul_relu", *POSITION_MIXING_FUSIONS)
+PAIRING_MODES = ("start", "end", "proportional")
+# How a training run keeps FLARE's source tensors between epochs (source_cache.py).
+CACHE_MODES = ("off", "memory", "disk")
 UNPAIRED_MODES = ("lora", "zero_source")
 SOURCE_SITES = ("linear_input", "block_input")
 # Leaf names of the attention query and value projections across HF architectures (Llama/Gemma/Qwen/Mistral,
@@ -102,6 +109,14 @@ class FlareConfig:
         default=None,
         metadata={"help": "Extra modules trained in full and saved with the adapter, e.g. ['classifier']."},
     )
+    causal: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Whether the model's input tokens attend causally. None: decided from the model's config (an "
+            "encoder-decoder or a registered masked-LM architecture is bidirectional; is_decoder or a registered "
+            "causal-LM architecture is causal), and a model it cannot place is refused. Set it only for such a model."
+        },
+    )
     mt_source_dim: int | None = field(
         default=None,
         metadata={
@@ -137,11 +152,15 @@ class FlareConfig:
             raise ValueError(
                 f"cross_attention_heads={self.cross_attention_heads} must be positive and divide r={self.r}."
             )
+        if self.causal not in (None, True, False):
+            raise ValueError(f"causal must be True, False or None (decided from the model), got {self.causal!r}.")
         if self.mt_source_dim is not None and self.mt_source_dim <= 0:
             raise ValueError(f"mt_source_dim must be a positive integer or None, got {self.mt_source_dim!r}.")
 
     def to_lora_config(self) -> LoraConfig:
         """The PEFT LoRA config this adapter is saved as; plain PEFT can load it as a target-only LoRA."""
+        from peft import LoraConfig  # imported here: reading and checking a config needs no torch
+
         return LoraConfig(
             r=self.r,
             lora_alpha=self.lora_alpha,

@@ -15,14 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import FUSION_NAMES
+from .config import POSITION_MIXING_FUSIONS as POSITION_MIXING_FUSIONS  # where layer.py and model.py read it
+
 POSITIONWISE_FUSIONS = {
     "add": lambda s, t: s + t,
     "mul": lambda s, t: s * t,
     "add_relu": lambda s, t: F.relu(s) + F.relu(t),
     "mul_relu": lambda s, t: F.relu(s) * F.relu(t),
 }
-POSITION_MIXING_FUSIONS = ("matmul", "matmul_relu", "cross_attention")
-FUSION_NAMES = (*POSITIONWISE_FUSIONS, *POSITION_MIXING_FUSIONS)
 
 
 def matmul_fusion(s: torch.Tensor, t: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:

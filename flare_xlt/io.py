@@ -7,11 +7,10 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+if TYPE_CHECKING:
+    import torch
 
 
 def replace_atomically(path: str | Path, write: Callable[[str], None]) -> None:
@@ -73,6 +72,8 @@ def save_tensors_atomic(
     path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
     """A safetensors file written whole or not at all."""
+    from safetensors.torch import save_file  # imported here: the text and JSON writers need no torch
+
     replace_atomically(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
 
 
@@ -91,6 +92,8 @@ class TensorShards:
     def open(self, shard: str) -> Any:
         handle = self._handles.get(shard)
         if handle is None:
+            from safetensors import safe_open
+
             handle = self._handles[shard] = safe_open(self.directory / shard, framework="pt")
         return handle
 

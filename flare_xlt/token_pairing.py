@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Cache
 
-PAIRING_MODES = ("start", "end", "proportional")
+from .config import PAIRING_MODES
+
 IGNORE_INDEX = -100  # the label of tokens without a loss, as in every transformers model
 
 

@@ -24,7 +24,7 @@ from ..mt.data import output_name, write_records
 from ..mt.states import EncoderStateStore
 from ..pipeline.models import load_state_reader
 from ..pipeline.recipes import Recipe, default_workers, run_recipe
-from ..pipeline.runs import AdapterConfig, TrainConfig
+from ..pipeline.settings import AdapterConfig, TrainConfig
 from ..report import collect_runs, write_report
 from ..tasks import TaskEncoder, TaskSpec, get_task, read_rows
 from .pretrain import MODEL_TYPES, PretrainingConfig, pretrained_model

@@ -1,18 +1,12 @@
 """Machine translation: NLLB translate-train / translate-test data, QA span projection, FLARE-MT encoder states."""
 
-from .cache import TranslationCacheWarning
-from .languages import NLLB_CODES, NLLB_FALLBACKS, FallbackLanguageWarning, nllb_code
-from .translator import DEFAULT_MT_MODEL, GenerationSettings, TranslationInputWarning, TranslationReport, Translator
+from ..lazy import lazy_attributes
 
-__all__ = [
-    "DEFAULT_MT_MODEL",
-    "NLLB_CODES",
-    "NLLB_FALLBACKS",
-    "FallbackLanguageWarning",
-    "GenerationSettings",
-    "TranslationCacheWarning",
-    "TranslationInputWarning",
-    "TranslationReport",
-    "Translator",
-    "nllb_code",
-]
+__getattr__, __all__ = lazy_attributes(
+    __name__,
+    {
+        ".cache": ("TranslationCacheWarning",),
+        ".languages": ("DEFAULT_MT_MODEL", "NLLB_CODES", "NLLB_FALLBACKS", "FallbackLanguageWarning", "nllb_code"),
+        ".translator": ("GenerationSettings", "TranslationInputWarning", "TranslationReport", "Translator"),
+    },
+)

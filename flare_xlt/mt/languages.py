@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import warnings
 
+# The MT model of translate, mt-states and recipes unless another is named (NLLB-200, 600M parameters).
+DEFAULT_MT_MODEL = "facebook/nllb-200-distilled-600M"
 NLLB_CODES = {
     "en": "eng_Latn",
     # XNLI

@@ -16,9 +16,9 @@ import torch
 
 from .backends import TranslationInputWarning, make_backend, warn_changed_inputs
 from .cache import TranslationCache
+from .languages import DEFAULT_MT_MODEL
 from .sharding import Shards
 
-DEFAULT_MT_MODEL = "facebook/nllb-200-distilled-600M"
 NLLB_MODELS = (DEFAULT_MT_MODEL, "facebook/nllb-200-distilled-1.3B", "facebook/nllb-200-1.3B", "facebook/nllb-200-3.3B")
 
 

@@ -5,28 +5,16 @@ flare-xlt finetune, transfer and evaluate as arguments and return the run folder
 load_recipe, plan, step_status, describe_plan and run_recipe are flare-xlt run in parts.
 """
 
-from .checkpoints import NonFiniteTrainingError
-from .models import LoadedModel, load_model
-from .predict import predict
-from .recipes import PlannedStep, Recipe, describe_plan, load_recipe, plan, run_recipe, step_status
-from .runs import METHODS, AdapterConfig, TrainConfig, evaluate, finetune, transfer
+from ..lazy import lazy_attributes
 
-__all__ = [
-    "METHODS",
-    "AdapterConfig",
-    "LoadedModel",
-    "NonFiniteTrainingError",
-    "PlannedStep",
-    "Recipe",
-    "TrainConfig",
-    "describe_plan",
-    "evaluate",
-    "finetune",
-    "load_model",
-    "load_recipe",
-    "plan",
-    "predict",
-    "run_recipe",
-    "step_status",
-    "transfer",
-]
+__getattr__, __all__ = lazy_attributes(
+    __name__,
+    {
+        ".checkpoints": ("NonFiniteTrainingError",),
+        ".models": ("LoadedModel", "load_model"),
+        ".predict": ("predict",),
+        ".recipes": ("PlannedStep", "Recipe", "describe_plan", "load_recipe", "plan", "run_recipe", "step_status"),
+        ".runs": ("METHODS", "evaluate", "finetune", "transfer"),
+        ".settings": ("AdapterConfig", "TrainConfig"),
+    },
+)

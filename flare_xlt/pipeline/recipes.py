@@ -24,14 +24,13 @@ from .runs import (
     METHODS,
     STAGE1_MODES,
     TRAINING_METHODS,
-    AdapterConfig,
-    TrainConfig,
     finetune,
     finetune_run,
     resolve_stage1_mode,
     transfer,
     transfer_run,
 )
+from .settings import AdapterConfig, TrainConfig
 
 
 @dataclass

@@ -1,30 +1,21 @@
 """Tasks and data: task definitions, loading, source/target pairing, formatting and collation."""
 
-from .collator import PairedCollator
-from .formatting import ANSWER_TOKENS, ARCHITECTURES, VIEWS, EncodingReport, TaskEncoder
-from .pairing import pair_views
-from .sources import label_id, load_hub_view, load_original_view, load_record_file, load_task_splits, read_rows
-from .spec import NUSAX, TASKS, TYDIQA, XNLI, TaskSpec, get_task, load_task_spec
+from ..lazy import lazy_attributes
 
-__all__ = [
-    "ANSWER_TOKENS",
-    "ARCHITECTURES",
-    "NUSAX",
-    "TASKS",
-    "TYDIQA",
-    "VIEWS",
-    "XNLI",
-    "EncodingReport",
-    "PairedCollator",
-    "TaskEncoder",
-    "TaskSpec",
-    "get_task",
-    "label_id",
-    "load_hub_view",
-    "load_original_view",
-    "load_record_file",
-    "load_task_spec",
-    "load_task_splits",
-    "pair_views",
-    "read_rows",
-]
+__getattr__, __all__ = lazy_attributes(
+    __name__,
+    {
+        ".collator": ("PairedCollator",),
+        ".formatting": ("ANSWER_TOKENS", "ARCHITECTURES", "VIEWS", "EncodingReport", "TaskEncoder"),
+        ".pairing": ("pair_views",),
+        ".sources": (
+            "label_id",
+            "load_hub_view",
+            "load_original_view",
+            "load_record_file",
+            "load_task_splits",
+            "read_rows",
+        ),
+        ".spec": ("NUSAX", "TASKS", "TYDIQA", "XNLI", "TaskSpec", "get_task", "load_task_spec"),
+    },
+)
