@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import contextvars
 import dataclasses
 import difflib
+import importlib.util
 import inspect
 import json
 import os
 import re
 import sys
+import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -18,25 +21,53 @@ from typing import Any
 from jsonargparse import CLI, ArgumentParser
 
 from . import __version__
-from .demo.experiment import DemoConfig, run_demo
-from .demo.sweep import parse_sweep, run_sweep
-from .mt.backends import BACKENDS, convert_to_ctranslate2
-from .mt.data import (
-    template_texts,
-    translate_fields,
-    translate_record_file,
-    translate_task,
-    write_dataset_translation,
-    write_encoder_states,
-)
-from .mt.languages import language_code
-from .mt.sharding import Shards
-from .mt.translator import DEFAULT_MT_MODEL, GenerationSettings, Translator
-from .pipeline import NonFiniteTrainingError, evaluate, finetune, transfer
-from .pipeline.models import load_state_reader
-from .pipeline.recipes import describe_plan, load_recipe, load_variants, run_recipe, step_status
-from .report import write_report
-from .tasks import get_task, read_rows
+from .mt.languages import DEFAULT_MT_MODEL
+from .pipeline import settings
+
+# The commands import torch, transformers and peft (through the modules named in their bodies) only when they run:
+# --help, --version and a wrong option answer without loading them.
+
+
+def lazy_command(module: str, name: str, namespace: dict[str, Any]) -> Callable:
+    """The function `name` of `module` as a command that imports its module when it runs.
+
+    jsonargparse builds the options and their help from a function's signature and docstring; here they are read
+    from the module's source without running it, and the annotations and defaults are evaluated in `namespace` (the
+    light types and default values they name). tests/test_cli_ux.py checks that the result is the real signature.
+    """
+    source = Path(importlib.util.find_spec(module).origin)
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    definition = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == name)
+
+    def evaluate(node: ast.expr) -> Any:
+        return eval(compile(ast.Expression(node), str(source), "eval"), dict(namespace))
+
+    arguments = definition.args.args
+    defaults = [inspect.Parameter.empty] * (len(arguments) - len(definition.args.defaults))
+    defaults += [evaluate(default) for default in definition.args.defaults]
+    parameters = [
+        inspect.Parameter(
+            argument.arg,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=default,
+            annotation=evaluate(argument.annotation),
+        )
+        for argument, default in zip(arguments, defaults, strict=True)
+    ]
+
+    def command(*args, **kwargs):
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    command.__name__ = command.__qualname__ = name
+    command.__doc__ = ast.get_docstring(definition)
+    command.__signature__ = inspect.Signature(parameters, return_annotation=evaluate(definition.returns))
+    command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    command.__annotations__["return"] = command.__signature__.return_annotation
+    return command
+
+
+# What the signatures of the pipeline's commands name: their settings dataclasses and defaults, and Path.
+PIPELINE_NAMES = {"Path": Path, **vars(settings)}
 
 
 def translate(
@@ -99,6 +130,13 @@ def translate(
         dataset_translation: XNLI only: take the train split the dataset ships machine-translated into --tgt
             instead of translating it; the other --splits are translated.
     """
+    from .mt.backends import BACKENDS
+    from .mt.data import translate_fields, translate_record_file, translate_task, write_dataset_translation
+    from .mt.languages import language_code
+    from .mt.sharding import Shards
+    from .mt.translator import GenerationSettings, Translator
+    from .tasks import get_task
+
     if (task is None) == (fields is None):
         raise ValueError("Give exactly one of --task (a task's splits or records) or --fields (fields of any --input).")
     if fields is not None and input is None:
@@ -168,6 +206,8 @@ def convert_mt(model: str, output: Path, quantization: str | None = None) -> Non
         quantization: Store the weights as int8, int8_float32, int8_float16, int8_bfloat16, int16, float16, bfloat16
             or float32 (default: as the checkpoint). Any compute type can still be chosen with --dtype.
     """
+    from .mt.backends import convert_to_ctranslate2
+
     print(convert_to_ctranslate2(model, output, quantization))
 
 
@@ -213,6 +253,11 @@ def mt_states(
         dtype: auto, float32, float16 or bfloat16.
         device: auto, cpu, cuda, ...
     """
+    from .mt.data import template_texts, write_encoder_states
+    from .mt.translator import Translator
+    from .pipeline.models import load_state_reader
+    from .tasks import get_task, read_rows
+
     if (task is None) == (template is None):
         raise ValueError("Give exactly one of --task (with --reader) or --template.")
     if task is not None and reader is None:
@@ -248,6 +293,9 @@ def run(recipe: Path, set: dict[str, Any] | None = None, dry_run: bool = False) 
         set: Recipe values to override, by name: --set.seeds '[1]' --set.train.epochs 1 --set.languages '[id, sw]'.
         dry_run: Print the plan, one line per step, and stop.
     """
+    from .pipeline.recipes import describe_plan, load_recipe, run_recipe, step_status
+    from .report import write_report
+
     recipe_settings = load_recipe(recipe, set)
     if dry_run:
         print(describe_plan(step_status(recipe_settings), every_step=True))
@@ -268,6 +316,8 @@ def report(directory: Path, output: Path | None = None) -> None:
         directory: Folder searched recursively for metrics.json.
         output: Folder for the report files (default: `directory`).
     """
+    from .report import write_report
+
     for path in write_report(directory, output):
         print(f"wrote {path}")
 
@@ -308,6 +358,10 @@ def demo(
         workers: Runs trained side by side, each in a process of its own with an equal share of the CPU threads
             (default: one per CPU core, at most 4; 1 on a GPU). The results do not depend on it.
     """
+    from .demo.experiment import DemoConfig, run_demo
+    from .demo.sweep import parse_sweep, run_sweep
+    from .pipeline.recipes import load_variants
+
     config = DemoConfig(
         output,
         model_type,
@@ -326,19 +380,38 @@ def demo(
         print(run_demo(config))
 
 
+def tasks() -> None:
+    """List the built-in tasks: each task's kind, headline metric, languages and where its data comes from."""
+    from .tasks.sources import DATA_SOURCES
+    from .tasks.spec import TASKS
+
+    for task in TASKS.values():
+        print(f"{task.name}: {task.kind}, metric {task.metric}, source language {task.source_language}")
+        print(f"  languages: {' '.join(task.languages)}")
+        print(f"  data: {DATA_SOURCES[task.name]}")
+    print("A custom task is a .yaml or .json spec file given as --task (docs/tasks.md, section 2).")
+
+
 COMMANDS = {
     "translate": translate,
     "convert-mt": convert_mt,
     "mt-states": mt_states,
-    "finetune": finetune,
-    "transfer": transfer,
-    "evaluate": evaluate,
+    "finetune": lazy_command("flare_xlt.pipeline.runs", "finetune", PIPELINE_NAMES),
+    "transfer": lazy_command("flare_xlt.pipeline.runs", "transfer", PIPELINE_NAMES),
+    "evaluate": lazy_command("flare_xlt.pipeline.runs", "evaluate", PIPELINE_NAMES),
     "run": run,
     "report": report,
     "demo": demo,
+    "tasks": tasks,
 }
-# Errors a user can fix from the message (bad settings, missing files or models, a diverging run): one line, exit 2.
-USER_ERRORS = (ValueError, OSError, NonFiniteTrainingError)
+# Errors a user can fix from the message (bad settings, missing files, models or packages): one line, exit 2.
+USER_ERRORS = (ValueError, OSError)
+# Also user errors: those of a diverging run and of a failing MT command. Their modules import torch, so they are
+# looked up only where a command has loaded them (an error of a module never loaded cannot have been raised).
+LOADED_USER_ERRORS = {
+    "flare_xlt.pipeline.checkpoints": "NonFiniteTrainingError",
+    "flare_xlt.mt.backends": "CommandTranslationError",
+}
 # Hugging Face Trainer and example-script names of options that are spelled otherwise here.
 HF_OPTION_NAMES = {
     "output_dir": "output",
@@ -347,10 +420,24 @@ HF_OPTION_NAMES = {
     "per_device_train_batch_size": "train.batch_size",
     "per_device_eval_batch_size": "train.eval_batch_size",
 }
+# An option's type in the words of a type error: "--train.epochs expects a number, got 'abc'".
+TYPE_WORDS = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    Path: "a path",
+    dict: "a mapping",
+    type(None): "null",
+}
+# The flags of --print_config, which jsonargparse takes only after '=' (--print_config=skip_default).
+PRINT_CONFIG_FLAGS = ("comments", "skip_default", "skip_null")
 
 
 class FlareParser(ArgumentParser):
-    """Boolean options also work as bare flags (--train.bf16), and an unknown option gets a did-you-mean hint."""
+    """Boolean options also work as bare flags (--train.bf16), and a wrong command line is one line on stderr with
+    exit code 2 that says what was meant: the option it most likely misspells, the type an option expects, the option
+    that is missing. The usage is printed by --help only."""
 
     def format_help(self) -> str:
         # jsonargparse prints the type of a pathlib.Path option as <class 'Path'> (wrapped onto two lines where the
@@ -364,10 +451,48 @@ class FlareParser(ArgumentParser):
         return super().add_argument(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
-        known = _option_names(COMMANDS.get(_COMMAND.get()))
-        unknown = re.findall(r"--([\w.]+)|option '([\w.]+)'", message)
-        hints = [_hint(dashed or quoted, known) for dashed, quoted in unknown]
-        return super().error(message + "".join(f"\n  {hint}" for hint in hints if hint), ex)
+        if not self.exit_on_error:  # jsonargparse trying one way of parsing a value: it catches the error itself
+            return super().error(message, ex)
+        print(f"error: {_explain(message, self)}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _explain(message: str, parser: ArgumentParser) -> str:
+    """jsonargparse's error message as one line that leads with what to type instead."""
+    command = _COMMAND.get()
+    see = f"(flare-xlt {command} --help lists every option)" if command else "(flare-xlt --help lists the commands)"
+    if typed := re.match(r'Parser key "([\w.]+)":', message):
+        action = parser._option_string_actions.get(f"--{typed[1]}")
+        value = re.findall(r"(?:Got value|Given value): (.*)", message)
+        if action is not None and getattr(action, "_typehint", None) is not None and value:
+            return f"--{typed[1]} expects {_type_words(action._typehint)}, got {value[-1]!r}."
+    if required := re.match(r"the following arguments are required: (.*)", message):
+        names = [f"--{name.strip().partition('.')[2] or name.strip()}" for name in required[1].split(",")]
+        return f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} required {see}."
+    if choice := re.match(r"argument subcommand: invalid choice: '([^']*)'", message):
+        close = difflib.get_close_matches(choice[1], COMMANDS, n=1)
+        meant = f"did you mean {close[0]}? " if close else ""
+        return f"unknown command {choice[1]!r}: {meant}Commands: {', '.join(COMMANDS)}."
+    if message.startswith("unrecognized arguments:"):
+        known = _option_names(COMMANDS.get(command))
+        unknown = re.findall(r"--([\w.]+)", message)
+        if unknown:
+            return " ".join(_hint(name, known) for name in unknown) + f" {see}."
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def _type_words(hint: Any) -> str:
+    """A type annotation in words: int | None -> 'an integer or null'."""
+    if hint in TYPE_WORDS:
+        return TYPE_WORDS[hint]
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_words(argument) for argument in typing.get_args(hint))
+    if origin in (list, tuple):
+        return "a list such as [a, b]"
+    if origin is dict:
+        return TYPE_WORDS[dict]
+    return getattr(hint, "__name__", str(hint))
 
 
 def _lowercase_path(type_text: re.Match) -> str:
@@ -392,7 +517,7 @@ def _option_names(command: Callable | None) -> list[str]:
     return names
 
 
-def _hint(name: str, known: list[str]) -> str | None:
+def _hint(name: str, known: list[str]) -> str:
     """For an unknown option: the one it most likely meant (its Hugging Face equivalent, or the closest spelling of
     its last part: learning_rate and lerning_rate both mean train.learning_rate), else the valid names of its
     section."""
@@ -403,7 +528,25 @@ def _hint(name: str, known: list[str]) -> str | None:
     for close in difflib.get_close_matches(leaf, leaves, n=1, cutoff=0.8):
         return f"--{name}: did you mean --{known[leaves.index(close)]}?"
     valid = [option.rpartition(".")[2] for option in known if option.startswith(f"{section}.") and section]
-    return f"--{name}: valid {section} settings: {', '.join(valid)}." if valid else None
+    return f"--{name}: valid {section} settings: {', '.join(valid)}." if valid else f"--{name}: no such option."
+
+
+def _join_print_config(arguments: list[str]) -> list[str]:
+    """--print_config skip_default as jsonargparse takes it, --print_config=skip_default."""
+    joined: list[str] = []
+    for argument in arguments:
+        if joined and joined[-1] == "--print_config" and set(argument.split(",")) <= set(PRINT_CONFIG_FLAGS):
+            joined[-1] = f"--print_config={argument}"
+        else:
+            joined.append(argument)
+    return joined
+
+
+def _is_user_error(error: Exception) -> bool:
+    loaded = [
+        getattr(sys.modules[module], name) for module, name in LOADED_USER_ERRORS.items() if module in sys.modules
+    ]
+    return isinstance(error, (*USER_ERRORS, *loaded))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -411,7 +554,7 @@ def main(argv: list[str] | None = None) -> None:
     --debug (anywhere on the line) or FLARE_XLT_DEBUG=1 shows the traceback instead."""
     arguments = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in arguments or os.environ.get("FLARE_XLT_DEBUG", "0") not in ("", "0")
-    arguments = [argument for argument in arguments if argument != "--debug"]
+    arguments = _join_print_config([argument for argument in arguments if argument != "--debug"])
     _COMMAND.set(next((argument for argument in arguments if argument in COMMANDS), None))
     try:
         result = CLI(
@@ -432,10 +575,11 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(130) from None
-    except USER_ERRORS as error:
-        if debug:
+    except Exception as error:
+        if debug or not _is_user_error(error):
             raise
-        print(f"error: {error}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     if isinstance(result, Path):  # the run folder, last, for scripts: STAGE1=$(flare-xlt finetune ... | tail -n 1)
         print(result)

@@ -298,7 +298,7 @@ class CommandBackend(Backend):
                 f"MT command {self.command!r} did not finish {where} within {self.timeout:g} s (--command_timeout); "
                 "it was killed. Earlier chunks are in the cache: re-running resumes after them."
             ) from None
-        message = stderr.decode(errors="replace").strip()[-2000:]
+        message = stderr.decode(errors="replace").strip()[-2000:] or "nothing on stderr"
         if process.returncode != 0:
             raise CommandTranslationError(
                 f"MT command {self.command!r} failed on {where} with exit status {process.returncode}: {message}. "

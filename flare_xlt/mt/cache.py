@@ -21,12 +21,19 @@ class TranslationCacheWarning(UserWarning):
 
 class TranslationCache:
     def __init__(self, path: str | Path, model: str, source: str, target: str, settings: dict) -> None:
-        """Entries are keyed by (model, source, target, generation settings) and the text itself."""
+        """Entries are keyed by (model, source, target, generation settings) and the text itself. The file (and its
+        folder) is made with the first stored translation: a run that fails before it leaves nothing behind."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         identity = json.dumps([model, source, target, settings], sort_keys=True)
         self.namespace = hashlib.sha256(identity.encode()).hexdigest()[:16]
-        self.connection = self._connect()
+        self._connection: sqlite3.Connection | None = None
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        if self._connection is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._connection = self._connect()
+        return self._connection
 
     def _connect(self) -> sqlite3.Connection:
         # Processes of a sharded run write to one file: wait for another's transaction rather than fail.
@@ -53,6 +60,8 @@ class TranslationCache:
     def lookup(self, texts: list[str]) -> dict[str, str]:
         """The cached translations of `texts`; entries that are not UTF-8 text are left out, with a warning."""
         found, damaged = {}, 0
+        if self._connection is None and not self.path.exists():
+            return found
         for start in range(0, len(texts), 500):  # SQLite limits the number of bound parameters
             chunk = texts[start : start + 500]
             marks = ",".join("?" * len(chunk))
@@ -86,11 +95,15 @@ class TranslationCache:
             )
 
     def __len__(self) -> int:
+        if self._connection is None and not self.path.exists():
+            return 0
         query = "SELECT count(*) FROM translations WHERE namespace = ?"
         return self.connection.execute(query, [self.namespace]).fetchone()[0]
 
     def close(self) -> None:
-        self.connection.close()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
 
 def _text(stored_type: str, raw: bytes | None) -> str | None:

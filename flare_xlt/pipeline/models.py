@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 import torch
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -58,6 +59,14 @@ class LoadedModel:
 
 def model_config(model_name: str):
     """The model's config, or an OSError that names the model (transformers' own does not, offline)."""
+    if not os.path.isdir(model_name):
+        try:
+            validate_repo_id(model_name)
+        except HFValidationError:  # a path: the hub library's complaint about repository names would mislead
+            raise FileNotFoundError(
+                f"Model {model_name!r} is neither a local model folder (with config.json) nor a hub model name: "
+                "no such folder."
+            ) from None
     try:
         return AutoConfig.from_pretrained(model_name)
     except OSError as error:

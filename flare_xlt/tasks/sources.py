@@ -20,6 +20,13 @@ from .spec import NUSAX, TYDIQA, XNLI, TaskSpec
 XNLI_HUB = "facebook/xnli"
 TYDIQA_HUB = "google-research-datasets/tydiqa"
 NUSAX_HUB = "indonlp/NusaX-senti"
+# Where each built-in task's data comes from (`flare-xlt tasks`): --data hub (the default) or --data FOLDER.
+DATA_SOURCES = {
+    "xnli": f"hub {XNLI_HUB}, or --data the XNLI-1.0 folder (validation and test; XNLI's train set is MultiNLI)",
+    "tydiqa": f"hub {TYDIQA_HUB} (secondary_task, i.e. GoldP), or --data the folder of tydiqa-goldp-v1.1-train.json "
+    "and -dev.json; the validation split is the test set",
+    "nusax": f"hub {NUSAX_HUB}, or --data NusaX's datasets/sentiment folder (<language name>/train, valid, test.csv)",
+}
 # TyDiQA ids start with the language's English name.
 TYDIQA_ID_PREFIX = {
     "ar": "arabic",
