@@ -99,7 +99,8 @@ def test_tiny_recipe_runs_the_whole_workflow(workspace, tmp_path, capsys):
     assert (tmp_path / "states" / "id" / "test" / "index.json").is_file()
     assert (tmp_path / "states" / "id" / "validation" / "index.json").is_file()
     averages = {
-        row["method"]: row["avg_mean"] for row in csv.DictReader((tmp_path / "runs" / "report_nusax.csv").open())
+        row["method"]: row["avg_mean_percent"]
+        for row in csv.DictReader((tmp_path / "runs" / "report_nusax.csv").open())
     }
     # stage-1 runs are not transfer rows; a variant is a row of its own
     assert set(averages) == {"zero-shot", "lora", "flare", "flare-mt", "flare-end-zero"}
