@@ -778,14 +778,14 @@ def _dot_panel(axes: Axes, methods: list[str], table: Mapping, key: str, colours
 
 
 def _metric_limits(low: float, high: float) -> tuple[float, float]:
-    """The panel's metric axis: the values with a margin so no dot sits on the frame, at least _MIN_SPAN wide (kept
-    inside 0 to 100 where the values are)."""
+    """The panel's metric axis: the values with a margin so no dot sits on the frame, and at least _MIN_SPAN wide
+    (that widening kept inside 0 to 100)."""
     margin = 0.08 * (high - low)
     low, high = low - margin, high + margin
     if high - low >= _MIN_SPAN:
         return low, high
     centre = (low + high) / 2
-    low = min(max(centre - _MIN_SPAN / 2, 0.0), max(100.0 - _MIN_SPAN, low))
+    low = min(max(centre - _MIN_SPAN / 2, 0.0), 100.0 - _MIN_SPAN)
     return low, low + _MIN_SPAN
 
 

@@ -13,6 +13,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
+from flare_xlt import report as report_module
 from flare_xlt.report import METHOD_ORDER, collect_runs, plot_summary, summarize, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -656,3 +657,49 @@ def test_select_makes_a_table_of_part_of_a_folder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="selected"):
         write_report(tmp_path, tmp_path / "none", select=lambda run: False)
     assert not (tmp_path / "none").exists()
+
+
+def title_fits(figure: Figure) -> bool:
+    """Whether the figure's title lies inside it once drawn."""
+    figure.canvas.draw()
+    box = figure._suptitle.get_window_extent()
+    return 0 <= box.x0 and box.x1 <= figure.bbox.width
+
+
+@pytest.mark.parametrize("languages", [["tol"], ["de", "sw"], [f"l{index:02d}" for index in range(11)]])
+def test_the_title_fits_the_figure(tmp_path: Path, languages: list[str]) -> None:
+    # The demo's own task name, two seeds: "tolan_sentiment: accuracy, mean ± std over 2 seeds" was cut off at one
+    # language.
+    for seed in (1, 2):
+        for method in ("zero-shot", "translate-test", "lora", "flare"):
+            for language in languages:
+                write_run(
+                    tmp_path / f"{method}-{language}-{seed}", task="tolan_sentiment", method=method, seed=seed,
+                    language=language, metric="accuracy", scores={language: classification(0.4 + 0.01 * seed)},
+                )  # fmt: skip
+    figure = plot_summary("tolan_sentiment", summarize(collect_runs(tmp_path))["tolan_sentiment"])
+    assert title_fits(figure)
+    # The whole title is there, on two lines where one would not fit.
+    assert figure.get_suptitle().replace("\n", ", ") == "tolan_sentiment: accuracy, mean ± std over 2 seeds"
+
+
+def test_one_seed_prints_its_value_without_a_spread(tmp_path: Path) -> None:
+    single_seed_runs(tmp_path, ["de", "sw"], ["lora", "flare"])
+    write_report(tmp_path)
+    markdown = (tmp_path / "report_xnli.md").read_text(encoding="utf-8")
+    # lora de 0.50, sw 0.40 -> Avg 45.0; flare 0.55 and 0.45 -> 50.0.
+    assert "| lora | 50.0 | 40.0 | 45.0 | 2.00 |" in markdown and "±" not in markdown.split("\n\n")[1]
+
+
+def test_tied_values_get_an_axis_of_several_points(tmp_path: Path) -> None:
+    # Every method at 16.7 % (chance on six classes), one seed: the axis was 16.2 to 17.2.
+    for method in ("zero-shot", "lora", "flare"):
+        write_run(
+            tmp_path / method, task="xnli", method=method, seed=1, language="sw", metric="accuracy",
+            scores={"sw": classification(1 / 6)},
+        )  # fmt: skip
+    low, high = plot_summary("xnli", summarize(collect_runs(tmp_path))["xnli"]).axes[0].get_xlim()
+    assert high - low == pytest.approx(5.0) and (low + high) / 2 == pytest.approx(100 / 6)
+    # Near 0 the span stays inside the metric's range.
+    assert report_module._metric_limits(0.0, 0.0) == (0.0, 5.0)
+    assert report_module._metric_limits(100.0, 100.0) == (95.0, 100.0)
