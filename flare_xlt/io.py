@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from safetensors import safe_open
+
 if TYPE_CHECKING:
     import torch
 
@@ -92,8 +94,6 @@ class TensorShards:
     def open(self, shard: str) -> Any:
         handle = self._handles.get(shard)
         if handle is None:
-            from safetensors import safe_open
-
             handle = self._handles[shard] = safe_open(self.directory / shard, framework="pt")
         return handle
 
