@@ -33,6 +33,7 @@ from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .architecture import encoder_prefix, input_stream_is_causal, stream_of
 from .checkpointing import CheckpointedSources
 from .config import DEFAULT_FUSION_LEAVES, FlareConfig
 from .fusion import POSITION_MIXING_FUSIONS
@@ -57,8 +58,6 @@ STAGE1_MODES = ("merge", "frozen")
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTER_FILES = (ADAPTER_WEIGHTS_NAME, "adapter_config.json", "flare_config.json")  # what save_pretrained writes
 MT_PROJECTION_KEY = "lora_mt_projection"
-_CROSS_ATTENTION_PARENT = re.compile(r"(encdecattention|encoder_attn|crossattention|cross_attn)", re.IGNORECASE)
-_KEY_VALUE_LEAVES = {"k", "v", "k_proj", "v_proj", "key", "value"}
 
 
 def _matches(name: str, patterns: list[str] | str) -> bool:
@@ -92,10 +91,8 @@ class FlareModel(CheckpointedSources, PeftModel):
 
         network = self.get_base_model()
         self.is_encoder_decoder = bool(getattr(network.config, "is_encoder_decoder", False))
-        self._input_stream_causal = not self.is_encoder_decoder and any(
-            getattr(module, "is_causal", False) is True for module in network.modules()
-        )
-        self.encoder_prefix = self._find_encoder_prefix(network)
+        self._input_stream_causal = input_stream_is_causal(network, flare_config.causal)
+        self.encoder_prefix = encoder_prefix(network)
         self.fused_modules = self._configure_layers(network)
         self._mixes_causal_positions = flare_config.fusion in POSITION_MIXING_FUSIONS and any(
             self._stream_is_causal(layer.flare_stream) for layer in self.fused_modules.values()
@@ -162,24 +159,9 @@ class FlareModel(CheckpointedSources, PeftModel):
             )
             layer.flare_state = self.flare_state
             layer.flare_module_name = name
-            layer.flare_stream = self._stream_of(name)
+            layer.flare_stream = stream_of(name, self.encoder_prefix)
             layer.flare_unpaired = config.unpaired
         return {name: targets[name] for name in fused_names}
-
-    @staticmethod
-    def _find_encoder_prefix(network: nn.Module) -> str | None:
-        if not getattr(network.config, "is_encoder_decoder", False):
-            return None
-        encoder = network.get_encoder()
-        return next(name for name, module in network.named_modules() if module is encoder) + "."
-
-    def _stream_of(self, name: str) -> str:
-        if self.encoder_prefix is None or name.startswith(self.encoder_prefix):
-            return INPUT_STREAM
-        parent, _, leaf = name.rpartition(".")
-        if leaf in _KEY_VALUE_LEAVES and _CROSS_ATTENTION_PARENT.search(parent):
-            return INPUT_STREAM  # decoder cross-attention keys/values read encoder tokens
-        return DECODER_STREAM
 
     def _stream_is_causal(self, stream: str) -> bool:
         return stream == DECODER_STREAM or self._input_stream_causal
@@ -190,7 +172,7 @@ class FlareModel(CheckpointedSources, PeftModel):
             return {name: name for name in self.fused_modules}
         points = {}
         for name, layer in self.fused_modules.items():
-            block = enclosing_block(network, name)
+            block = enclosing_block(network, name)  # T5: block.i, not its sub-layer block.i.layer.j
             in_encoder = self.encoder_prefix is None or block.startswith(self.encoder_prefix)
             if layer.flare_stream != (INPUT_STREAM if in_encoder else DECODER_STREAM):
                 raise ValueError(
@@ -673,9 +655,10 @@ class FlareModel(CheckpointedSources, PeftModel):
 
     def add_frozen_adapter(self, adapter_name: str, lora_config, weights: dict[str, torch.Tensor]) -> None:
         """Add a trained LoRA (e.g. the stage-1 English task adapter) that stays on, frozen and unmerged, in both
-        passes, under the FLARE adapter."""
+        passes, under the FLARE adapter. It computes exactly what merging it would: no dropout on its input."""
         lora_config = copy.deepcopy(lora_config)
-        lora_config.modules_to_save = None  # get_flare_model already made the trained head copy the base module
+        lora_config.modules_to_save = None  # get_flare_model already put the trained copies in place
+        lora_config.lora_dropout = 0.0
         self.add_adapter(adapter_name, lora_config)
         weights = {key: value for key, value in weights.items() if ".modules_to_save." not in key}
         set_peft_model_state_dict(self, weights, adapter_name=adapter_name)
@@ -686,6 +669,23 @@ class FlareModel(CheckpointedSources, PeftModel):
         for name, parameter in self.named_parameters():
             if marker in name:
                 parameter.requires_grad_(False)
+
+
+def _unload_keeping_trained_modules(model: PeftModel) -> nn.Module:
+    """`model.unload()` with each trained modules_to_save copy (a task head, embeddings) in place of the module it
+    was copied from. Which of the two unload() returns differs between PEFT versions (0.21 the copy, 0.22 the
+    original), so the copies are taken here and put back by name."""
+    adapter = model.active_adapter
+    trained = {
+        name: module.modules_to_save[adapter]
+        for name, module in model.get_base_model().named_modules()
+        if isinstance(module, ModulesToSaveWrapper) and adapter in module.modules_to_save
+    }
+    network = model.unload()
+    for name, module in trained.items():
+        parent, _, attribute = name.rpartition(".")
+        setattr(network.get_submodule(parent), attribute, module)
+    return network
 
 
 def get_flare_model(
@@ -709,7 +709,7 @@ def get_flare_model(
                 name: (lora_config, get_peft_model_state_dict(model, adapter_name=name))
                 for name, lora_config in model.peft_config.items()
             }
-            model = model.unload()
+            model = _unload_keeping_trained_modules(model)
     flare = FlareModel(model, config, adapter_name)
     for name, (lora_config, weights) in stage1_adapters.items():
         flare.add_frozen_adapter(name, lora_config, weights)

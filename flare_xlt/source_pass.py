@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 
-def enclosing_block(model: nn.Module, module_name: str, outermost: bool = False) -> str:
-    """The name of the transformer block (an element of a ModuleList) that holds (or is) `module_name`: the
-    innermost one, or with `outermost` the element of the model's stack of blocks (T5 nests sub-layers in a list)."""
+def enclosing_block(model: nn.Module, module_name: str) -> str:
+    """The name of the transformer block that holds (or is) `module_name`: the element of the model's stack of
+    blocks, the outermost ModuleList on its path. Inner lists are parts of a block (T5's sub-layers
+    `block.i.layer.j`, a mixture of experts' `experts.k`), whose inputs are not the block's."""
     parts = module_name.split(".")
-    ends = range(1, len(parts) + 1) if outermost else range(len(parts), 0, -1)
-    for end in ends:
+    for end in range(1, len(parts) + 1):
         if parts[end - 1].isdigit() and isinstance(model.get_submodule(".".join(parts[: end - 1])), nn.ModuleList):
             return ".".join(parts[:end])
     raise ValueError(
@@ -53,7 +53,7 @@ def plan_early_exit(network: nn.Module, capture_points: set[str]) -> EarlyExit |
     """Call the backbone (no task head), with the block list cut after the last capture point's block."""
     order = {name: index for index, (name, _) in enumerate(network.named_modules())}
     try:
-        blocks = (enclosing_block(network, point, outermost=True) for point in capture_points)
+        blocks = (enclosing_block(network, point) for point in capture_points)
         last_block = max(blocks, key=order.__getitem__)
     except ValueError:  # a capture point outside every block list: run everything
         return None

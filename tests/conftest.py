@@ -12,6 +12,8 @@ import torch
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
+    BloomConfig,
+    BloomForCausalLM,
     Gemma2Config,
     Gemma2ForCausalLM,
     LlamaConfig,
@@ -20,6 +22,8 @@ from transformers import (
     MT5ForConditionalGeneration,
     Qwen2Config,
     Qwen2ForCausalLM,
+    XGLMConfig,
+    XGLMForCausalLM,
     XLMRobertaConfig,
     XLMRobertaForQuestionAnswering,
     XLMRobertaForSequenceClassification,
@@ -59,6 +63,35 @@ BUILDERS = {
         Gemma2Config(**DECODER_SIZES, head_dim=8, attn_implementation="eager", sliding_window=16)
     ),
     "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**DECODER_SIZES)),
+    # Causal decoders whose attention modules carry no is_causal flag.
+    "xglm": lambda: XGLMForCausalLM(
+        XGLMConfig(
+            vocab_size=VOCAB,
+            d_model=32,
+            ffn_dim=64,
+            num_layers=2,
+            attention_heads=4,
+            dropout=0.0,
+            attention_dropout=0.0,
+            activation_dropout=0.0,
+            pad_token_id=PAD,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+    ),
+    "bloom": lambda: BloomForCausalLM(
+        BloomConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            n_layer=2,
+            n_head=4,
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+            pad_token_id=PAD,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+    ),
     "xlmr-cls": lambda: XLMRobertaForSequenceClassification(XLMRobertaConfig(**ENCODER_SIZES, num_labels=3)),
     "xlmr-qa": lambda: XLMRobertaForQuestionAnswering(XLMRobertaConfig(**ENCODER_SIZES)),
     "bert-cls": lambda: BertForSequenceClassification(BertConfig(**ENCODER_SIZES, num_labels=3)),
@@ -78,7 +111,10 @@ BUILDERS = {
         )
     ),
 }
-DECODERS = ("llama", "gemma2", "qwen2")
+DECODERS = ("llama", "gemma2", "qwen2", "xglm", "bloom")
+# FlareConfig settings a model needs beyond the defaults: PEFT knows no default LoRA targets for XGLM, and BLOOM
+# projects query, key and value in one Linear, which FLARE fuses whole (the default fuses q and v projections).
+ADAPTER_SETTINGS = {"xglm": {"target_modules": ["q_proj", "v_proj"]}, "bloom": {"fusion_modules": ["query_key_value"]}}
 ENCODERS = ("xlmr-cls", "xlmr-qa", "bert-cls")
 HEADS = {"xlmr-cls": ["classifier"], "xlmr-qa": ["qa_outputs"], "bert-cls": ["classifier"]}
 
@@ -128,6 +164,20 @@ def labels_for(kind: str, inputs: dict) -> dict:
     if kind == "mt5":
         return {"labels": torch.randint(3, VOCAB, (batch, 4), generator=torch.Generator().manual_seed(5))}
     return {"labels": torch.arange(batch) % 3}
+
+
+@pytest.fixture
+def unload_gives_original_modules(monkeypatch):
+    """PEFT 0.22's unload(): without merging, a modules_to_save wrapper gives back its original module, not the
+    trained copy (PEFT 0.21 gives the copy)."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    installed = ModulesToSaveWrapper.unload_and_optionally_merge_module
+
+    def unload(self, merge, safe_merge, adapter_names):
+        return installed(self, merge, safe_merge, adapter_names) if merge else self.original_module
+
+    monkeypatch.setattr(ModulesToSaveWrapper, "unload_and_optionally_merge_module", unload)
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DECODERS, PAD, batch_for, build, randomize_lora
+from conftest import ADAPTER_SETTINGS, DECODERS, PAD, batch_for, build, randomize_lora
 
 from flare_xlt import FlareConfig, get_flare_model
 from flare_xlt.token_pairing import align_tokens
@@ -21,16 +21,18 @@ def pad(ids: torch.Tensor, extra: int, left: bool) -> tuple[torch.Tensor, torch.
 PAIRINGS = [("start", "lora"), ("end", "lora"), ("proportional", "zero_source"), ("end", "zero_source")]
 
 
-@pytest.mark.parametrize("kind", ["llama", "xlmr-cls", "mt5"])
+# XGLM is left out: its own positions move with left padding unless position_ids are passed.
+@pytest.mark.parametrize("kind", ["llama", "bloom", "xlmr-cls", "mt5"])
 @pytest.mark.parametrize("fusion", ["add_relu", "matmul", "cross_attention"])
 @pytest.mark.parametrize(("pairing", "unpaired"), PAIRINGS)
 def test_extra_padding_changes_nothing(kind, fusion, pairing, unpaired):
     """The same pair padded by different amounts, as in batches of different shape, gives the same outputs.
 
     float64: what remains is RoPE's float32 cos/sin at shifted positions (~3e-8); a change in pairing moves the
-    logits by ~1e-2."""
-    config = FlareConfig(fusion=fusion, pairing=pairing, unpaired=unpaired)
-    flare = get_flare_model(build(kind).double(), config).eval()
+    logits by ~1e-2. BLOOM runs in float32: it has no RoPE, and its own padded attention gives NaN in float64."""
+    config = FlareConfig(fusion=fusion, pairing=pairing, unpaired=unpaired, **ADAPTER_SETTINGS.get(kind, {}))
+    dtype = torch.float32 if kind == "bloom" else torch.float64
+    flare = get_flare_model(build(kind).to(dtype), config).eval()
     randomize_lora(flare)
     generator = torch.Generator().manual_seed(11)
     target = torch.randint(3, 90, (1, 5), generator=generator)

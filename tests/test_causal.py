@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VOCAB, batch_for, build, generate_fused, randomize_lora, teacher_forced_logits
+from conftest import ADAPTER_SETTINGS, VOCAB, batch_for, build, generate_fused, randomize_lora, teacher_forced_logits
 
 from flare_xlt import FUSION_NAMES, FlareConfig, get_flare_model
 
 
 def flare_for(kind, fusion, **overrides):
-    flare = get_flare_model(build(kind), FlareConfig(fusion=fusion, **overrides)).eval()
+    config = FlareConfig(fusion=fusion, **ADAPTER_SETTINGS.get(kind, {}), **overrides)
+    flare = get_flare_model(build(kind), config).eval()
     randomize_lora(flare)
     return flare
 
 
 @pytest.mark.parametrize("fusion", FUSION_NAMES)
 @pytest.mark.parametrize(("pairing", "unpaired"), [("start", "lora"), ("end", "zero_source"), ("proportional", "lora")])
-def test_no_future_leakage_decoder(fusion, pairing, unpaired):
-    flare = flare_for("llama", fusion, pairing=pairing, unpaired=unpaired)
+@pytest.mark.parametrize("kind", ["llama", "xglm", "bloom"])
+def test_no_future_leakage_decoder(kind, fusion, pairing, unpaired):
+    flare = flare_for(kind, fusion, pairing=pairing, unpaired=unpaired)
     generator = torch.Generator().manual_seed(7)
     target = torch.randint(3, VOCAB, (1, 8), generator=generator)
     source = torch.randint(3, VOCAB, (1, 8), generator=generator)
@@ -55,7 +57,7 @@ def encoder_decoder_forced_logits(flare, inputs: dict, sequences: torch.Tensor) 
     return flare(**repeat, decoder_input_ids=sequences[:, :-1]).logits
 
 
-@pytest.mark.parametrize("kind", ["llama", "gemma2", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama", "gemma2", "qwen2", "bloom"])  # ragged batches: XGLM needs position_ids
 @pytest.mark.parametrize("fusion", ["add_relu", "mul", "matmul_relu", "cross_attention"])
 def test_teacher_forcing_equals_cached_generation(kind, fusion):
     """Prompts longer than some sources and new tokens beyond every source exercise the fallback policy."""

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import BUILDERS, HEADS, batch_for, build, labels_for, randomize_lora
+from conftest import ADAPTER_SETTINGS, BUILDERS, HEADS, batch_for, build, labels_for, randomize_lora
 from peft import LoraConfig, get_peft_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
@@ -43,7 +43,9 @@ def plain_lora_twin(flare, base):
 @pytest.mark.parametrize("kind", list(BUILDERS))
 @pytest.mark.parametrize("fusion", ["add_relu", None])
 def test_matches_plain_lora_without_source_or_fusion(kind, fusion):
-    flare, lora = flare_and_plain_twin(kind, FlareConfig(fusion=fusion, modules_to_save=HEADS.get(kind)))
+    flare, lora = flare_and_plain_twin(
+        kind, FlareConfig(fusion=fusion, modules_to_save=HEADS.get(kind), **ADAPTER_SETTINGS.get(kind, {}))
+    )
     flare.eval()
     inputs = batch_for(kind)
     extra = labels_for(kind, inputs) if kind == "mt5" else {}

@@ -190,6 +190,42 @@ def test_frozen_stage1_mode_runs_and_is_a_different_run(workspace):
     assert read_metrics(frozen)[0]["scores"]["id"]["count"] == 3
 
 
+def test_under_a_frozen_stage1_lora_at_learning_rate_0_scores_what_zero_shot_scores(
+    workspace, unload_gives_original_modules
+):
+    """Zero-shot scores the stage-1 PeftModel itself; a LoRA that has not moved must start from, and be, that model,
+    trained head included, whichever module PEFT's unload() gives back."""
+    from flare_xlt.pipeline.models import load_model
+    from flare_xlt.pipeline.runs import _run_model
+    from flare_xlt.tasks import NUSAX
+
+    runs, model = workspace / "runs-frozen-lr0", str(workspace / "encoder")
+    stage1 = finetune(model, "nusax", output=runs, data=NUSAX_DATA, train=QUICK)
+    still = TrainConfig(batch_size=2, max_steps=1, learning_rate=0.0, max_length=48, seed=3)
+    logits, predictions = {}, {}
+    for method, train in (("zero-shot", QUICK), ("lora", still)):
+        run_dir = transfer(
+            model,
+            "nusax",
+            "id",
+            method,
+            stage1,
+            workspace / "translations",
+            output=runs,
+            data=NUSAX_DATA,
+            train=train,
+            stage1_mode="frozen",
+        )
+        predictions[method] = read_metrics(run_dir)[1]
+        loaded = load_model(model, NUSAX)
+        scored = _run_model(loaded, run_dir, json.loads((run_dir / "config.json").read_text()), model, NUSAX)
+        batch = loaded.tokenizer(["saya suka makanan ini", "buruk sekali"], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            logits[method] = scored.eval()(**batch).logits
+    assert predictions["lora"] == predictions["zero-shot"]
+    torch.testing.assert_close(logits["lora"], logits["zero-shot"], atol=1e-5, rtol=0)
+
+
 def test_run_hash_spells_numbers_and_paths_one_way(tmp_path, monkeypatch):
     from flare_xlt.pipeline.runs import run_directory
 
