@@ -239,6 +239,14 @@ class FlareModel(CheckpointedSources, PeftModel):
             self.flare_state.capturing = False
             for module in head_copies:
                 AuxiliaryTrainingWrapper.enable_adapters(module, True)
+        for name, point in self._capture_points.items():
+            width, expected = captured[point].shape[-1], self.fused_modules[name].in_features
+            if width != expected:  # only block_input can differ: a module reading another width than the block's
+                raise ValueError(
+                    f"{name} reads {expected}-wide inputs, but source_site='block_input' gives it its block's "
+                    f"{width}-wide state. Fuse modules that read the model width (q, k, v, the MLP's input "
+                    "projections) or use source_site='linear_input'."
+                )
         return BoundSource(
             {name: captured[point] for name, point in self._capture_points.items()},
             self._source_masks(source_input_ids, source_attention_mask),

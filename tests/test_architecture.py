@@ -127,3 +127,11 @@ def test_block_input_records_the_blocks_hidden_state(kind, offset):
             assert not torch.allclose(captured[name], hidden[index], atol=1e-3), "the last state is before the norm"
         else:
             torch.testing.assert_close(captured[name], hidden[index], atol=1e-6, rtol=0, msg=name)
+
+
+def test_block_input_refuses_a_module_that_reads_another_width_in_one_line():
+    config = FlareConfig(target_modules=["down_proj"], fusion_modules=["down_proj"], source_site="block_input")
+    flare = get_flare_model(build("llama"), config)
+    with pytest.raises(ValueError, match=r"down_proj reads 64-wide inputs, but .* block's 32-wide state") as error:
+        flare(**batch_for("llama"))
+    assert "\n" not in str(error.value)
