@@ -26,7 +26,8 @@ from flare_xlt.demo.world import (
     sample_meaning,
     vocabulary,
 )
-from flare_xlt.pipeline.runs import AdapterConfig, TrainConfig, finetune
+from flare_xlt.pipeline.runs import finetune
+from flare_xlt.pipeline.settings import AdapterConfig, TrainConfig
 
 LEXICON = Lexicon.invent(0)
 

@@ -9,7 +9,8 @@ from conftest import ENCODER_SIZES, batch_for, randomize_lora
 from transformers import TrainerCallback, XLMRobertaConfig, XLMRobertaForSequenceClassification
 
 from flare_xlt import FlareConfig, get_flare_model
-from flare_xlt.pipeline.runs import SOURCE_CACHE, TrainConfig, _train
+from flare_xlt.pipeline.runs import SOURCE_CACHE, _train
+from flare_xlt.pipeline.settings import TrainConfig
 from flare_xlt.source_cache import SourceCache, open_source_cache
 from flare_xlt.tasks import PairedCollator
 

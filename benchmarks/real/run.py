@@ -30,7 +30,7 @@ from flare_xlt.io import write_text_atomic
 from flare_xlt.mt.data import translate_task
 from flare_xlt.mt.translator import Translator
 from flare_xlt.pipeline.recipes import Recipe, default_workers, plan, run_recipe
-from flare_xlt.pipeline.runs import AdapterConfig, TrainConfig
+from flare_xlt.pipeline.settings import AdapterConfig, TrainConfig
 from flare_xlt.report import collect_runs, summarize, write_report
 
 from ..harness import CpuShare, machine_info

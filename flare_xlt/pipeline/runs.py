@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import inspect
 import json
 import os
 import platform
@@ -19,7 +18,7 @@ import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import peft
@@ -37,7 +36,7 @@ from ..io import replace_directory_atomically, write_text_atomic
 from ..model import FlareModel, get_flare_model, keep_trainables_in_float32
 from ..mt.data import output_name
 from ..mt.states import EncoderStateStore
-from ..source_cache import CACHE_MODES, FlushSourceCache, SourceCache, open_source_cache
+from ..source_cache import FlushSourceCache, SourceCache, open_source_cache
 from ..tasks import PairedCollator, TaskEncoder, TaskSpec, get_task, load_record_file, load_task_splits, pair_views
 from ..xmixup import XMixupConfig, XMixupModel
 from .checkpoints import (
@@ -49,6 +48,7 @@ from .checkpoints import (
 )
 from .models import LoadedModel, check_max_length, load_model
 from .predict import predict
+from .settings import DEFAULT_ADAPTER, DEFAULT_TRAIN, AdapterConfig, TrainConfig
 
 METHODS = ("zero-shot", "translate-test", "lora", "input-fusion", "flare", "flare-mt", "x-mixup")
 TRAINING_METHODS = ("lora", "input-fusion", "flare", "flare-mt", "x-mixup")
@@ -105,167 +105,6 @@ SOURCE_CACHE = "source_cache"  # the disk source cache: kept while the run is un
 LOGS = "logs"  # the Trainer's loggers and its trainer_state.json (loss and validation history); kept after the run
 
 
-def document_fields(*sources: type) -> Callable[[type], type]:
-    """Class decorator: the fields' metadata help (or the help of a same-named field of `sources`) written into the
-    class docstring's Args section, which help() and the command line (jsonargparse reads docstrings) show."""
-
-    def decorate(cls: type) -> type:
-        helps = {
-            item.name: item.metadata["help"] for source in (*sources, cls) for item in fields(source) if item.metadata
-        }
-        arguments = "\n".join(f"    {item.name}: {helps[item.name]}" for item in fields(cls) if item.name in helps)
-        cls.__doc__ = f"{inspect.cleandoc(cls.__doc__)}\n\nArgs:\n{arguments}"
-        return cls
-
-    return decorate
-
-
-@document_fields()
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training settings of a run (--train.*), passed on to the HF Trainer."""
-
-    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate (linear schedule)."})
-    batch_size: int = field(default=32, metadata={"help": "Examples per device and step."})
-    epochs: float = field(default=3.0, metadata={"help": "Training epochs."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many steps (-1: use epochs)."})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps with linear warm-up."})
-    max_length: int = field(default=128, metadata={"help": "Tokens per input; cuts are counted in the report."})
-    seed: int = field(default=42, metadata={"help": "Seed of data order and adapter initialisation."})
-    gradient_accumulation_steps: int = field(
-        default=1, metadata={"help": "Steps whose gradients add up before each update (effective batch: x batch_size)."}
-    )
-    optim: str | None = field(
-        default=None,
-        metadata={
-            "help": "Optimizer, by the Trainer's names (adamw_torch, adamw_torch_fused, adafactor, ...). Default: the "
-            "Trainer's default for the installed torch."
-        },
-    )
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Train on the first N examples only (smoke runs on real data)."}
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Score only the first N validation and test examples (smoke runs)."}
-    )
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations; fusion stays on."})
-    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU)."})
-    eval_batch_size: int | None = field(
-        default=None, metadata={"help": "Examples per evaluation batch (default: batch_size). Not in the run's hash."}
-    )
-    report_to: str = field(
-        default="none",
-        metadata={
-            "help": "Trainer loggers: none, tensorboard, wandb, ... (comma-separated); they write into <run>/logs. "
-            "Not in the run's hash."
-        },
-    )
-    logging_steps: int = field(
-        default=10, metadata={"help": "Log the loss every this many steps, to <run>/logs. Not in the run's hash."}
-    )
-    dataloader_num_workers: int = field(
-        default=0, metadata={"help": "Processes that collate training batches. Not in the run's hash."}
-    )
-    save_steps: int = field(
-        default=500,
-        metadata={
-            "help": "Write a resumable checkpoint every this many steps and at the end of every epoch; 0: none. "
-            "Not in the run's hash."
-        },
-    )
-    select_best_on_validation: bool = field(
-        default=False,
-        metadata={
-            "help": "Score the (translated) validation set after every epoch and keep the best adapter, as the paper "
-            "selects its checkpoints. Transfer runs read {task}_validation_<source>-{language}.jsonl."
-        },
-    )
-    source_cache: str = field(
-        default="off",
-        metadata={
-            "help": "FLARE: keep each example's source tensors from the first epoch and read them in later ones "
-            "instead of running the source pass. off; memory; disk (safetensors shards in <run>/source_cache, kept "
-            "for a resumed run). Needs the adapter's source_dropout false. Not in the run's hash."
-        },
-    )
-    source_cache_max_gb: float = field(
-        default=8.0,
-        metadata={
-            "help": "Refuse a source cache whose size estimate (printed first) is larger. Not in the run's hash."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        """Settings that would train nothing or fail inside the Trainer are refused before any run folder exists."""
-        if self.max_steps <= 0 and not self.epochs > 0:
-            raise ValueError(
-                f"epochs must be positive (or max_steps set), got epochs={self.epochs}: nothing would train."
-            )
-        counts = (
-            "batch_size",
-            "gradient_accumulation_steps",
-            "logging_steps",
-            "eval_batch_size",
-            "max_train_samples",
-            "max_eval_samples",
-        )
-        wrong = [f"{name}={value!r}" for name in counts if (value := getattr(self, name)) is not None and value < 1]
-        if wrong:
-            raise ValueError(f"{', '.join(wrong)}: must be a positive integer.")
-        if self.save_steps < 0 or self.dataloader_num_workers < 0:
-            raise ValueError("save_steps and dataloader_num_workers must be 0 or more.")
-        if self.source_cache not in CACHE_MODES:
-            raise ValueError(f"Unknown source_cache {self.source_cache!r}; valid choices: {', '.join(CACHE_MODES)}.")
-        if not self.source_cache_max_gb > 0:
-            raise ValueError(f"source_cache_max_gb must be positive, got {self.source_cache_max_gb!r}.")
-
-
-@document_fields(FlareConfig)
-@dataclass(frozen=True)
-class AdapterConfig:
-    """The new adapter's settings (--adapter.*): those of FlareConfig that the pipeline sets; stage 1 reads the
-    LoRA ones."""
-
-    r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    target_modules: list[str] | str | None = None
-    fusion: str = "add_relu"
-    fusion_modules: list[str] | str | None = None
-    source_site: str = "linear_input"
-    source_layer_offset: int = 0
-    cross_attention_heads: int = 1
-    pairing: str = "start"
-    unpaired: str = "lora"
-    source_dropout: bool = True
-
-    def __post_init__(self) -> None:
-        self.flare_config(self.fusion)  # FlareConfig's checks, before any model loads
-
-    def flare_config(
-        self, fusion: str | None, modules_to_save: list[str] | None = None, mt_source_dim: int | None = None
-    ) -> FlareConfig:
-        return FlareConfig(
-            r=self.r,
-            lora_alpha=self.lora_alpha,
-            lora_dropout=self.lora_dropout,
-            target_modules=self.target_modules,
-            fusion_modules=self.fusion_modules,
-            fusion=fusion,
-            source_site=self.source_site,
-            source_layer_offset=self.source_layer_offset,
-            cross_attention_heads=self.cross_attention_heads,
-            pairing=self.pairing,
-            unpaired=self.unpaired,
-            source_dropout=self.source_dropout,
-            modules_to_save=modules_to_save,
-            mt_source_dim=mt_source_dim,
-        )
-
-
-# The defaults of finetune and transfer (frozen, so one instance serves every call).
-DEFAULT_ADAPTER, DEFAULT_TRAIN = AdapterConfig(), TrainConfig()
 
 PATH_SETTINGS = ("model", "data", "stage1", "translations", "mt_states")
 
