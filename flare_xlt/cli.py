@@ -6,6 +6,7 @@ import ast
 import contextvars
 import dataclasses
 import difflib
+import functools
 import importlib.util
 import inspect
 import json
@@ -35,8 +36,7 @@ def lazy_command(module: str, name: str, namespace: dict[str, Any]) -> Callable:
     from the module's source without running it, and the annotations and defaults are evaluated in `namespace` (the
     light types and default values they name). tests/test_cli_ux.py checks that the result is the real signature.
     """
-    source = Path(importlib.util.find_spec(module).origin)
-    tree = ast.parse(source.read_text(encoding="utf-8"))
+    source, tree = _parsed(module)
     definition = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == name)
 
     def evaluate(node: ast.expr) -> Any:
@@ -64,6 +64,13 @@ def lazy_command(module: str, name: str, namespace: dict[str, Any]) -> Callable:
     command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
     command.__annotations__["return"] = command.__signature__.return_annotation
     return command
+
+
+@functools.cache
+def _parsed(module: str) -> tuple[Path, ast.Module]:
+    """A module's source file and syntax tree, parsed once for all its commands."""
+    source = Path(importlib.util.find_spec(module).origin)
+    return source, ast.parse(source.read_text(encoding="utf-8"))
 
 
 # What the signatures of the pipeline's commands name: their settings dataclasses and defaults, and Path.
