@@ -403,6 +403,11 @@ def is_flare(method: str) -> bool:
     return method.startswith("flare")
 
 
+def mean_std(values: list[float]) -> str:
+    """Scores (fractions) over seeds as the tables print them: mean ± sample std in percent, the value alone for one."""
+    return _percent(_cell(values))
+
+
 def _percent(cell: Cell | None) -> str:
     """Mean ± std in percent; one seed has no spread to show, so its value stands alone."""
     if cell is None:
@@ -419,7 +424,7 @@ def _difference_header(summary: Mapping) -> str:
     return f"Avg − {summary['baseline']} [95% CI]"
 
 
-def _difference_text(difference: Difference | None) -> str:
+def difference_text(difference: Difference | None) -> str:
     """ "+2.1 [-0.4, +4.6] level": the difference and its interval in points, and whether it is resolved."""
     if difference is None:
         return _MISSING
@@ -430,7 +435,7 @@ def _difference_text(difference: Difference | None) -> str:
 def _difference_cell(summary: Mapping, method: str, key: str) -> str:
     if method == summary["baseline"]:
         return "baseline"
-    return _difference_text(summary["differences"].get(method, {}).get(key))
+    return difference_text(summary["differences"].get(method, {}).get(key))
 
 
 def _markdown(task: str, summary: Mapping) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import statistics
 from dataclasses import replace
@@ -175,10 +176,14 @@ def test_demo_runs_every_method_and_reuses_its_runs(tmp_path, capsys, model_type
     assert sorted((run["method"], run["seed"]) for run in runs) == sorted(
         [("finetune", seed) for seed in (1, 2)] + [(method, seed) for method in methods for seed in (1, 2)]
     )
-    for method in methods:
+
+    def cell(method: str) -> str:
         scores = [100 * run["scores"]["average"]["macro_f1"] for run in runs if run["method"] == method]
-        cell = f"{statistics.mean(scores):.1f} ± {statistics.stdev(scores):.1f}"
-        assert f"| {method} | {cell} | {cell} |" in printed
+        return f"{statistics.mean(scores):.1f} ± {statistics.stdev(scores):.1f}"
+
+    # Each row: the stage-1 English score every method starts from, then tol and Avg.
+    for method in methods:
+        assert f"| {method} | {cell('finetune')} | {cell(method)} | {cell(method)} |" in printed
     assert (folder / "report_tolan_sentiment.png").stat().st_size > 0
     states = json.loads((folder / "mt_states" / TARGET / "test" / "index.json").read_text())
     assert sorted(states["ids"]) == sorted(f"test-{i}" for i in range(24))
@@ -228,14 +233,20 @@ def test_a_sweep_of_two_points_writes_its_table_and_plot(tmp_path, capsys):
     scores = sweep_scores(config, name, values)
     assert set(scores) == {"zero-shot", "translate-test", "lora", "input-fusion", "flare"}
     for method, per_value in scores.items():
-        cells = " | ".join(f"{100 * per_value[value][0]:.1f} ± 0.0" for value in values)
+        # One seed: its score alone, no "± 0.0".
+        cells = " | ".join(f"{100 * per_value[value][0]:.1f}" for value in values)
         assert f"| {method} | {cells} |" in table
+    # Beside it, each method minus lora at every value with its paired interval and verdict.
+    differences = table.split("Difference from lora")[1].splitlines()
+    for method in set(scores) - {"lora"}:
+        row = next(line for line in differences if line.startswith(f"| {method} | "))
+        assert len(re.findall(r"[+-]\d+\.\d \[[^]]+\] (?:ahead|behind|level) \|", row)) == len(values)
     # zero-shot reads no translation: the test-side error cannot move it; translate-test reads only that
     assert scores["zero-shot"][0.0] == scores["zero-shot"][0.3]
     for suffix in ("md", "csv", "png", "pdf"):
         assert (tmp_path / f"sweep-decoder-mt_error_rate_test.{suffix}").stat().st_size > 0
     rows = (tmp_path / "sweep-decoder-mt_error_rate_test.csv").read_text().splitlines()
-    assert rows[0] == "method,mt_error_rate_test,seed_index,macro_f1" and len(rows) == 1 + 5 * 2
+    assert rows[0] == "method,mt_error_rate_test,seed_index,macro_f1_percent" and len(rows) == 1 + 5 * 2
     for bad in ("colour=1,2", "mt_error_rate_test=", "mt_error_rate_test=a,b", "mt_error_rate_test=0.1,0.1"):
         with pytest.raises(ValueError, match="--sweep"):
             parse_sweep(bad)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from ..mt.states import EncoderStateStore
 from ..pipeline.models import load_state_reader
 from ..pipeline.recipes import Recipe, default_workers, run_recipe
 from ..pipeline.settings import AdapterConfig, TrainConfig
-from ..report import collect_runs, write_report
+from ..report import write_report
 from ..tasks import TaskEncoder, TaskSpec, get_task, read_rows
 from .pretrain import MODEL_TYPES, PretrainingConfig, pretrained_model
 from .world import LABELS, Lexicon, Meaning, NoisyMT, realise_english, realise_tolan, sample_meaning
@@ -242,11 +241,6 @@ def run_demo(config: DemoConfig) -> str:
     run_recipe(recipe, workers=config.workers or default_workers(DEMO_MOST_WORKERS))
     paths = write_report(folder / "runs", folder)
     table = paths[0].read_text(encoding="utf-8")
-    english = [
-        run["scores"]["average"]["macro_f1"]
-        for run in collect_runs(folder / "runs")
-        if run["method"] == "finetune" and run["seed"] in config.seeds
-    ]
     lines = [
         f"flare-xlt demo: {config.model_type}, Tolan at {config.target_resource:g}x English pretraining text, "
         f"MT error rate {config.train_error:g} (English -> Tolan) and {config.test_error:g} (Tolan -> English), "
@@ -254,13 +248,7 @@ def run_demo(config: DemoConfig) -> str:
         "",
         table.rstrip(),
         "",
-        f"Stage 1 on the English test set (macro_f1): {_mean_std(english)}",
         f"Report, table and plot: {folder}",
         f"Wall time: {time.perf_counter() - started:.0f} s",
     ]
     return "\n".join(lines)
-
-
-def _mean_std(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.1f} ± {100 * spread:.1f}"

@@ -17,7 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..io import write_text_atomic
-from ..report import collect_runs
+from ..paired import AVERAGE, Difference, summary_differences
+from ..report import DEFAULT_BASELINE, STAGE1_METHOD, collect_runs, difference_text, mean_std, summarize
 from .experiment import DemoConfig, run_demo, setting_name
 
 SWEEPABLE = ("mt_error_rate", "mt_error_rate_train", "mt_error_rate_test", "target_resource")
@@ -44,12 +45,28 @@ def sweep_scores(config: DemoConfig, name: str, values: list[float]) -> dict[str
     """method -> value -> the target-language scores of the config's seeds (stage 1 left out)."""
     scores: dict[str, dict[float, list[float]]] = {}
     for value in values:
-        folder = Path(config.output) / setting_name(replace(config, **{name: value}))
-        for run in collect_runs(folder / "runs"):
-            if run["method"] != "finetune" and run["seed"] in config.seeds:
-                per_value = scores.setdefault(run["method"], {})
-                per_value.setdefault(value, []).append(run["scores"]["average"][METRIC])
+        for run in _transfer_runs(config, name, value):
+            scores.setdefault(run["method"], {}).setdefault(value, []).append(run["scores"]["average"][METRIC])
     return scores
+
+
+def sweep_differences(
+    config: DemoConfig, name: str, values: list[float], baseline: str = DEFAULT_BASELINE
+) -> dict[str, dict[float, Difference]]:
+    """method -> value -> the method minus `baseline` on the target language, with its paired 95% interval."""
+    differences: dict[str, dict[float, Difference]] = {}
+    for value in values:
+        for summary in summarize(_transfer_runs(config, name, value)).values():
+            for method, per_language in summary_differences(summary, baseline).items():
+                if AVERAGE in per_language:
+                    differences.setdefault(method, {})[value] = per_language[AVERAGE]
+    return differences
+
+
+def _transfer_runs(config: DemoConfig, name: str, value: float) -> list[dict]:
+    folder = Path(config.output) / setting_name(replace(config, **{name: value}))
+    runs = collect_runs(folder / "runs")
+    return [run for run in runs if run["method"] != STAGE1_METHOD and run["seed"] in config.seeds]
 
 
 def run_sweep(config: DemoConfig, name: str, values: list[float]) -> str:
@@ -58,36 +75,50 @@ def run_sweep(config: DemoConfig, name: str, values: list[float]) -> str:
         print(run_demo(replace(config, **{name: value})), flush=True)
     scores = sweep_scores(config, name, values)
     stem = Path(config.output) / f"sweep-{config.model_type}-{name}"
-    table = _markdown(config, name, values, scores)
+    table = _markdown(config, name, values, scores) + _differences_markdown(
+        name, values, sweep_differences(config, name, values)
+    )
     write_text_atomic(stem.with_suffix(".md"), table)
     write_text_atomic(stem.with_suffix(".csv"), _tidy_csv(name, scores))
     _plot(config, name, values, scores, stem)
     return f"{table}\nTable, CSV and plot: {stem}.{{md,csv,png,pdf}}"
 
 
-def _mean_std(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.1f} ± {100 * spread:.1f}"
-
-
 def _markdown(config: DemoConfig, name: str, values: list[float], scores: dict) -> str:
-    header = f"| method | {' | '.join(f'{name}={value:g}' for value in values)} |"
     lines = [
         f"{config.model_type}: target-language {METRIC} (mean ± std over seeds {', '.join(map(str, config.seeds))})",
         "",
-        header,
-        "|---" * (len(values) + 1) + "|",
+        *_table_head(name, values),
     ]
     for method, per_value in scores.items():
-        cells = [_mean_std(per_value[value]) if value in per_value else "" for value in values]
+        cells = [mean_std(per_value[value]) if value in per_value else "" for value in values]
         lines.append(f"| {method} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _table_head(name: str, values: list[float]) -> list[str]:
+    return [f"| method | {' | '.join(f'{name}={value:g}' for value in values)} |", "|---" * (len(values) + 1) + "|"]
+
+
+def _differences_markdown(name: str, values: list[float], differences: dict[str, dict[float, Difference]]) -> str:
+    """Each method minus the baseline at every value, with its paired interval and verdict (as in the demo's report)."""
+    if not differences:
+        return ""
+    lines = [
+        "",
+        f"Difference from {DEFAULT_BASELINE} ({METRIC} points, 95% paired interval):",
+        "",
+        *_table_head(name, values),
+    ]
+    for method, per_value in differences.items():
+        lines.append(f"| {method} | {' | '.join(difference_text(per_value.get(value)) for value in values)} |")
     return "\n".join(lines) + "\n"
 
 
 def _tidy_csv(name: str, scores: dict) -> str:
     buffer = StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["method", name, "seed_index", METRIC])
+    writer.writerow(["method", name, "seed_index", f"{METRIC}_percent"])
     for method, per_value in scores.items():
         for value, seed_scores in sorted(per_value.items()):
             for index, score in enumerate(seed_scores):
