@@ -29,9 +29,10 @@ from tqdm.auto import tqdm
 from flare_xlt.io import write_text_atomic
 from flare_xlt.mt.data import translate_task
 from flare_xlt.mt.translator import Translator
+from flare_xlt.paired import AVERAGE, summary_differences
 from flare_xlt.pipeline.recipes import Recipe, default_workers, plan, run_recipe
 from flare_xlt.pipeline.settings import AdapterConfig, TrainConfig
-from flare_xlt.report import collect_runs, summarize, write_report
+from flare_xlt.report import DEFAULT_BASELINE, collect_runs, difference_text, summarize, write_report
 
 from ..harness import CpuShare, machine_info
 from . import assets, bible
@@ -159,6 +160,7 @@ class Grid:
     methods: tuple[str, ...]
     languages: tuple[str, ...]
     stage1_from: Recipe | None = None  # the recipe whose stage-1 runs this grid starts from (linked into its folder)
+    baseline: str = DEFAULT_BASELINE  # the row every other is compared with in the table's paired differences
 
     def select(self, run: dict) -> bool:
         return run["method"] in self.methods and run["language"] in self.languages
@@ -255,10 +257,6 @@ def finished_keys(grids: list[Grid]) -> set[tuple[str, str, str, int]]:
     }
 
 
-def stage1_scores(runs: Path) -> list[float]:
-    return [run["scores"]["average"]["accuracy"] for run in collect_runs(runs) if run["method"] == "finetune"]
-
-
 def encoder_grids(size_name: str, size: BenchSize, work: Path, names: list[str]) -> list[Grid]:
     """The multilingual-e5-small tables. They read the same task and data, so they share the stage-1 runs; the
     pairing variants also share the main grid's translations and runs folder (their table shows them beside the
@@ -340,6 +338,7 @@ def encoder_grids(size_name: str, size: BenchSize, work: Path, names: list[str])
                 "multilingual-e5-small",
                 ("flare", *PAIRING_VARIANTS),
                 languages,
+                baseline="flare",
             )
         )
     return grids
@@ -425,7 +424,7 @@ def main(argv: list[str] | None = None) -> Path:
             share_stage1(grid, seeds, arguments.workers, train=not arguments.no_run)
         if not arguments.no_run:
             run_grid(replace(grid.recipe, seeds=seeds), f"{grid.name}: {grid.model_name}", arguments.workers)
-        reports[grid.name] = write_report(grid.recipe.output, work / grid.name, select=grid.select)
+        reports[grid.name] = write_report(grid.recipe.output, work / grid.name, grid.select, grid.baseline)
     seconds = time.perf_counter() - started
     finished = planned & finished_keys(grids)
     total, made = len(finished), len(finished - finished_before)
@@ -440,39 +439,24 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def difference_line(summary: dict, row: str, baseline: str) -> str:
-    """`row` minus `baseline` per language and on average, from the table's means: the numbers behind a verdict."""
-    table, languages = summary["table"], summary["average_languages"]
-    if row not in table or baseline not in table:
-        return f"{row} or {baseline} has no result."
-    cells = []
-    for language in [*languages, "average"]:
-        value, reference = table[row].get(language), table[baseline].get(language)
-        if value and reference:
-            cells.append(f"{language} {100 * (value[0] - reference[0]):+.1f}")
-    return f"{row} minus {baseline} (accuracy points, means over seeds): " + ", ".join(cells) + "."
-
-
-def stage1_line(runs: Path) -> str:
-    english = stage1_scores(runs)
-    mean = sum(english) / len(english)
-    spread = (sum((value - mean) ** 2 for value in english) / max(len(english) - 1, 1)) ** 0.5
-    return f"Stage 1 on the English test set (accuracy): {100 * mean:.1f} ± {100 * spread:.1f} ({len(english)} seeds)."
+    """`row` minus `baseline` per language and on Avg with its paired 95% interval, for a baseline that is not the
+    table's own."""
+    differences = summary_differences(summary, baseline).get(row)
+    if not differences:
+        return f"{row} minus {baseline}: no paired result."
+    cells = [f"{'Avg' if key == AVERAGE else key} {difference_text(value)}" for key, value in differences.items()]
+    return f"{row} minus {baseline} (accuracy points, paired 95% interval): " + ", ".join(cells) + "."
 
 
 def grid_section(grid: Grid, paths: list[Path], path: Path, size_name: str) -> list[str]:
-    """A grid's table as the report module wrote it, the differences behind the verdict, its stage 1, its plot."""
+    """A grid's table as the report module wrote it (with its stage-1 column and paired differences), the
+    differences from the methods run only in it, and its plot."""
     task = bible.TASK_NAME
     summary = summarize([run for run in collect_runs(grid.recipe.output) if grid.select(run)])[task]
     table = paths[0].read_text(encoding="utf-8").strip().split("\n", 2)[-1]  # without the task heading
-    lines = ["", f"## {grid.title}", "", table, ""]
-    if grid.name == "pairing":
-        lines += [difference_line(summary, variant, "flare") for variant in PAIRING_VARIANTS]
-    elif grid.name == "all-methods":
-        lines += [difference_line(summary, "flare", baseline) for baseline in ("lora", *TWO_LANGUAGE_METHODS)]
-    else:
-        lines.append(difference_line(summary, "flare", "lora"))
-    if grid.name in ("main", "decoder"):
-        lines += ["", stage1_line(Path(grid.recipe.output))]
+    lines = ["", f"## {grid.title}", "", table]
+    if grid.name == "all-methods":  # the table compares with LoRA; FLARE against the two methods run only here
+        lines += ["", *(difference_line(summary, "flare", baseline) for baseline in TWO_LANGUAGE_METHODS)]
     if grid.name != "oracle":
         suffix = "" if grid.name == "main" else f"_{grid.name}"
         figure = path.parent / f"REAL_{task}{suffix}.png" if size_name == "full" else paths[0].with_suffix(".png")
