@@ -485,7 +485,11 @@ def _explain(message: str, parser: ArgumentParser) -> str:
         unknown = re.findall(r"--([\w.]+)", message)
         if unknown:
             return " ".join(_hint(name, known) for name in unknown) + f" {see}."
-    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+    return _one_line(message)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _type_words(hint: Any) -> str:
@@ -585,8 +589,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:
         if debug or not _is_user_error(error):
             raise
-        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {_one_line(str(error))}", file=sys.stderr)
         raise SystemExit(2) from None
     if isinstance(result, Path):  # the run folder, last, for scripts: STAGE1=$(flare-xlt finetune ... | tail -n 1)
         print(result)

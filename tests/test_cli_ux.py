@@ -189,6 +189,7 @@ def test_user_errors_are_one_line_with_exit_code_2_and_debug_shows_the_traceback
         "translate", "--task", "nusax", "--tgt", "id", "--model", "no-such/model", "--output", tmp_path
     )
     assert code == 2 and errors.startswith("error: Model 'no-such/model' is neither a local model folder")
+    assert errors.count("\n") == 1  # the hub library's message, several lines, joined into the one
 
 
 def test_recipe_settings_are_checked_by_name_and_shape(tmp_path):
