@@ -467,15 +467,16 @@ class FlareParser(ArgumentParser):
 def _explain(message: str, parser: ArgumentParser) -> str:
     """jsonargparse's error message as one line that leads with what to type instead."""
     command = _COMMAND.get()
-    see = f"(flare-xlt {command} --help lists every option)" if command else "(flare-xlt --help lists the commands)"
-    if typed := re.match(r'Parser key "([\w.]+)":', message):
+    see = f"flare-xlt {command} --help lists every option." if command else "flare-xlt --help lists the commands."
+    if typed := re.match(r'Parser key "([\w.]+)":(.*)', message, flags=re.DOTALL):
         action = parser._option_string_actions.get(f"--{typed[1]}")
         value = re.findall(r"(?:Got value|Given value): (.*)", message)
         if action is not None and getattr(action, "_typehint", None) is not None and value:
             return f"--{typed[1]} expects {_type_words(action._typehint)}, got {value[-1]!r}."
+        return f"--{typed[1]}: {_one_line(typed[2])}"
     if required := re.match(r"the following arguments are required: (.*)", message):
         names = [f"--{name.strip().partition('.')[2] or name.strip()}" for name in required[1].split(",")]
-        return f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} required {see}."
+        return f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} required. {see}"
     if choice := re.match(r"argument subcommand: invalid choice: '([^']*)'", message):
         close = difflib.get_close_matches(choice[1], COMMANDS, n=1)
         meant = f"did you mean {close[0]}? " if close else ""
@@ -484,7 +485,7 @@ def _explain(message: str, parser: ArgumentParser) -> str:
         known = _option_names(COMMANDS.get(command))
         unknown = re.findall(r"--([\w.]+)", message)
         if unknown:
-            return " ".join(_hint(name, known) for name in unknown) + f" {see}."
+            return " ".join(_hint(name, known) for name in unknown) + f" {see}"
     return _one_line(message)
 
 

@@ -279,7 +279,7 @@ def test_unknown_options_get_a_hint_and_version_prints(capsys):
     assert (code, printed.split()[-1]) == (0, __version__)
 
 
-SEE_FINETUNE_HELP = "(flare-xlt finetune --help lists every option)."
+SEE_FINETUNE_HELP = "flare-xlt finetune --help lists every option."
 
 
 @pytest.mark.parametrize(
@@ -298,6 +298,7 @@ SEE_FINETUNE_HELP = "(flare-xlt finetune --help lists every option)."
         (["--train.max_train_samples", "x"], "--train.max_train_samples expects an integer or null, got 'x'."),
         (["--adapter.r", "1.5"], "--adapter.r expects an integer, got '1.5'."),
         (["--train.bf16", "maybe"], "--train.bf16 expects true or false, got 'maybe'."),
+        (["--config", "/no/such/flare.yaml"], "--config: File does not exist: '/no/such/flare.yaml'"),
     ],
 )
 def test_a_wrong_option_is_one_line_that_says_what_was_meant(argv, message):
@@ -306,10 +307,11 @@ def test_a_wrong_option_is_one_line_that_says_what_was_meant(argv, message):
 
 
 def test_a_missing_option_or_unknown_command_is_one_line():
-    assert call("finetune", "--task", "nusax") == (2, "", f"error: --model is required {SEE_FINETUNE_HELP}\n")
+    assert call("finetune", "--task", "nusax") == (2, "", f"error: --model is required. {SEE_FINETUNE_HELP}\n")
     code, _, errors = call("finetun", "--task", "nusax")
     assert (code, errors.count("\n")) == (2, 1)
     assert errors.startswith("error: unknown command 'finetun': did you mean finetune? Commands: translate, ")
+    assert call("--bogus") == (2, "", "error: --bogus: no such option. flare-xlt --help lists the commands.\n")
 
 
 @pytest.mark.parametrize("command", ["nosuchprog x", "false"])
