@@ -420,8 +420,15 @@ def _stage1_header(summary: Mapping) -> str:
     return "en (stage 1)"
 
 
-def _difference_header(summary: Mapping) -> str:
-    return f"Avg − {summary['baseline']} [95% CI]"
+def _difference_header(summary: Mapping, label: str = "Avg") -> str:
+    return f"{label} − {summary['baseline']} [95% CI]"
+
+
+def _latex_difference_key(summary: Mapping, keys: list[str]) -> str | None:
+    """The column whose difference the LaTeX table shows: Avg, or the one language where there is no Avg column."""
+    if not summary.get("differences") or not summary["average_languages"]:
+        return None
+    return AVERAGE if AVERAGE in keys else summary["average_languages"][0]
 
 
 def difference_text(difference: Difference | None) -> str:
@@ -621,6 +628,9 @@ _LATEX_SPECIAL = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    # Not every LaTeX set-up maps these characters from UTF-8 (pdfLaTeX has no minus sign).
+    "−": "$-$",
+    "–": "--",
 }
 
 
@@ -629,18 +639,16 @@ def _latex_escape(text: str) -> str:
 
 
 def _latex(task: str, summary: Mapping) -> str:
-    """A booktabs table in percent, mean with the std as a subscript where a cell has several seeds, best in bold."""
-    methods, table, ranks = summary["methods"], summary["table"], summary["ranks"]
+    """A booktabs table in percent, mean with the std as a subscript where a cell has several seeds, best in bold;
+    the stage-1 column first and the paired difference of the Avg from the baseline last, where the report has them."""
     keys = [*summary["languages"], *([AVERAGE] if _shows_average(summary) else [])]
-    headers = [*(_latex_escape(language) for language in summary["languages"]), *(["Avg"] if AVERAGE in keys else [])]
-    # Best is judged on the printed digits, so that two cells that read the same are both bold.
-    best_mean = {
-        key: max(float(_one_decimal(table[method][key][0])) for method in methods if key in table[method])
-        for key in keys
-    }
-    best_rank = min((float(f"{rank:.2f}") for rank in ranks.values()), default=None)
-    if ranks:
-        headers.append("Avg.\\ rank")
+    headers = [
+        *([_latex_escape(_stage1_header(summary))] if summary.get("stage1") else []),
+        *(_latex_escape(language) for language in summary["languages"]),
+        *(["Avg"] if AVERAGE in keys else []),
+        *(["Avg.\\ rank"] if summary["ranks"] else []),
+        *([_latex_escape(_latex_difference_header(summary, keys))] if _latex_difference_key(summary, keys) else []),
+    ]
     lines = [
         "% flare-xlt report; needs \\usepackage{booktabs}.",
         "\\begin{table}[t]",
@@ -649,16 +657,49 @@ def _latex(task: str, summary: Mapping) -> str:
         "\\toprule",
         " & ".join(["Method", *headers]) + " \\\\",
         "\\midrule",
+        *_latex_rows(summary, keys),
+        "\\bottomrule",
+        "\\end{tabular}",
+        f"\\caption{{{_latex_caption(task, summary, keys)}}}",
+        f"\\label{{tab:{task}}}",
+        "\\end{table}",
     ]
+    return "\n".join(lines) + "\n"
+
+
+def _latex_difference_header(summary: Mapping, keys: list[str]) -> str:
+    key = _latex_difference_key(summary, keys)
+    return _difference_header(summary, "Avg" if key == AVERAGE else str(key))
+
+
+def _latex_rows(summary: Mapping, keys: list[str]) -> list[str]:
+    methods, table, ranks, stage1 = summary["methods"], summary["table"], summary["ranks"], summary.get("stage1")
+    # Best is judged on the printed digits, so that two cells that read the same are both bold.
+    best_mean = {
+        key: max(float(_one_decimal(table[method][key][0])) for method in methods if key in table[method])
+        for key in keys
+    }
+    best_rank = min((float(f"{rank:.2f}") for rank in ranks.values()), default=None)
+    difference_key = _latex_difference_key(summary, keys)
+    lines = []
     for method in methods:
         row = [_latex_escape(method)]
+        if stage1:
+            row.append("--" if method not in stage1 else _latex_cell(stage1[method], False))
         for key in keys:
             cell = table[method].get(key)
             row.append("--" if cell is None else _latex_cell(cell, float(_one_decimal(cell[0])) == best_mean[key]))
         if ranks:
             rank = f"{ranks[method]:.2f}"
             row.append(f"\\textbf{{{rank}}}" if float(rank) == best_rank else rank)
+        if difference_key:
+            row.append(_latex_escape(_difference_cell(summary, method, difference_key)))
         lines.append(" & ".join(row) + " \\\\")
+    return lines
+
+
+def _latex_caption(task: str, summary: Mapping, keys: list[str]) -> str:
+    methods, table = summary["methods"], summary["table"]
     seed_counts = _seed_counts(summary)
     caption = f"{_latex_escape(task)}: {_latex_escape(summary['metric'])} in percent"
     if max(seed_counts) >= 2:
@@ -667,16 +708,12 @@ def _latex(task: str, summary: Mapping) -> str:
     caption += "; best per column in bold"
     if any(key not in table[method] for method in methods for key in keys):
         caption += "; -- marks a missing result"
-    notes = f"{_seeds_line(summary)} {_average_line(summary, with_average=AVERAGE in keys)}"
-    caption += ". " + _latex_escape(notes)
-    lines += [
-        "\\bottomrule",
-        "\\end{tabular}",
-        f"\\caption{{{caption}}}",
-        f"\\label{{tab:{task}}}",
-        "\\end{table}",
-    ]
-    return "\n".join(lines) + "\n"
+    notes = [_seeds_line(summary), _average_line(summary, with_average=AVERAGE in keys)]
+    if summary.get("stage1"):
+        notes.append(_stage1_line(summary))
+    if _latex_difference_key(summary, keys):
+        notes.append(f"{_latex_difference_header(summary, keys)}: {_differences_note(summary)}")
+    return caption + ". " + _latex_escape(" ".join(notes))
 
 
 def _one_decimal(fraction: float) -> str:

@@ -142,6 +142,10 @@ def test_the_report_gives_each_method_minus_the_baseline_with_its_interval(tmp_p
     assert float(zero_shot["difference_percent"]) == 0 and zero_shot["verdict"] == "level"
     assert float(zero_shot["low_percent"]) < 0 < float(zero_shot["high_percent"])
     assert (zero_shot["baseline"], zero_shot["seeds"], zero_shot["items"]) == ("lora", "2", "200")
+    # The LaTeX table has the same column (of sw: with one language it has no Avg column).
+    tex = (tmp_path / "report_canon.tex").read_text(encoding="utf-8").splitlines()
+    assert "Method & sw & Avg.\\ rank & sw $-$ lora [95\\% CI] \\\\" in tex
+    assert any(line.startswith("flare & \\textbf{80.0}") and line.endswith("] ahead \\\\") for line in tex)
     # Another baseline on request: flare is then the row the others are measured against.
     write_report(tmp_path, tmp_path / "against-flare", baseline="flare")
     text = (tmp_path / "against-flare" / "report_canon.md").read_text(encoding="utf-8")
