@@ -6,7 +6,9 @@ test items of each language with replacement and, independently, the seeds with 
 recomputed on the drawn items for every drawn seed of both methods (macro-F1 from the drawn items' confusion counts,
 not as a mean of per-item scores), and the difference is the mean over drawn seeds of method minus baseline. The
 interval is the 2.5th to 97.5th percentile of RESAMPLES such differences, drawn from a fixed seed so that a report
-is reproducible. The Avg difference is the mean over languages, with the same seed draw for every language.
+is reproducible. The Avg difference is the mean over languages, with the same seed draw for every language; languages
+whose test items have the same ids (a parallel test set) also share the item draw, so one item's translations are
+drawn together.
 
 Drawing items and seeds together counts the part of the spread that is neither item nor seed (an item that one
 seed gets right and another wrong) more than once, so the interval is somewhat conservative when seeds disagree on
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,26 +167,54 @@ def resample_counts(rng: np.random.Generator, size: int, resamples: int) -> np.n
     return np.bincount(draws.ravel(), minlength=resamples * size).reshape(resamples, size).astype(float)
 
 
-def paired_difference(
-    pairs: list[tuple[Outcomes, Outcomes]], resamples: int = RESAMPLES, rng: np.random.Generator | None = None
-) -> Difference:
+class Draws:
+    """The resamples of one report, made once and shared by every comparison in it.
+
+    Items are drawn per set of ids, so a test set's items get the same draw in every comparison and every language
+    that has the same ids (a parallel test set's translations of one item are drawn together); seeds are drawn per
+    set of seeds. Each draw comes from a generator seeded with `seed` and what it draws, so a report is reproducible
+    whichever methods it holds. The metric on the drawn items is kept per Outcomes (the baseline is computed once).
+    """
+
+    def __init__(self, resamples: int = RESAMPLES, seed: int = RNG_SEED) -> None:
+        self.resamples, self.seed = resamples, seed
+        self._counts: dict[tuple[str, tuple], np.ndarray] = {}
+        self._metric: dict[int, tuple[Outcomes, np.ndarray]] = {}
+
+    def _drawn(self, kind: str, units: tuple) -> np.ndarray:
+        if (kind, units) not in self._counts:
+            digest = zlib.crc32("\n".join(map(str, (kind, *units))).encode())
+            rng = np.random.default_rng([self.seed, len(units), digest])
+            self._counts[(kind, units)] = resample_counts(rng, len(units), self.resamples)
+        return self._counts[(kind, units)]
+
+    def seeds(self, seeds: list[int]) -> np.ndarray:
+        """resamples x seeds: how often each seed is drawn."""
+        return self._drawn("seeds", tuple(seeds))
+
+    def metric(self, outcome: Outcomes, seeds: list[int]) -> np.ndarray:
+        """resamples x seeds: the outcome's metric on the drawn items, for the given seeds of it."""
+        if id(outcome) not in self._metric:
+            self._metric[id(outcome)] = (outcome, outcome.on(self._drawn("items", outcome.ids)))
+        return self._metric[id(outcome)][1][:, [outcome.seeds.index(seed) for seed in seeds]]
+
+
+def paired_difference(pairs: list[tuple[Outcomes, Outcomes]], draws: Draws | None = None) -> Difference:
     """The mean over the pairs (method, baseline), one per language, of method minus baseline, with its interval.
 
     Seeds that both methods have in every language are used; items are paired by id within each language.
     """
-    rng = np.random.default_rng(RNG_SEED) if rng is None else rng
+    draws = Draws() if draws is None else draws
     seeds = sorted(set.intersection(*(set(method.seeds) & set(baseline.seeds) for method, baseline in pairs)))
     if not seeds:
         raise ValueError("The method and its baseline share no seed.")
-    seed_counts = resample_counts(rng, len(seeds), resamples)
-    observed, resampled = 0.0, np.zeros(resamples)
+    seed_counts = draws.seeds(seeds)
+    observed, resampled = 0.0, np.zeros(draws.resamples)
     for method, baseline in pairs:
         _paired_ids({method.name: dict.fromkeys(method.ids), baseline.name: dict.fromkeys(baseline.ids)})
-        method, baseline = method.select(seeds), baseline.select(seeds)
-        item_counts = resample_counts(rng, len(method.ids), resamples)
-        per_seed = method.on(item_counts) - baseline.on(item_counts)
+        per_seed = draws.metric(method, seeds) - draws.metric(baseline, seeds)
         resampled += (per_seed * seed_counts).sum(axis=1) / len(seeds)
-        observed += float(np.mean(method.observed() - baseline.observed()))
+        observed += float(np.mean(method.select(seeds).observed() - baseline.select(seeds).observed()))
     tail = 100 * (1 - CONFIDENCE) / 2
     low, high = np.percentile(resampled / len(pairs), [tail, 100 - tail])
     items = sum(len(method.ids) for method, _ in pairs)
@@ -219,8 +250,9 @@ def summary_differences(
         name = f"{method} on {language}"
         cells[(method, language)] = outcomes(name, summary["metric"], per_seed, num_labels)
         check_reproduces(cells[(method, language)], summary["per_seed"][method][language])
+    draws = Draws(resamples)
     found = {
-        method: _method_differences(summary, cells, method, baseline, resamples)
+        method: _method_differences(summary, cells, method, baseline, draws)
         for method in summary["methods"]
         if method != baseline
     }
@@ -245,7 +277,7 @@ def _run_items(run: Mapping, language: str) -> dict[str, dict] | None:
 
 
 def _method_differences(
-    summary: Mapping, cells: Mapping[tuple[str, str], Outcomes], method: str, baseline: str, resamples: int
+    summary: Mapping, cells: Mapping[tuple[str, str], Outcomes], method: str, baseline: str, draws: Draws
 ) -> dict[str, Difference]:
     def pairs(languages: list[str]) -> list[tuple[Outcomes, Outcomes]] | None:
         found = [(cells.get((method, language)), cells.get((baseline, language))) for language in languages]
@@ -257,5 +289,5 @@ def _method_differences(
     for key, languages in [*((language, [language]) for language in summary["languages"]), (AVERAGE, None)]:
         found = pairs(summary["average_languages"] if languages is None else languages)
         if found is not None:
-            differences[key] = paired_difference(found, resamples)
+            differences[key] = paired_difference(found, draws)
     return differences
