@@ -495,8 +495,18 @@ def _differences_section(summary: Mapping) -> list[str]:
             "",
             f"No paired differences from {baseline}: the runs have no predictions.jsonl (per-item predictions).",
         ]
-    keys = [*summary["languages"], *([AVERAGE] if summary["average_languages"] else [])]
-    labels = [*summary["languages"], *(["Avg"] if summary["average_languages"] else [])]
+    return [*_differences_table(summary), "", _differences_note(summary)]
+
+
+def _differences_table(summary: Mapping) -> list[str]:
+    """The difference of every language and Avg; with one language the main table's column already says it all."""
+    if len(summary["languages"]) < 2:
+        return []
+    baseline, average = summary["baseline"], _shows_average(summary)
+    keys, labels = (
+        [*summary["languages"], *([AVERAGE] if average else [])],
+        [*summary["languages"], *(["Avg"] if average else [])],
+    )
     lines = [
         "",
         f"**Difference from {baseline}** ({summary['metric']} points, method minus {baseline}, 95% paired interval):",
@@ -507,7 +517,7 @@ def _differences_section(summary: Mapping) -> list[str]:
     for method in summary["methods"]:
         if method != baseline:
             lines.append(f"| {method} | " + " | ".join(_difference_cell(summary, method, key) for key in keys) + " |")
-    return [*lines, "", _differences_note(summary)]
+    return lines
 
 
 def _differences_note(summary: Mapping) -> str:

@@ -108,9 +108,11 @@ def test_macro_f1_on_a_resample_is_evaluation_macro_f1_of_the_drawn_items() -> N
         assert value == pytest.approx(expected)
 
 
-def write_predicted_run(root: Path, method: str, seed: int, correct: list[bool], reported: float | None = None) -> None:
-    """A finished run on sw with its predictions.jsonl: item i is right where correct[i] (labels 0 and 1)."""
-    folder = root / f"{method}-{seed}"
+def write_predicted_run(
+    root: Path, method: str, seed: int, correct: list[bool], reported: float | None = None, language: str = "sw"
+) -> None:
+    """A finished run with its predictions.jsonl: item i is right where correct[i] (labels 0 and 1)."""
+    folder = root / f"{method}-{language}-{seed}"
     folder.mkdir(parents=True)
     predictions = [
         {"id": f"v{item}", "prediction": (item % 2) if right else 1 - item % 2, "reference": item % 2, "output": ""}
@@ -119,8 +121,8 @@ def write_predicted_run(root: Path, method: str, seed: int, correct: list[bool],
     (folder / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in predictions))
     accuracy = sum(correct) / len(correct) if reported is None else reported
     metrics = {
-        "task": "canon", "method": method, "seed": seed, "language": "sw", "metric": "accuracy", "run": folder.name,
-        "config_hash": "0", "scores": {"sw": {"accuracy": accuracy, "count": len(correct)}},
+        "task": "canon", "method": method, "seed": seed, "language": language, "metric": "accuracy",
+        "run": folder.name, "config_hash": "0", "scores": {language: {"accuracy": accuracy, "count": len(correct)}},
     }  # fmt: skip
     (folder / "metrics.json").write_text(json.dumps(metrics))
 
@@ -158,3 +160,20 @@ def test_predictions_that_do_not_reproduce_the_metrics_are_refused(tmp_path: Pat
     write_predicted_run(tmp_path, "flare", 1, [True] * 20, reported=0.9)  # its predictions say 100 %
     with pytest.raises(ValueError, match=r"flare on sw seed 1: predictions\.jsonl gives accuracy 1\.000000"):
         write_report(tmp_path)
+
+
+def test_with_several_languages_a_table_gives_each_languages_difference_and_avg(tmp_path: Path) -> None:
+    for seed in (1, 2):
+        for language, flare_right in (("de", 6), ("sw", 8)):  # of every 10 items; lora 5 of 10 in both
+            write_predicted_run(tmp_path, "lora", seed, [item % 2 == 0 for item in range(200)], language=language)
+            right = [item % 10 < flare_right for item in range(200)]
+            write_predicted_run(tmp_path, "flare", seed, right, language=language)
+    write_report(tmp_path)
+    lines = (tmp_path / "report_canon.md").read_text(encoding="utf-8").splitlines()
+    start = lines.index("**Difference from lora** (accuracy points, method minus lora, 95% paired interval):")
+    assert lines[start + 2] == "| Method | de | sw | Avg |"
+    cells = lines[start + 4].split(" | ")
+    assert cells[0] == "| flare" and [cell.split(" [")[0] for cell in cells[1:]] == ["+10.0", "+30.0", "+20.0"]
+    assert all(cell.endswith("ahead") for cell in cells[1:-1]) and cells[-1].endswith("ahead |")
+    # The main table's column is the Avg difference.
+    assert next(line for line in lines if line.startswith("| flare |")).endswith(cells[-1])
