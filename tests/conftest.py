@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -167,6 +168,16 @@ def labels_for(kind: str, inputs: dict) -> dict:
 
 
 @pytest.fixture
+def one_thread():
+    """Torch on one thread while the test runs: a tiny random model's near-tied logits (a decoder's generations) can
+    differ between thread counts, and goldens must not depend on the machine's cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def unload_gives_original_modules(monkeypatch):
     """PEFT 0.22's unload(): without merging, a modules_to_save wrapper gives back its original module, not the
     trained copy (PEFT 0.21 gives the copy)."""
@@ -225,21 +236,35 @@ def teacher_forced_logits(flare, inputs: dict, sequences: torch.Tensor) -> torch
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+def fixture_vocabulary(corpus: list[str], size: int, specials: list[str]) -> dict[str, int]:
+    """A WordPiece vocabulary of the corpus, the same in every process: the special tokens, every character (alone and
+    as a ##continuation), then whole words by frequency, ties alphabetical. (The tokenizers library's trainer breaks
+    ties in hash-map order, which changes from process to process, and with it every id and every generated text.)"""
+    from tokenizers import normalizers, pre_tokenizers
+
+    normalizer, splitter = normalizers.NFC(), pre_tokenizers.BertPreTokenizer()
+    words = Counter(word for text in corpus for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
+    characters = sorted({character for word in words for character in word})
+    pieces = [*specials, *characters, *(f"##{character}" for character in characters)]
+    known = set(pieces)
+    pieces += [word for word in sorted(words, key=lambda word: (-words[word], word)) if word not in known]
+    return {piece: index for index, piece in enumerate(pieces[:size])}
+
+
 def train_tokenizer(architecture: str = "encoder"):
-    """A WordPiece tokenizer trained in-process on the fixture texts: [CLS] a [SEP] b [SEP] for encoders (right
-    padding), <s> a for decoders (left padding)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A WordPiece tokenizer of the fixture texts: [CLS] a [SEP] b [SEP] for encoders (right padding), <s> a for
+    decoders (left padding)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     corpus = [path.read_text(encoding="utf-8") for path in sorted(FIXTURES.rglob("*")) if path.is_file()] + [
         "Premise Hypothesis Label Sentiment Context Question Answer entailment neutral contradiction negative positive"
     ]
-    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "<s>", "</s>"]
+    backend = Tokenizer(models.WordPiece(fixture_vocabulary(corpus, 600, specials), unk_token="[UNK]"))
     backend.normalizer = normalizers.NFC()
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.decoder = decoders.WordPiece()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "<s>", "</s>"]
-    backend.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=600, special_tokens=specials))
     ids = {token: backend.token_to_id(token) for token in specials}
     if architecture == "encoder":
         backend.post_processor = processors.TemplateProcessing(

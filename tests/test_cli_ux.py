@@ -27,10 +27,11 @@ from flare_xlt import __version__
 from flare_xlt.cli import COMMANDS, FlareParser, main
 from flare_xlt.config import SOURCE_SITES, UNPAIRED_MODES
 from flare_xlt.fusion import FUSION_NAMES
+from flare_xlt.methods import METHODS
 from flare_xlt.pipeline import TrainConfig, evaluate, finetune, runs, transfer
 from flare_xlt.pipeline.checkpoints import ResumableTrainer
 from flare_xlt.pipeline.models import ARCHITECTURES, TRAINABLE
-from flare_xlt.pipeline.runs import METHODS, STAGE1_MODES
+from flare_xlt.pipeline.runs import STAGE1_MODES
 from flare_xlt.pipeline.settings import LOGGER_PACKAGES
 from flare_xlt.tasks import TASKS, get_task, load_original_view
 from flare_xlt.tasks.sources import NUSAX_HUB, TYDIQA_HUB, XNLI_HUB

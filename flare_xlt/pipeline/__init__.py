@@ -14,7 +14,8 @@ __getattr__, __all__ = lazy_attributes(
         ".models": ("LoadedModel", "load_model"),
         ".predict": ("predict",),
         ".recipes": ("PlannedStep", "Recipe", "describe_plan", "load_recipe", "plan", "run_recipe", "step_status"),
-        ".runs": ("METHODS", "evaluate", "finetune", "transfer"),
+        ".runs": ("evaluate", "finetune", "transfer"),
+        "..methods": ("METHODS",),
         ".settings": ("AdapterConfig", "TrainConfig"),
     },
 )

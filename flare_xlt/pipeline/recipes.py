@@ -16,14 +16,13 @@ from pathlib import Path
 import torch
 import yaml
 
+from ..methods import METHODS, TRAINING_METHODS, get_method
 from ..mt.data import output_name, translate_task, write_encoder_states
 from ..mt.translator import DEFAULT_MT_MODEL, Translator
 from ..tasks import get_task, load_record_file, load_task_splits
 from .models import load_state_reader
 from .runs import (
-    METHODS,
     STAGE1_MODES,
-    TRAINING_METHODS,
     finetune,
     finetune_run,
     resolve_stage1_mode,
@@ -84,8 +83,10 @@ class Recipe:
                 f"Unknown methods {unknown}; valid choices: {', '.join(METHODS)}"
                 + (f", or the recipe's variants {', '.join(self.variants)}." if self.variants else ".")
             )
-        if task.kind == "extractive_qa" and "translate-test" in self.methods:
-            raise ValueError("translate-test does not run for extractive QA tasks (no back-projection of answers).")
+        for name in self.methods:
+            get_method(self.method_of(name)).check_fit(
+                task.kind, None if self.architecture == "auto" else self.architecture
+            )
         resolve_stage1_mode(self.stage1_mode, self.load_in_4bit)
         if isinstance(self.train, dict):
             self.train = _build(TrainConfig, self.train, "train")
@@ -184,10 +185,10 @@ def plan(recipe: Recipe) -> list[PlannedStep]:
     for language in recipe.languages:
         # validation (English -> target) is translated only for checkpoint selection.
         splits = ["train", "validation", "test"] if recipe.train.select_best_on_validation else ["train", "test"]
-        methods = {recipe.method_of(name) for name in recipe.methods}
-        if methods - {"zero-shot"}:
+        methods = [get_method(recipe.method_of(name)) for name in recipe.methods]
+        if any(method.needs_translations for method in methods):
             steps.extend(PlannedStep("translate", language, split=split) for split in splits)
-        if "flare-mt" in methods:
+        if any(method.needs_mt_states for method in methods):
             steps.extend(PlannedStep("mt-states", language, split=split) for split in splits)
     for seed in recipe.seeds:
         steps.append(PlannedStep("finetune", source, seed=seed))

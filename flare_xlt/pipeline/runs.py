@@ -33,12 +33,13 @@ from .. import __version__
 from ..config import FlareConfig
 from ..evaluation import task_scores
 from ..io import replace_directory_atomically, write_text_atomic
+from ..methods import REGISTRY, STAGE1_ADAPTER_SETTINGS, get_method
 from ..model import FlareModel, get_flare_model, keep_trainables_in_float32
 from ..mt.data import output_name
 from ..mt.states import EncoderStateStore
 from ..source_cache import FlushSourceCache, SourceCache, open_source_cache
 from ..tasks import PairedCollator, TaskEncoder, TaskSpec, get_task, load_record_file, load_task_splits, pair_views
-from ..xmixup import XMixupConfig, XMixupModel
+from ..xmixup import XMixupModel
 from .checkpoints import (
     TRAINER_STATE_NAME,
     CheckpointedCallback,
@@ -50,18 +51,6 @@ from .models import LoadedModel, check_max_length, load_model
 from .predict import predict
 from .settings import DEFAULT_ADAPTER, DEFAULT_TRAIN, AdapterConfig, TrainConfig
 
-METHODS = ("zero-shot", "translate-test", "lora", "input-fusion", "flare", "flare-mt", "x-mixup")
-TRAINING_METHODS = ("lora", "input-fusion", "flare", "flare-mt", "x-mixup")
-# The input each method sees: the target text, the English text, both in one sequence, or both as a FLARE pair.
-METHOD_VIEWS = {
-    "zero-shot": "target",
-    "translate-test": "source",
-    "lora": "target",
-    "input-fusion": "input_fusion",
-    "flare": "paired",
-    "flare-mt": "target",
-    "x-mixup": "paired",
-}
 STAGE1_MODES = ("auto", "merge", "frozen")
 
 
@@ -103,7 +92,6 @@ def without_expected_warnings(command: Callable) -> Callable:
 CHECKPOINTS = "checkpoints"
 SOURCE_CACHE = "source_cache"  # the disk source cache: kept while the run is unfinished, so a resumed run reads it
 LOGS = "logs"  # the Trainer's loggers and its trainer_state.json (loss and validation history); kept after the run
-
 
 
 PATH_SETTINGS = ("model", "data", "stage1", "translations", "mt_states")
@@ -599,14 +587,15 @@ def transfer(
     """Stage 2: transfer the stage-1 model to one target language with one method and score it on its test set.
 
     zero-shot and translate-test evaluate the stage-1 model; lora, input-fusion, flare, flare-mt and x-mixup train
-    a new adapter on translated data first. Prints the run folder last; <output>/latest-transfer links to it.
+    a new adapter on translated data first; ensemble averages the lora run (made first if missing) with
+    translate-test. Prints the run folder last; <output>/latest-transfer links to it.
 
     Args:
         model: The base model of the stage-1 run (a hub name or a local folder).
         task: A built-in task (xnli, tydiqa, nusax) or a task spec file (.yaml/.json).
         language: Target language; one of the task's languages.
-        method: zero-shot, translate-test, lora, input-fusion, flare, flare-mt or x-mixup (translate-test:
-            classification tasks only; x-mixup: encoders only).
+        method: zero-shot, translate-test, lora, input-fusion, x-mixup, ensemble, flare or flare-mt
+            (translate-test and ensemble: classification tasks only; x-mixup: encoders only).
         stage1: The stage-1 run folder that flare-xlt finetune wrote, e.g. runs/latest-finetune.
         output: Folder that receives the run folder.
         data: Where the target test set and the English splits come from: hub, or a folder of the original release
@@ -630,76 +619,58 @@ def transfer(
     """
     spec = get_task(task)
     spec.check_language(language)
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; valid choices: {', '.join(METHODS)}.")
-    if method == "translate-test" and spec.kind == "extractive_qa":
-        raise ValueError(
-            "translate-test for extractive QA would need the English answer spans projected back into the target "
-            "context, which flare-xlt does not do; it runs for classification tasks."
-        )
+    transfer_method = get_method(method)
+    transfer_method.check_fit(spec.kind, None if architecture == "auto" else architecture)
     stage1_mode = resolve_stage1_mode(stage1_mode, load_in_4bit)
-    needs_translations = method != "zero-shot"
-    if needs_translations and translations is None:
+    if transfer_method.needs_translations and translations is None:
         raise ValueError(f"Method {method!r} needs --translations (the folder written by flare-xlt translate).")
-    if method == "flare-mt" and mt_states is None:
-        raise ValueError("Method 'flare-mt' needs --mt_states (a folder with train/ and test/ state stores).")
+    if transfer_method.needs_mt_states and mt_states is None:
+        raise ValueError(f"Method {method!r} needs --mt_states (a folder with train/ and test/ state stores).")
     stage1_adapter = _check_stage1(Path(stage1), model, spec)
-    trains_adapter = method in TRAINING_METHODS
-    label = name or method
-    run_dir, config = transfer_run(
-        model,
-        task,
-        language,
-        method,
-        stage1,
-        translations,
-        output,
-        data,
-        mt_states,
-        stage1_mode,
-        architecture,
-        trainable,
-        load_in_4bit,
-        adapter,
-        train,
-        name,
-    )
+    settings = (model, task, language, method, stage1, translations, output, data, mt_states, stage1_mode)
+    run_dir, config = transfer_run(*settings, architecture, trainable, load_in_4bit, adapter, train, name)
     if _finished(run_dir, config):
         _link_latest(run_dir, "transfer")
         return run_dir
+    if transfer_method.reuses is not None:  # the run it reads, made first if missing (skipped when finished)
+        reused = (transfer_method.reuses, *settings[4:])
+        transfer(model, task, language, *reused, architecture, trainable, load_in_4bit, adapter, train, resume)
     # The translated files this method reads, each checked here, before any model loads.
     source = spec.source_language
-    roles = {"test": (language, source)} if needs_translations else {}
-    if trains_adapter:
-        roles["train"] = (source, language)
-        if train.select_best_on_validation:
-            roles["validation"] = (source, language)
-    translated = {role: _translation_file(Path(translations), spec, role, *pair) for role, pair in roles.items()}
+    translated = {
+        role: _translation_file(Path(translations), spec, role, *((source, language) if out else (language, source)))
+        for role, out in transfer_method.translation_roles(train.select_best_on_validation).items()
+    }
     loaded = _load(model, spec, architecture, load_in_4bit, train)
+    transfer_method.check_fit(spec.kind, loaded.architecture)
+    trains_adapter = transfer_method.trains
     if trains_adapter:
         _check_target_modules(loaded.model, adapter.target_modules, model)
     network = _stage1_model(loaded, stage1_adapter, model, stage1_mode, trains_adapter)
-    view = METHOD_VIEWS[method]
+    view = transfer_method.view
     test_pairs = _target_pairs(spec, language, "test", data, translated.get("test"), train.max_eval_samples)
     states = None
+    if transfer_method.reuses is not None:
+        reused_dir = run_dir.parent / config["reuses"]
+        reused_loaded = _load(model, spec, architecture, load_in_4bit, train)
+        reused_config = json.loads((reused_dir / "config.json").read_text(encoding="utf-8"))
+        reused_model = _run_model(reused_loaded, reused_dir, reused_config, model, spec)
+        encoder = TaskEncoder(spec, loaded.tokenizer, loaded.architecture, view, train.max_length)
+        network = transfer_method.combine(network, reused_model, encoder)
     if trains_adapter:
-        store = EncoderStateStore(Path(mt_states) / "train") if method == "flare-mt" else None
+        store = EncoderStateStore(Path(mt_states) / "train") if transfer_method.needs_mt_states else None
         # The training features; for FLARE-MT also the reader whose text the encoder states must cover.
         state_reader = TaskEncoder(spec, loaded.tokenizer, loaded.architecture, view, train.max_length)
         if store is not None:  # the test states are read after training: check them before it
             states = EncoderStateStore(Path(mt_states) / "test")
             _check_states(states, state_reader, test_pairs)
         flare_config = adapter.flare_config(
-            adapter.fusion if method.startswith("flare") else None,
+            transfer_method.fusion(adapter.fusion),
             loaded.head_modules(spec, trainable),
             store.d_model if store else None,
         )
-        network = get_flare_model(network, flare_config, stage1=stage1_mode)
-        if method == "x-mixup":
-            if loaded.architecture != "encoder":
-                raise ValueError("x-mixup mixes encoder hidden states; it runs on encoder models only.")
-            # A new LoRA trains together with the mixing gates, on top of the stage-1 model.
-            network = XMixupModel(network, XMixupConfig())
+        # A new adapter on the stage-1 model (merged or kept frozen), in what the method trains around it.
+        network = transfer_method.wrap(get_flare_model(network, flare_config, stage1=stage1_mode))
         english = load_task_splits(spec, source, ["train"], data)["train"]
         train_pairs = pair_views(spec, load_record_file(spec, translated["train"]), english)
         train_pairs = train_pairs[: train.max_train_samples]
@@ -727,7 +698,7 @@ def transfer(
             callbacks.append(_validation_callback(network, loaded, spec, validation, view, train, validation_states))
     summary = {
         "task": spec.name,
-        "method": label,
+        "method": name or method,
         "seed": train.seed,
         "language": language,
         "config_hash": run_dir.name.rsplit("-", 1)[1],
@@ -795,9 +766,11 @@ def evaluate(
     language = language or config.get("language") or spec.source_language
     spec.check_language(language)
     data = data or config["data"]
-    view = METHOD_VIEWS.get(method, "target")  # a stage-1 run reads the target view, as in its own evaluation
+    scored_method = get_method(method) if config["stage"] != "finetune" else None
+    # A stage-1 run reads the target view, as in its own evaluation.
+    view = scored_method.view if scored_method is not None else "target"
     translated = None
-    if view != "target":
+    if scored_method is not None and scored_method.reads_test_translation:
         translations = translations or config.get("translations")
         if translations is None:
             raise ValueError(f"A {method} run reads the split's translation into English: give --translations.")
@@ -814,7 +787,7 @@ def evaluate(
     pairs = _target_pairs(spec, language, split, data, translated, train.max_eval_samples)
     states = None
     loaded = _load(model, spec, config["architecture"], config["load_in_4bit"], train)
-    if method == "flare-mt":
+    if scored_method is not None and scored_method.needs_mt_states:
         folder = mt_states or config.get("mt_states")
         if folder is None:
             raise ValueError("A flare-mt run reads encoder states: give --mt_states.")
@@ -858,7 +831,12 @@ def _recorded_run(path: Path, model: str | None, task: str | None, stage1: Path 
     if model is None or task is None:
         raise ValueError(f"{path} is a saved FLARE adapter, not a run folder: give --model and --task.")
     flare_config = FlareConfig.load(path)
-    method = "lora" if flare_config.fusion is None else "flare-mt" if flare_config.mt_source_dim else "flare"
+    fuses, reads_states = flare_config.fusion is not None, flare_config.mt_source_dim is not None
+    method = next(  # the first method, in registry order, that trains such an adapter
+        name
+        for name, candidate in REGISTRY.items()
+        if candidate.trains and candidate.fuses == fuses and candidate.needs_mt_states == reads_states
+    )
     return path, {
         "stage": SAVED_ADAPTER,
         "model": model,
@@ -877,19 +855,26 @@ def _run_model(loaded, run_dir: Path, config: dict, model_name: str, task: TaskS
     adapter = run_dir if config["stage"] == SAVED_ADAPTER else run_dir / "adapter"
     if config["stage"] == "finetune":
         return _load_stage1(loaded, adapter, model_name)
-    trained = config["method"] in TRAINING_METHODS
+    scored_method = get_method(config["method"])
+    trained = scored_method.trains
     network = loaded.model
     if config["stage1"] is not None:
         stage1_adapter = _check_stage1(Path(config["stage1"]), model_name, task)
         network = _stage1_model(loaded, stage1_adapter, model_name, config["stage1_mode"], trained)
+    if scored_method.reuses is not None:
+        reused_dir = run_dir.parent / config["reuses"]
+        reused_config = json.loads((reused_dir / "config.json").read_text(encoding="utf-8"))
+        reused_loaded = load_model(model_name, task, config["architecture"], config["load_in_4bit"])
+        reused = _run_model(reused_loaded, reused_dir, reused_config, model_name, task)
+        max_length = config["train"].get("max_length", DEFAULT_TRAIN.max_length)
+        encoder = TaskEncoder(task, loaded.tokenizer, loaded.architecture, scored_method.view, max_length)
+        return scored_method.combine(network, reused, encoder)
     if not trained:
         return network
     flare = FlareModel.from_pretrained(network, adapter, stage1=config["stage1_mode"])
     if config["stage1"] is None:  # a saved adapter on the bare base: its own modules_to_save must hold the head
         report_untrained(loaded, flare, model_name)
-    if config["method"] == "x-mixup":
-        return XMixupModel.from_pretrained(flare, adapter, adapter_loaded=True)
-    return flare
+    return scored_method.restore(flare, adapter)
 
 
 def _check_evaluation_folder(output: Path) -> None:
@@ -922,7 +907,7 @@ def finetune_run(
         "architecture": architecture,
         "trainable": trainable,
         "load_in_4bit": load_in_4bit,
-        "adapter": asdict(adapter),
+        "adapter": {name: value for name, value in asdict(adapter).items() if name in STAGE1_ADAPTER_SETTINGS},
         "train": _result_settings(train),
     }
     return run_directory(output, f"{spec.name}-{spec.source_language}-finetune-seed{train.seed}", config), config
@@ -948,7 +933,8 @@ def transfer_run(
 ) -> tuple[Path, dict]:
     """The run folder `transfer` with these settings writes, and the config it records (nothing is read). Only what
     changes the method's result enters the config (and its hash), so the same run asked for again is found."""
-    spec, trains_adapter = get_task(task), method in TRAINING_METHODS
+    spec, transfer_method = get_task(task), get_method(method)
+    trains_adapter = transfer_method.trains
     config = {
         "stage": "transfer",
         "model": model,
@@ -956,16 +942,19 @@ def transfer_run(
         "language": language,
         "method": method,
         "stage1": str(stage1),
-        "translations": str(translations) if method != "zero-shot" else None,
+        "translations": str(translations) if transfer_method.needs_translations else None,
         "data": data,
-        "mt_states": str(mt_states) if method == "flare-mt" else None,
+        "mt_states": str(mt_states) if transfer_method.needs_mt_states else None,
         "stage1_mode": resolve_stage1_mode(stage1_mode, load_in_4bit),
         "architecture": architecture,
         "trainable": trainable if trains_adapter else None,
         "load_in_4bit": load_in_4bit,
-        "adapter": asdict(adapter) if trains_adapter else None,
+        "adapter": transfer_method.hashed_adapter(asdict(adapter)),
         "train": _result_settings(train, trains_adapter),
     }
+    if transfer_method.reuses is not None:  # the run it reads: its folder name holds that run's settings
+        reused = (transfer_method.reuses, stage1, translations, output, data, mt_states, stage1_mode, architecture)
+        config["reuses"] = transfer_run(model, task, language, *reused, trainable, load_in_4bit, adapter, train)[0].name
     if name is not None:
         config["variant"] = name
     return run_directory(output, f"{spec.name}-{language}-{name or method}-seed{train.seed}", config), config

@@ -173,6 +173,12 @@ class TaskEncoder:
             feature["source_attention_mask"] = source["attention_mask"]
         return feature
 
+    def class_answer_ids(self) -> list[list[int]]:
+        """Each class's answer tokens as a generative model learns to write them: its answer word, then EOS."""
+        if self.task.kind != "classification":
+            raise ValueError(f"{self.task.name} is a {self.task.kind} task: it has no fixed answers per class.")
+        return [self._answer_ids(word, EncodingReport()) for word in self.task.answer_words]
+
     def _answer(self, pair: dict) -> str:
         if self.task.kind == "classification":
             return self.task.answer_words[pair["label"]]
