@@ -1,9 +1,12 @@
 """Paper-style reports from finished runs: per task, a methods x languages table of mean ± std over seeds.
 
 Every finished run directory holds a metrics.json; only its contract keys (task, method, seed, language, metric,
-scores, run, config_hash) are read. Per task, write_report writes report_<task>.md (Markdown), report_<task>.csv
-(wide, one row per method), report_<task>_per_seed.csv (tidy, one row per run and language), report_<task>.tex
-(booktabs) and the figure as report_<task>.png and .pdf, each atomically.
+scores, run, config_hash) are read, and for the paired differences its predictions.jsonl (flare_xlt/paired.py). Per
+task, write_report writes report_<task>.md (Markdown), report_<task>.csv (wide, one row per method),
+report_<task>_per_seed.csv (tidy, one row per run and language), report_<task>_differences.csv (each method minus the
+baseline with its paired 95% interval), report_<task>.tex (booktabs) and the figure as report_<task>.png and .pdf,
+each atomically. Every table and CSV is in percent; the tables set the stage-1 (English) score of the folder's
+stage-1 runs beside the transfer methods, and each method's difference from the baseline (LoRA by default).
 
 Statistics: a cell is the mean over seeds and the sample standard deviation (ddof=1) when there are at least two
 seeds, 0.0 for a single seed (there is no spread to estimate). The Avg column is the mean over languages of the
@@ -339,10 +342,12 @@ def write_report(
 
 def compare(summary: Mapping, stage1_runs: list[Mapping], baseline: str = DEFAULT_BASELINE) -> dict:
     """The summary with what the report sets beside its table: "stage1" ({method: Cell}, the English score of the
-    stage-1 runs of the method's seeds), "baseline", and "differences" (paired.summary_differences against it)."""
+    stage-1 runs of the method's seeds) and "stage1_language", "baseline", and "differences"
+    (paired.summary_differences against it)."""
     return {
         **summary,
         "stage1": _stage1_cells(summary, stage1_runs),
+        "stage1_language": "/".join(sorted({run["language"] for run in stage1_runs})),
         "baseline": baseline,
         "differences": summary_differences(summary, baseline),
     }
@@ -417,7 +422,7 @@ def _percent(cell: Cell | None) -> str:
 
 
 def _stage1_header(summary: Mapping) -> str:
-    return "en (stage 1)"
+    return f"{summary['stage1_language']} (stage 1)"
 
 
 def _difference_header(summary: Mapping, label: str = "Avg") -> str:
@@ -478,8 +483,8 @@ def _markdown(task: str, summary: Mapping) -> str:
 
 def _stage1_line(summary: Mapping) -> str:
     return (
-        f"{_stage1_header(summary)}: the English test score of the stage-1 runs (finetune) of the row's seeds, the "
-        "model every transfer method starts from."
+        f"{_stage1_header(summary)}: the test score of the stage-1 runs (finetune) of the row's seeds in the language "
+        "they trained on, the model every transfer method starts from."
     )
 
 
