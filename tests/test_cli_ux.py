@@ -175,7 +175,7 @@ def test_user_errors_are_one_line_with_exit_code_2_and_debug_shows_the_traceback
         "--language",
         "id",
         "--method",
-        "lora",
+        "flare",
         "--stage1",
         printed.splitlines()[-1],
         "--translations",

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 
 from ..config import CACHE_MODES, FlareConfig
 
@@ -138,24 +139,22 @@ class TrainConfig:
                 )
 
 
-@document_fields(FlareConfig)
-@dataclass(frozen=True)
-class AdapterConfig:
-    """The new adapter's settings (--adapter.*): those of FlareConfig that the pipeline sets; stage 1 reads the
-    LoRA ones."""
+# FlareConfig's settings that the pipeline decides itself (modules_to_save from --trainable, mt_source_dim from the
+# FLARE-MT state stores) or keeps at their defaults; every other FlareConfig setting is an --adapter.* option.
+PIPELINE_DECIDES = (
+    "modules_to_save",
+    "mt_source_dim",
+    "cross_attention_dropout",
+    "mask_source_padding",
+    "fuse_at_inference",
+    "causal",
+)
 
-    r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    target_modules: list[str] | str | None = None
-    fusion: str = "add_relu"
-    fusion_modules: list[str] | str | None = None
-    source_site: str = "linear_input"
-    source_layer_offset: int = 0
-    cross_attention_heads: int = 1
-    pairing: str = "start"
-    unpaired: str = "lora"
-    source_dropout: bool = True
+
+@dataclass(frozen=True)
+class _AdapterSettings:
+    """The methods of AdapterConfig, whose fields are FlareConfig's (see below); a dataclass without fields of its
+    own, so that AdapterConfig is a plain dataclass to the command line."""
 
     def __post_init__(self) -> None:
         self.flare_config(self.fusion)  # FlareConfig's checks, before any model loads
@@ -163,22 +162,39 @@ class AdapterConfig:
     def flare_config(
         self, fusion: str | None, modules_to_save: list[str] | None = None, mt_source_dim: int | None = None
     ) -> FlareConfig:
+        """The FlareConfig of a new adapter with these settings, `fusion` (None: plain LoRA) and what the pipeline
+        decides."""
+        settings = {item.name: getattr(self, item.name) for item in fields(self)}
         return FlareConfig(
-            r=self.r,
-            lora_alpha=self.lora_alpha,
-            lora_dropout=self.lora_dropout,
-            target_modules=self.target_modules,
-            fusion_modules=self.fusion_modules,
-            fusion=fusion,
-            source_site=self.source_site,
-            source_layer_offset=self.source_layer_offset,
-            cross_attention_heads=self.cross_attention_heads,
-            pairing=self.pairing,
-            unpaired=self.unpaired,
-            source_dropout=self.source_dropout,
-            modules_to_save=modules_to_save,
-            mt_source_dim=mt_source_dim,
+            **{**settings, "fusion": fusion, "modules_to_save": modules_to_save, "mt_source_dim": mt_source_dim}
         )
+
+
+def _adapter_fields() -> list[tuple[str, type, object]]:
+    """FlareConfig's fields, with their types, defaults and help, less those the pipeline decides."""
+    types = typing.get_type_hints(FlareConfig)
+    return [
+        (item.name, types[item.name], field(default=item.default, metadata=item.metadata))
+        for item in fields(FlareConfig)
+        if item.name not in PIPELINE_DECIDES
+    ]
+
+
+# The new adapter's settings (--adapter.*): FlareConfig's own fields, so a new FLARE setting is one edit (in
+# FlareConfig) and reaches the command line, recipes and run configs; stage 1 reads the LoRA ones.
+AdapterConfig = document_fields()(
+    make_dataclass(
+        "AdapterConfig",
+        _adapter_fields(),
+        bases=(_AdapterSettings,),
+        frozen=True,
+        namespace={
+            "__doc__": "The new adapter's settings (--adapter.*): those of FlareConfig that the pipeline does not "
+            "decide itself; stage 1 reads the LoRA ones.",
+            "__module__": __name__,
+        },
+    )
+)
 
 
 # The defaults of finetune and transfer (frozen, so one instance serves every call).
