@@ -314,7 +314,7 @@ def run(recipe: Path, set: dict[str, Any] | None = None, dry_run: bool = False) 
             print(path.read_text(encoding="utf-8"))
 
 
-def report(directory: Path, output: Path | None = None) -> None:
+def report(directory: Path, output: Path | None = None, baseline: str = "lora") -> None:
     """Write paper-style tables and figures per task from the finished runs below a folder.
 
     Markdown, CSV, per-seed CSV and LaTeX tables, and a figure as PNG and PDF.
@@ -322,10 +322,11 @@ def report(directory: Path, output: Path | None = None) -> None:
     Args:
         directory: Folder searched recursively for metrics.json.
         output: Folder for the report files (default: `directory`).
+        baseline: The method every other is compared with (differences with paired 95% intervals).
     """
     from .report import write_report
 
-    for path in write_report(directory, output):
+    for path in write_report(directory, output, baseline=baseline):
         print(f"wrote {path}")
 
 

@@ -37,12 +37,13 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
 from .io import write_bytes_atomic, write_text_atomic
+from .methods import METHODS, fuses
 from .paired import CONFIDENCE, RESAMPLES, Difference, summary_differences
 
 STAGE1_METHOD = "finetune"
 # The method every other is compared with, by default: translate-train LoRA, the paper's main baseline.
 DEFAULT_BASELINE = "lora"
-METHOD_ORDER = ("zero-shot", "translate-test", "lora", "input-fusion", "x-mixup", "flare", "flare-mt")
+METHOD_ORDER = METHODS  # the registry's order: baselines first, then FLARE
 
 # The metrics.json contract: the only keys read, each with the JSON type it must have.
 _RUN_KEYS: dict[str, type] = {
@@ -327,6 +328,7 @@ def write_report(
     written: list[Path] = []
     for task, summary in summaries.items():
         summary = compare(summary, [run for run in stage1 if run["task"] == task], baseline)
+        summary["highlighted"] = fusing_methods(run for run in runs if run["task"] == task)
         paths = artifacts[task]
         write_text_atomic(paths["markdown"], _markdown(task, summary))
         write_text_atomic(paths["wide_csv"], _csv(summary))
@@ -403,9 +405,15 @@ def _shows_average(summary: Mapping) -> bool:
     return len(summary["average_languages"]) >= 2
 
 
-def is_flare(method: str) -> bool:
-    """FLARE and its variants (flare-mt, and recipe variants such as flare-end), which the figure highlights."""
-    return method.startswith("flare")
+def fusing_methods(runs: Iterable[Mapping]) -> set[str]:
+    """The row names whose runs train a fusing adapter (FLARE, FLARE-MT and recipe variants of them, whose run
+    config names the method they run), which the figure highlights."""
+    highlighted = set()
+    for run in runs:
+        config = _flat_config(run) or {}
+        if fuses(config.get("method", run["method"])):
+            highlighted.add(run["method"])
+    return highlighted
 
 
 def mean_std(values: list[float]) -> str:
@@ -769,7 +777,8 @@ def plot_summary(task: str, summary: Mapping) -> Figure:
         panels.append((AVERAGE, "Avg" if not dropped else "Avg (excl. " + ", ".join(dropped) + ")"))
     columns = min(len(panels), _PANELS_PER_ROW)
     rows = math.ceil(len(panels) / columns)
-    colours = _method_colours(methods)
+    highlighted = summary.get("highlighted", set())
+    colours = _method_colours(methods, highlighted)
     # A bare Figure on an Agg canvas rather than pyplot: no global backend switch and no figure registry to leak.
     figure = Figure(figsize=(1.4 + 2.6 * columns, 0.8 + rows * (0.9 + 0.28 * len(methods))), layout="constrained")
     FigureCanvasAgg(figure)
@@ -777,14 +786,14 @@ def plot_summary(task: str, summary: Mapping) -> Figure:
     for unused in grid.flat[len(panels) :]:
         unused.remove()
     for axes, (key, title) in zip(grid.flat[: len(panels)], panels, strict=True):
-        _dot_panel(axes, methods, table, key, colours)
+        _dot_panel(axes, methods, table, key, colours, highlighted)
         axes.set_title(title, fontsize="medium", fontweight="bold" if key == AVERAGE else "normal")
     grid[0, 0].set_yticks(range(len(methods)), methods)
     # The first method on top, as in the tables, with half a row of room above and below.
     grid[0, 0].set_ylim(len(methods) - 0.5, -0.5)
     for axes in grid[:, 0]:
         for label, method in zip(axes.get_yticklabels(), methods, strict=True):
-            if is_flare(method):
+            if method in highlighted:
                 label.set_fontweight("bold")
                 label.set_color(colours[method])
     _fit_title(figure, f"{task}: {summary['metric']}", _seeds_phrase(summary))
@@ -803,14 +812,16 @@ def _fit_title(figure: Figure, what: str, seeds: str) -> None:
     title.set_fontsize("small")
 
 
-def _method_colours(methods: list[str]) -> dict[str, str]:
-    flare = [method for method in methods if is_flare(method)]
+def _method_colours(methods: list[str], highlighted: set[str]) -> dict[str, str]:
+    flare = [method for method in methods if method in highlighted]
     # Past six variants the colours repeat; the bold row labels still tell the methods apart.
     colours = {method: _FLARE_COLOURS[index % len(_FLARE_COLOURS)] for index, method in enumerate(flare)}
     return {method: colours.get(method, _BASELINE_COLOUR) for method in methods}
 
 
-def _dot_panel(axes: Axes, methods: list[str], table: Mapping, key: str, colours: Mapping[str, str]) -> None:
+def _dot_panel(
+    axes: Axes, methods: list[str], table: Mapping, key: str, colours: Mapping[str, str], highlighted: set[str]
+) -> None:
     present = [(row, method, table[method][key]) for row, method in enumerate(methods) if key in table[method]]
     # An empty row could be read as a result off the axis, so it says there is none.
     at_left_of_row = blended_transform_factory(axes.transAxes, axes.transData)
@@ -821,7 +832,7 @@ def _dot_panel(axes: Axes, methods: list[str], table: Mapping, key: str, colours
         colour = colours[method]
         if seeds >= 2:
             axes.errorbar(100 * mean, row, xerr=100 * std, fmt="none", ecolor=colour, elinewidth=1.2, capsize=2.5)
-        if is_flare(method):
+        if method in highlighted:
             axes.plot(100 * mean, row, "D", color=colour, markersize=6.5, zorder=3)
         else:
             axes.plot(100 * mean, row, "o", markerfacecolor="white", markeredgecolor=colour, markersize=6.5, zorder=3)

@@ -172,7 +172,7 @@ def test_demo_runs_every_method_and_reuses_its_runs(tmp_path, capsys, model_type
     printed = run_demo(config)
     folder = tmp_path / setting_name(config)
     runs = [json.loads(path.read_text()) for path in sorted((folder / "runs").rglob("metrics.json"))]
-    methods = ["zero-shot", "translate-test", "lora", "input-fusion", "flare", "flare-mt"]
+    methods = ["zero-shot", "translate-test", "lora", "input-fusion", "ensemble", "flare", "flare-mt"]
     assert sorted((run["method"], run["seed"]) for run in runs) == sorted(
         [("finetune", seed) for seed in (1, 2)] + [(method, seed) for method in methods for seed in (1, 2)]
     )
@@ -231,7 +231,7 @@ def test_a_sweep_of_two_points_writes_its_table_and_plot(tmp_path, capsys):
     config = DemoConfig(output=tmp_path, flare_mt=False, seeds=(1,), sizes=TINY)
     table = run_sweep(config, name, values)
     scores = sweep_scores(config, name, values)
-    assert set(scores) == {"zero-shot", "translate-test", "lora", "input-fusion", "flare"}
+    assert set(scores) == {"zero-shot", "translate-test", "lora", "input-fusion", "ensemble", "flare"}
     for method, per_value in scores.items():
         # One seed: its score alone, no "± 0.0".
         cells = " | ".join(f"{100 * per_value[value][0]:.1f}" for value in values)
@@ -246,7 +246,7 @@ def test_a_sweep_of_two_points_writes_its_table_and_plot(tmp_path, capsys):
     for suffix in ("md", "csv", "png", "pdf"):
         assert (tmp_path / f"sweep-decoder-mt_error_rate_test.{suffix}").stat().st_size > 0
     rows = (tmp_path / "sweep-decoder-mt_error_rate_test.csv").read_text().splitlines()
-    assert rows[0] == "method,mt_error_rate_test,seed_index,macro_f1_percent" and len(rows) == 1 + 5 * 2
+    assert rows[0] == "method,mt_error_rate_test,seed_index,macro_f1_percent" and len(rows) == 1 + 6 * 2
     for bad in ("colour=1,2", "mt_error_rate_test=", "mt_error_rate_test=a,b", "mt_error_rate_test=0.1,0.1"):
         with pytest.raises(ValueError, match="--sweep"):
             parse_sweep(bad)
@@ -282,9 +282,15 @@ def test_runs_side_by_side_equal_runs_one_after_another(tmp_path):
         return made
 
     one, two = runs(tmp_path / "one"), runs(tmp_path / "two")
-    assert sorted(one) == sorted(two) and len(one) == 2 * 6  # stage 1 and five transfer methods per seed
+    assert sorted(one) == sorted(two) and len(one) == 2 * 7  # stage 1 and six transfer methods per seed
     trained = [name for name in one if one[name][2] is not None]
     assert len(trained) == 2 * 4  # stage 1, lora, input-fusion, flare
+    # The ensemble reads its seed's lora run: it starts only once that run is made, in the other process or not.
+    folder = tmp_path / "two" / setting_name(config) / "runs"
+    for seed in config.seeds:
+        (lora,) = folder.glob(f"*-lora-seed{seed}-*/metrics.json")
+        (ensemble,) = folder.glob(f"*-ensemble-seed{seed}-*/config.json")
+        assert ensemble.stat().st_mtime >= lora.stat().st_mtime
     for name in one:
         assert one[name][:2] == two[name][:2], name
         for key, tensor in (one[name][2] or {}).items():

@@ -14,7 +14,7 @@ from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
 from flare_xlt import report as report_module
-from flare_xlt.report import METHOD_ORDER, collect_runs, plot_summary, summarize, write_report
+from flare_xlt.report import METHOD_ORDER, collect_runs, fusing_methods, plot_summary, summarize, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PDF_SIGNATURE = b"%PDF-"
@@ -578,28 +578,35 @@ def test_metric_axis_spans_the_values_not_zero(runs_dir: Path) -> None:
 
 def test_unknown_methods_are_ordered_reported_and_flare_variants_highlighted(tmp_path: Path) -> None:
     # First appearance in path order is deliberately unlike the report order.
-    methods = ["flare-proportional-zero", "my_method", "flare-end", "lora", "flare", "zero-shot"]
+    methods = ["flare-proportional-zero", "my_method", "flare-end", "lora", "flare", "zero-shot", "flareless"]
     single_seed_runs(tmp_path, ["de", "sw"], methods)
+    # Recipe variants of FLARE: their run config names the method they run. "flareless" is a method of its own.
+    for variant in ("flare-proportional-zero", "flare-end"):
+        for language in ("de", "sw"):
+            config = {"stage": "transfer", "method": "flare", "variant": variant}
+            (tmp_path / f"{variant}-{language}" / "config.json").write_text(json.dumps(config), encoding="utf-8")
     write_report(tmp_path)
     # Known methods in METHOD_ORDER, then the others alphabetically; none is lost.
-    order = ["zero-shot", "lora", "flare", "flare-end", "flare-proportional-zero", "my_method"]
+    order = ["zero-shot", "lora", "flare", "flare-end", "flare-proportional-zero", "flareless", "my_method"]
     markdown = (tmp_path / "report_xnli.md").read_text(encoding="utf-8")
-    assert [line.split(" | ")[0].removeprefix("| ") for line in markdown.splitlines()[4:10]] == order
+    assert [line.split(" | ")[0].removeprefix("| ") for line in markdown.splitlines()[4:11]] == order
     assert [row[0] for row in latex_rows((tmp_path / "report_xnli.tex").read_text(encoding="utf-8"))] == [
         method.replace("_", "\\_") for method in order
     ]
     with (tmp_path / "report_xnli_per_seed.csv").open(encoding="utf-8", newline="") as stream:
         per_seed = [row["method"] for row in csv.DictReader(stream)]
     assert per_seed == [method for method in order for _ in ("de", "sw")]
-    figure = plot_summary("xnli", summarize(collect_runs(tmp_path))["xnli"])
+    summary = summarize(collect_runs(tmp_path))["xnli"]
+    summary["highlighted"] = fusing_methods(collect_runs(tmp_path))
+    figure = plot_summary("xnli", summary)
     labels = {label.get_text(): label for label in figure.axes[0].get_yticklabels()}
     assert list(labels) == order
     flare = ["flare", "flare-end", "flare-proportional-zero"]
-    # Every method named flare* is bold, in a colour of its own; the baselines share one plain grey.
+    # Every fusing method and variant is bold, in a colour of its own; the baselines share one plain grey.
     assert [method for method, label in labels.items() if label.get_fontweight() == "bold"] == flare
     colours = {method: label.get_color() for method, label in labels.items()}
     assert len({colours[method] for method in flare}) == len(flare)
-    assert len({colours[method] for method in ("zero-shot", "lora", "my_method")}) == 1
+    assert len({colours[method] for method in ("zero-shot", "lora", "my_method", "flareless")}) == 1
     assert not {colours[method] for method in flare} & {colours["lora"]}
     # Their dots match: filled diamonds in the method's colour, open circles for the baselines.
     dots = {order[round(line.get_ydata()[0])]: line for line in figure.axes[0].lines}
@@ -703,3 +710,11 @@ def test_tied_values_get_an_axis_of_several_points(tmp_path: Path) -> None:
     # Near 0 the span stays inside the metric's range.
     assert report_module._metric_limits(0.0, 0.0) == (0.0, 5.0)
     assert report_module._metric_limits(100.0, 100.0) == (95.0, 100.0)
+
+
+def test_the_command_line_compares_with_the_baseline_it_is_given(runs_dir: Path, tmp_path: Path) -> None:
+    from flare_xlt import cli
+
+    cli.main(["report", "--directory", str(runs_dir), "--output", str(tmp_path / "out"), "--baseline", "flare"])
+    markdown = (tmp_path / "out" / "report_xnli.md").read_text(encoding="utf-8")
+    assert "from flare" in markdown and "from lora" not in markdown

@@ -19,6 +19,8 @@ import yaml
 from transformers import AutoModel, AutoTokenizer
 
 from ..io import write_text_atomic
+from ..methods import REGISTRY
+from ..methods.base import ARCHITECTURES
 from ..mt.data import output_name, write_records
 from ..mt.states import EncoderStateStore
 from ..pipeline.models import load_state_reader
@@ -31,7 +33,12 @@ from .world import LABELS, Lexicon, Meaning, NoisyMT, realise_english, realise_t
 
 TARGET = "tol"
 TASK_NAME = "tolan_sentiment"
-TRANSFER_METHODS = ("zero-shot", "translate-test", "lora", "input-fusion", "flare")
+# The registered methods that run on both the demo's models and need no MT states (those join when a setting writes
+# the states).
+TRANSFER_METHODS = tuple(
+    name for name, method in REGISTRY.items() if method.architectures == ARCHITECTURES and not method.needs_mt_states
+)
+MT_STATE_METHODS = tuple(name for name, method in REGISTRY.items() if method.needs_mt_states)
 ENCODER_EPOCH_FACTOR = 2
 # Both models train their token embeddings with the LoRA (decoders also the LM head, as the authors' Llama runs do).
 # The world's pretraining text puts every adjective and verb of one kind in the same contexts whatever its polarity,
@@ -220,7 +227,7 @@ def run_demo(config: DemoConfig) -> str:
         )
         reader = load_state_reader(str(model_folder), task, config.model_type, config.sizes.train.max_length)
         write_mt_states(encoder_folder, folder, task, reader)
-        methods.append("flare-mt")
+        methods += MT_STATE_METHODS
     methods += list(config.variants)
     recipe = Recipe(
         model=str(model_folder),

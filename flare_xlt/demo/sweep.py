@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..io import write_text_atomic
+from ..methods import fuses
 from ..paired import AVERAGE, Difference, summary_differences
 from ..report import DEFAULT_BASELINE, STAGE1_METHOD, collect_runs, difference_text, mean_std, summarize
 from .experiment import DemoConfig, run_demo, setting_name
@@ -134,7 +135,7 @@ def _plot(config: DemoConfig, name: str, values: list[float], scores: dict, stem
         xs = [value for value in values if value in per_value]
         means = [100 * statistics.mean(per_value[value]) for value in xs]
         spreads = [100 * statistics.stdev(per_value[value]) if len(per_value[value]) > 1 else 0.0 for value in xs]
-        flare = method.startswith("flare")
+        flare = fuses(method, config.variants)
         style = dict(
             color=PALETTE[index % len(PALETTE)],
             linewidth=2.4 if flare else 1.4,

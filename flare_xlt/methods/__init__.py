@@ -25,6 +25,13 @@ TRAINING_METHODS = tuple(name for name, method in REGISTRY.items() if method.tra
 STAGE1_ADAPTER_SETTINGS = LORA_SETTINGS
 
 
+def fuses(name: str, variants: dict[str, dict] | None = None) -> bool:
+    """Whether the method `name` (or a recipe variant of one, from `variants`) trains a fusing adapter (FLARE,
+    FLARE-MT), which reports highlight. Names neither registered nor a variant are not."""
+    registered = (variants or {}).get(name, {}).get("method", name)
+    return registered in REGISTRY and REGISTRY[registered].fuses
+
+
 def get_method(name: str) -> Method:
     """The registered method called `name`; an unknown name is refused with the valid choices."""
     if name not in REGISTRY:
@@ -32,4 +39,4 @@ def get_method(name: str) -> Method:
     return REGISTRY[name]
 
 
-__all__ = ["METHODS", "REGISTRY", "STAGE1_ADAPTER_SETTINGS", "TRAINING_METHODS", "Method", "get_method"]
+__all__ = ["METHODS", "REGISTRY", "STAGE1_ADAPTER_SETTINGS", "TRAINING_METHODS", "Method", "fuses", "get_method"]

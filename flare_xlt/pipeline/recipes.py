@@ -357,20 +357,34 @@ def _process_pool(workers: int) -> ProcessPoolExecutor:
 
 
 def _run_in_processes(recipe: Recipe, runs: list, workers: int, progress: GridProgress) -> list[Path]:
-    """The runs of `run_recipe` in a pool of `workers` processes; returns the transfer runs in plan order. The first
-    error stops the grid: runs not yet started are cancelled, and the error is raised here."""
+    """The runs of `run_recipe` in a pool of `workers` processes; returns the transfer runs in plan order. A seed's
+    transfers start when its stage 1 is made, and a method that reads another planned run (the ensemble reads the
+    lora run) when that run is made, so two processes never make one run. The first error stops the grid: runs not
+    yet started are cancelled, and the error is raised here."""
     transfers: dict[int, list] = {}
     for step, done in runs:
         if step.kind == "transfer":
             transfers.setdefault(step.seed, []).append((step, done))
+    planned = {(step.seed, step.language, step.method) for step, _ in runs if step.kind == "transfer"}
+    waiting: dict[tuple, list] = {}  # (seed, language, method) of a run not yet made -> the steps that read it
     made: dict[PlannedStep, Path] = {}
+    made_transfers: set[tuple] = set()  # (seed, language, method)
+    stage1_steps = {step.seed: step for step, _ in runs if step.kind == "finetune"}
     pool = _process_pool(workers)
+    pending: dict = {}
+
+    def submit(step: PlannedStep, done: bool) -> None:
+        reused = (step.seed, step.language, get_method(recipe.method_of(step.method)).reuses)
+        if reused in planned and reused not in made_transfers:
+            waiting.setdefault(reused, []).append((step, done))
+            return
+        settings = _transfer_settings(recipe, step, made[stage1_steps[step.seed]])
+        pending[pool.submit(transfer, **settings)] = (step, done)
+
     try:
-        pending = {
-            pool.submit(finetune, **_stage1_settings(recipe, step.seed)): (step, done)
-            for step, done in runs
-            if step.kind == "finetune"
-        }
+        for step, done in runs:
+            if step.kind == "finetune":
+                pending[pool.submit(finetune, **_stage1_settings(recipe, step.seed))] = (step, done)
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
@@ -379,8 +393,11 @@ def _run_in_processes(recipe: Recipe, runs: list, workers: int, progress: GridPr
                 progress.finished(_describe(step), done)
                 if step.kind == "finetune":
                     for transfer_step, transfer_done in transfers.get(step.seed, []):
-                        settings = _transfer_settings(recipe, transfer_step, made[step])
-                        pending[pool.submit(transfer, **settings)] = (transfer_step, transfer_done)
+                        submit(transfer_step, transfer_done)
+                else:
+                    made_transfers.add((step.seed, step.language, step.method))
+                    for reading_step, reading_done in waiting.pop((step.seed, step.language, step.method), []):
+                        submit(reading_step, reading_done)
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise

@@ -1004,7 +1004,8 @@ def _link_latest(run_dir: Path, stage: str) -> None:
     if not _is_main_process():
         return
     link = run_dir.parent / f"latest-{stage}"
-    staging = link.with_name(f".{link.name}.staging")
+    # One staging name per process: runs made side by side (flare-xlt run with workers) link at the same time.
+    staging = link.with_name(f".{link.name}.staging-{os.getpid()}")
     staging.unlink(missing_ok=True)
     staging.symlink_to(run_dir.name, target_is_directory=True)
     os.replace(staging, link)  # atomic: a reader sees the old link or the new one
