@@ -406,7 +406,7 @@ COMMANDS = {
     "mt-states": mt_states,
     "finetune": lazy_command("flare_xlt.pipeline.runs", "finetune", PIPELINE_NAMES),
     "transfer": lazy_command("flare_xlt.pipeline.runs", "transfer", PIPELINE_NAMES),
-    "evaluate": lazy_command("flare_xlt.pipeline.runs", "evaluate", PIPELINE_NAMES),
+    "evaluate": lazy_command("flare_xlt.pipeline.finished_runs", "evaluate", PIPELINE_NAMES),
     "run": run,
     "report": report,
     "demo": demo,

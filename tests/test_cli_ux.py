@@ -5,6 +5,7 @@ cli.main, and each test checks the messages, exit codes and files left behind.""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import io
 import json
@@ -28,11 +29,10 @@ from flare_xlt.cli import COMMANDS, FlareParser, main
 from flare_xlt.config import SOURCE_SITES, UNPAIRED_MODES
 from flare_xlt.fusion import FUSION_NAMES
 from flare_xlt.methods import METHODS
-from flare_xlt.pipeline import TrainConfig, evaluate, finetune, runs, transfer
+from flare_xlt.pipeline import TrainConfig, evaluate, finetune, transfer
 from flare_xlt.pipeline.checkpoints import ResumableTrainer
 from flare_xlt.pipeline.models import ARCHITECTURES, TRAINABLE
-from flare_xlt.pipeline.runs import STAGE1_MODES
-from flare_xlt.pipeline.settings import LOGGER_PACKAGES
+from flare_xlt.pipeline.settings import LOGGER_PACKAGES, STAGE1_MODES
 from flare_xlt.tasks import TASKS, get_task, load_original_view
 from flare_xlt.tasks.sources import NUSAX_HUB, TYDIQA_HUB, XNLI_HUB
 from flare_xlt.token_pairing import PAIRING_MODES
@@ -377,14 +377,21 @@ def test_print_config_takes_its_flags_after_a_space_or_an_equals_sign(flags):
     assert yaml.safe_load(printed) == {"model": "m", "task": "nusax", "train": {"seed": 7}}
 
 
-@pytest.mark.parametrize("name", ["finetune", "transfer", "evaluate"])
+COMMAND_MODULES = {
+    "finetune": "flare_xlt.pipeline.runs",
+    "transfer": "flare_xlt.pipeline.runs",
+    "evaluate": "flare_xlt.pipeline.finished_runs",
+}
+
+
+@pytest.mark.parametrize("name", list(COMMAND_MODULES))
 def test_a_lazy_command_has_the_options_and_help_of_the_function_it_runs(name):
     def help_of(function) -> str:
         parser = FlareParser(prog="flare-xlt")
         parser.add_function_arguments(function)
         return parser.format_help()
 
-    real = getattr(runs, name)
+    real = getattr(importlib.import_module(COMMAND_MODULES[name]), name)
     assert list(inspect.signature(COMMANDS[name]).parameters) == list(inspect.signature(real).parameters)
     assert help_of(COMMANDS[name]) == help_of(real)
 

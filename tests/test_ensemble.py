@@ -13,8 +13,8 @@ from test_pipeline import QUICK, read_metrics
 from flare_xlt.methods import get_method
 from flare_xlt.methods.ensemble import ProbabilityEnsemble
 from flare_xlt.pipeline import evaluate, finetune, transfer
+from flare_xlt.pipeline.finished_runs import run_model
 from flare_xlt.pipeline.models import load_model
-from flare_xlt.pipeline.runs import _run_model
 from flare_xlt.tasks import NUSAX, PairedCollator, TaskEncoder, get_task, load_record_file, pair_views
 
 
@@ -89,9 +89,9 @@ def test_the_ensemble_run_reuses_the_lora_run_and_averages_it_with_translate_tes
     # Independently: softmax of the LoRA run's model on the Indonesian text and of the stage-1 model on the English
     # translation, averaged, one example at a time.
     loaded = load_model(model, NUSAX)
-    lora_model = _run_model(loaded, lora, json.loads((lora / "config.json").read_text()), model, NUSAX).eval()
+    lora_model = run_model(loaded, lora, json.loads((lora / "config.json").read_text()), model, NUSAX).eval()
     english_loaded = load_model(model, NUSAX)
-    zero_shot = _run_model(english_loaded, stage1, {"stage": "finetune"}, model, NUSAX).eval()
+    zero_shot = run_model(english_loaded, stage1, {"stage": "finetune"}, model, NUSAX).eval()
     records = load_record_file(NUSAX, workspace / "translations" / "nusax_test_id-en.jsonl")
     from flare_xlt.tasks import load_task_splits
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from flare_xlt.methods import METHODS
 from flare_xlt.pipeline.recipes import load_recipe, plan
-from flare_xlt.pipeline.runs import finetune_run, transfer_run
+from flare_xlt.pipeline.run_folder import finetune_run, transfer_run
 from flare_xlt.pipeline.settings import AdapterConfig, TrainConfig
 
 GOLDENS = Path(__file__).parent / "goldens"

@@ -121,7 +121,7 @@ def test_transfer_errors_name_the_choices(workspace):
 def test_best_on_validation_restores_the_best_epoch():
     from transformers import TrainerState
 
-    from flare_xlt.pipeline.runs import BestOnValidation
+    from flare_xlt.pipeline.training import BestOnValidation
 
     model = torch.nn.Linear(2, 1)
     model.bias.requires_grad_(False)
@@ -212,8 +212,8 @@ def test_under_a_frozen_stage1_lora_at_learning_rate_0_scores_what_zero_shot_sco
 ):
     """Zero-shot scores the stage-1 PeftModel itself; a LoRA that has not moved must start from, and be, that model,
     trained head included, whichever module PEFT's unload() gives back."""
+    from flare_xlt.pipeline.finished_runs import run_model
     from flare_xlt.pipeline.models import load_model
-    from flare_xlt.pipeline.runs import _run_model
     from flare_xlt.tasks import NUSAX
 
     runs, model = workspace / "runs-frozen-lr0", str(workspace / "encoder")
@@ -235,7 +235,7 @@ def test_under_a_frozen_stage1_lora_at_learning_rate_0_scores_what_zero_shot_sco
         )
         predictions[method] = read_metrics(run_dir)[1]
         loaded = load_model(model, NUSAX)
-        scored = _run_model(loaded, run_dir, json.loads((run_dir / "config.json").read_text()), model, NUSAX)
+        scored = run_model(loaded, run_dir, json.loads((run_dir / "config.json").read_text()), model, NUSAX)
         batch = loaded.tokenizer(["saya suka makanan ini", "buruk sekali"], return_tensors="pt", padding=True)
         with torch.no_grad():
             logits[method] = scored.eval()(**batch).logits
@@ -244,7 +244,7 @@ def test_under_a_frozen_stage1_lora_at_learning_rate_0_scores_what_zero_shot_sco
 
 
 def test_run_hash_spells_numbers_and_paths_one_way(tmp_path, monkeypatch):
-    from flare_xlt.pipeline.runs import run_directory
+    from flare_xlt.pipeline.run_folder import run_directory
 
     (tmp_path / "translations").mkdir()
     monkeypatch.chdir(tmp_path)
@@ -264,7 +264,7 @@ def test_every_method_starts_from_the_same_stage1_model(workspace, monkeypatch):
     evaluate the same merged model that a trained method starts from (checked with a LoRA that cannot move)."""
     from peft.tuners.tuners_utils import BaseTuner
 
-    from flare_xlt.pipeline.runs import resolve_stage1_mode
+    from flare_xlt.pipeline.settings import resolve_stage1_mode
 
     assert resolve_stage1_mode("auto", load_in_4bit=True) == "frozen"
     assert resolve_stage1_mode("auto", load_in_4bit=False) == "merge"

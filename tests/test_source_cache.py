@@ -9,8 +9,9 @@ from conftest import ENCODER_SIZES, batch_for, randomize_lora
 from transformers import TrainerCallback, XLMRobertaConfig, XLMRobertaForSequenceClassification
 
 from flare_xlt import FlareConfig, get_flare_model
-from flare_xlt.pipeline.runs import SOURCE_CACHE, _train
+from flare_xlt.pipeline.run_folder import SOURCE_CACHE
 from flare_xlt.pipeline.settings import TrainConfig
+from flare_xlt.pipeline.training import train_adapter
 from flare_xlt.source_cache import SourceCache, open_source_cache
 from flare_xlt.tasks import PairedCollator
 
@@ -83,7 +84,7 @@ def train(tmp_path, mode: str, stop_at_step: int | None = None, save_steps: int 
     config = TrainConfig(
         batch_size=2, epochs=3, learning_rate=1e-2, warmup_ratio=0.0, seed=0, save_steps=save_steps, source_cache=mode
     )
-    _train(flare, features(), config, tmp_path / "run", PairedCollator(pad_token_id=0), [recorder])
+    train_adapter(flare, features(), config, tmp_path / "run", PairedCollator(pad_token_id=0), [recorder])
     return recorder
 
 

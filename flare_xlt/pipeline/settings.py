@@ -199,3 +199,16 @@ AdapterConfig = document_fields()(
 
 # The defaults of finetune and transfer (frozen, so one instance serves every call).
 DEFAULT_ADAPTER, DEFAULT_TRAIN = AdapterConfig(), TrainConfig()
+
+
+STAGE1_MODES = ("auto", "merge", "frozen")
+
+
+def resolve_stage1_mode(stage1_mode: str, load_in_4bit: bool) -> str:
+    """auto: frozen on a 4-bit base (merging into it re-quantises: the trained methods would start from another
+    model than the evaluation-only ones), merge otherwise (the authors' way)."""
+    if stage1_mode not in STAGE1_MODES:
+        raise ValueError(f"Unknown stage1_mode {stage1_mode!r}; valid choices: {', '.join(STAGE1_MODES)}.")
+    if stage1_mode == "auto":
+        return "frozen" if load_in_4bit else "merge"
+    return stage1_mode
