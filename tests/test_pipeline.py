@@ -27,7 +27,7 @@ def test_every_method_runs_end_to_end(workspace, kind, capsys, one_thread):
     runs = workspace / f"runs-{kind}"
     stage1 = finetune(str(workspace / kind), "nusax", output=runs, data=NUSAX_DATA, train=QUICK)
     assert (stage1 / "adapter" / "adapter_config.json").is_file()
-    methods = ["zero-shot", "translate-test", "lora", "input-fusion", "flare", "flare-mt"]
+    methods = ["zero-shot", "translate-test", "lora", "input-fusion", "ensemble", "flare", "flare-mt"]
     if kind == "encoder":
         methods.append("x-mixup")
     finished = []
