@@ -262,7 +262,7 @@ def mt_states(
     """
     from .mt.data import template_texts, write_encoder_states
     from .mt.translator import Translator
-    from .pipeline.models import load_state_reader
+    from .pipeline.loading import load_state_reader
     from .tasks import get_task, read_rows
 
     if (task is None) == (template is None):

@@ -20,6 +20,8 @@ FUSION_NAMES = ("add", "mul", "add_relu", "mul_relu", *POSITION_MIXING_FUSIONS)
 PAIRING_MODES = ("start", "end", "proportional")
 # How a training run keeps FLARE's source tensors between epochs (source_cache.py).
 CACHE_MODES = ("off", "memory", "disk")
+# The feature field that carries a training example's source-cache key; the collator hands them over as source_keys.
+KEY_FIELD = "source_key"
 UNPAIRED_MODES = ("lora", "zero_source")
 SOURCE_SITES = ("linear_input", "block_input")
 # Leaf names of the attention query and value projections across HF architectures (Llama/Gemma/Qwen/Mistral,

@@ -538,9 +538,9 @@ class FlareModel(CheckpointedSources, PeftModel):
         """generate() with the source fused at every step; the source is repeated per beam/returned sequence.
 
         The prompt (the prefill) is paired as FlareConfig.pairing says and new tokens as answer tokens are in a
-        teacher-forced forward, so generation and teacher forcing agree (see pairing.py). FLARE counts the positions
-        itself and checks its count against the KV cache. Position-mixing fusions on causal models run without a
-        KV cache. Extra `source_<name>` arguments go to the source pass as `<name>`, as in forward().
+        teacher-forced forward, so generation and teacher forcing agree (see token_pairing.py). FLARE counts the
+        positions itself and checks its count against the KV cache. Position-mixing fusions on causal models run
+        without a KV cache. Extra `source_<name>` arguments go to the source pass as `<name>`, as in forward().
         """
         if self._mixes_causal_positions and self.fusion_active:
             if kwargs.get("use_cache"):

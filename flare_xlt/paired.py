@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluation import UNPARSEABLE_ID, exact_match, f1
+from .metrics import UNPARSEABLE_ID, exact_match, f1
 
 RESAMPLES = 1000
 CONFIDENCE = 0.95

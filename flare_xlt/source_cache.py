@@ -29,11 +29,10 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from .config import CACHE_MODES
+from .config import CACHE_MODES, KEY_FIELD
 from .io import TensorShards, save_tensors_atomic
 from .state import INPUT_STREAM, BoundSource
 
-KEY_FIELD = "source_key"  # the feature field that carries its key; the collator hands them over as source_keys
 SHARD_BYTES = 256 * 2**20  # a disk shard is written once this much is pending (and at every epoch end and save)
 CHECKSUM_CHUNK = 2**20  # elements of a weight summed at once by the cache fingerprint
 _SHARD_NAME = re.compile(r"rank(\d+)-(\d+)\.safetensors")

@@ -31,7 +31,7 @@ from flare_xlt.fusion import FUSION_NAMES
 from flare_xlt.methods import METHODS
 from flare_xlt.pipeline import TrainConfig, evaluate, finetune, transfer
 from flare_xlt.pipeline.checkpoints import ResumableTrainer
-from flare_xlt.pipeline.models import ARCHITECTURES, TRAINABLE
+from flare_xlt.pipeline.loading import ARCHITECTURES, TRAINABLE
 from flare_xlt.pipeline.settings import LOGGER_PACKAGES, STAGE1_MODES
 from flare_xlt.tasks import TASKS, get_task, load_original_view
 from flare_xlt.tasks.sources import NUSAX_HUB, TYDIQA_HUB, XNLI_HUB

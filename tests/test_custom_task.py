@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import answer_tokens, train_tokenizer
 
-from flare_xlt.evaluation import parse_verbalized, task_scores
+from flare_xlt.metrics import parse_verbalized, task_scores
 from flare_xlt.tasks import (
     PairedCollator,
     TaskEncoder,

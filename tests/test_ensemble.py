@@ -14,7 +14,7 @@ from flare_xlt.methods import get_method
 from flare_xlt.methods.ensemble import ProbabilityEnsemble
 from flare_xlt.pipeline import evaluate, finetune, transfer
 from flare_xlt.pipeline.finished_runs import run_model
-from flare_xlt.pipeline.models import load_model
+from flare_xlt.pipeline.loading import load_model
 from flare_xlt.tasks import NUSAX, PairedCollator, TaskEncoder, get_task, load_record_file, pair_views
 
 

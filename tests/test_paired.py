@@ -1,5 +1,5 @@
 """The paired bootstrap behind the reports' differences: coverage on synthetic predictions with a known difference,
-the verdict, pairing by item id, and the metrics recomputed on resamples as flare_xlt.evaluation computes them."""
+the verdict, pairing by item id, and the metrics recomputed on resamples as flare_xlt.metrics computes them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flare_xlt.evaluation import macro_f1
+from flare_xlt.metrics import macro_f1
 from flare_xlt.paired import Difference, Draws, Outcomes, outcomes, paired_difference, resample_counts
 from flare_xlt.report import write_report
 

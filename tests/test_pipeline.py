@@ -213,7 +213,7 @@ def test_under_a_frozen_stage1_lora_at_learning_rate_0_scores_what_zero_shot_sco
     """Zero-shot scores the stage-1 PeftModel itself; a LoRA that has not moved must start from, and be, that model,
     trained head included, whichever module PEFT's unload() gives back."""
     from flare_xlt.pipeline.finished_runs import run_model
-    from flare_xlt.pipeline.models import load_model
+    from flare_xlt.pipeline.loading import load_model
     from flare_xlt.tasks import NUSAX
 
     runs, model = workspace / "runs-frozen-lr0", str(workspace / "encoder")

@@ -23,7 +23,7 @@ from ..methods import REGISTRY
 from ..methods.base import ARCHITECTURES
 from ..mt.data import output_name, write_records
 from ..mt.states import EncoderStateStore
-from ..pipeline.models import load_state_reader
+from ..pipeline.loading import load_state_reader
 from ..pipeline.recipes import Recipe, default_workers, run_recipe
 from ..pipeline.settings import AdapterConfig, TrainConfig
 from ..report import write_report

@@ -143,7 +143,7 @@ class TransformersBackend(Seq2SeqBackend):
             raise ValueError(
                 f"Unknown dtype {dtype!r} for the transformers backend; valid choices: {', '.join(DTYPES)}."
             )
-        from ..pipeline.models import model_config  # imported here: the pipeline imports the MT package
+        from ..hub import model_config
 
         model_config(model)  # a missing model is named here, before the tokenizer fails on it
         super().__init__(AutoTokenizer.from_pretrained(model), model, settings, tokens_per_batch, languages)

@@ -11,7 +11,7 @@ __getattr__, __all__ = lazy_attributes(
     __name__,
     {
         ".checkpoints": ("NonFiniteTrainingError",),
-        ".models": ("LoadedModel", "load_model"),
+        ".loading": ("LoadedModel", "load_model"),
         ".predict": ("predict",),
         ".recipes": ("PlannedStep", "Recipe", "describe_plan", "load_recipe", "plan", "run_recipe", "step_status"),
         ".finished_runs": ("evaluate",),

@@ -14,7 +14,7 @@ from ..model import FlareModel
 from ..mt.states import EncoderStateStore
 from ..tasks import TaskEncoder, TaskSpec, get_task
 from .expected_warnings import without_expected_warnings
-from .models import load_model
+from .loading import load_model
 from .run_data import check_states, load, target_pairs, translation_file
 from .scoring import evaluation, write_evaluation
 from .settings import DEFAULT_TRAIN, TrainConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from ..evaluation import extract_generated_answer, parse_verbalized
+from ..metrics import extract_generated_answer, parse_verbalized
 from ..qa import postprocess_qa_predictions
 from ..tasks import PairedCollator, TaskEncoder, TaskSpec
 

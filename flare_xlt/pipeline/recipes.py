@@ -20,7 +20,7 @@ from ..methods import METHODS, TRAINING_METHODS, get_method
 from ..mt.data import output_name, translate_task, write_encoder_states
 from ..mt.translator import DEFAULT_MT_MODEL, Translator
 from ..tasks import get_task, load_record_file, load_task_splits
-from .models import load_state_reader
+from .loading import load_state_reader
 from .run_folder import finetune_run, transfer_run
 from .runs import finetune, transfer
 from .settings import STAGE1_MODES, AdapterConfig, TrainConfig, resolve_stage1_mode

@@ -11,7 +11,7 @@ from transformers import set_seed
 from ..mt.data import output_name
 from ..mt.states import EncoderStateStore
 from ..tasks import PairedCollator, TaskEncoder, TaskSpec, load_record_file, load_task_splits, pair_views
-from .models import check_max_length, load_model
+from .loading import check_max_length, load_model
 from .settings import TrainConfig
 
 

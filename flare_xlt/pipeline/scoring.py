@@ -6,8 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from ..evaluation import task_scores
 from ..io import write_text_atomic
+from ..metrics import task_scores
 from ..tasks import TaskSpec
 from .predict import predict
 from .run_folder import CHECKPOINTS, is_main_process, write_json

@@ -10,7 +10,7 @@ import torch
 from peft import PeftModel
 
 from ..tasks import TaskSpec
-from .models import LoadedModel
+from .loading import LoadedModel
 from .run_folder import canonical_settings
 
 

@@ -7,7 +7,7 @@ __getattr__, __all__ = lazy_attributes(
     {
         ".collator": ("PairedCollator",),
         ".formatting": ("ANSWER_TOKENS", "ARCHITECTURES", "VIEWS", "EncodingReport", "TaskEncoder"),
-        ".pairing": ("pair_views",),
+        ".example_pairing": ("pair_views",),
         ".sources": (
             "label_id",
             "load_hub_view",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..source_cache import KEY_FIELD
+from ..config import KEY_FIELD
 
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "source_input_ids", "source_attention_mask")
 

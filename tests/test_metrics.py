@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flare_xlt.evaluation import (
+from flare_xlt.metrics import (
     accuracy,
     classification_scores,
     exact_match,

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForQuestionAnswering,
     AutoModelForSeq2SeqLM,
@@ -18,6 +15,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.utils import logging as transformers_logging
 
+from ..hub import model_config
 from ..tasks import TaskEncoder, TaskSpec
 
 ARCHITECTURES = ("auto", "encoder", "decoder", "seq2seq")
@@ -55,25 +53,6 @@ class LoadedModel:
                 heads.append(ENCODER_EMBEDDINGS)
             return heads
         return DECODER_HEADS[trainable]
-
-
-def model_config(model_name: str):
-    """The model's config, or an OSError that names the model (transformers' own does not, offline)."""
-    if not os.path.isdir(model_name):
-        try:
-            validate_repo_id(model_name)
-        except HFValidationError:  # a path: the hub library's complaint about repository names would mislead
-            raise FileNotFoundError(
-                f"Model {model_name!r} is neither a local model folder (with config.json) nor a hub model name: "
-                "no such folder."
-            ) from None
-    try:
-        return AutoConfig.from_pretrained(model_name)
-    except OSError as error:
-        raise OSError(
-            f"Model {model_name!r} is neither a local model folder (with config.json) nor a hub model that can be "
-            f"downloaded or is cached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}): {error}"
-        ) from error
 
 
 def detect_architecture(model_name: str) -> str:
