@@ -137,9 +137,8 @@ def translate(
         dataset_translation: XNLI only: take the train split the dataset ships machine-translated into --tgt
             instead of translating it; the other --splits are translated.
     """
-    from .mt.backends import BACKENDS
+    from .mt.backends import backend_type
     from .mt.data import translate_fields, translate_record_file, translate_task, write_dataset_translation
-    from .mt.languages import language_code
     from .mt.sharding import Shards
     from .mt.translator import GenerationSettings, Translator
     from .tasks import get_task
@@ -153,11 +152,7 @@ def translate(
         task_spec = get_task(task)
         task_spec.check_language(src)
         task_spec.check_language(tgt)
-    if backend not in BACKENDS:
-        raise ValueError(f"Unknown backend {backend!r}; valid choices: {', '.join(BACKENDS)}.")
-    if backend != "command":  # unknown codes fail here, before the model loads
-        for language in (src, tgt):
-            language_code("madlad" if languages == "madlad" or language.startswith("<2") else "nllb", language)
+    backend_type(backend).check_languages(src, tgt, languages)  # unknown codes fail here, before a model loads
     splits = splits or ["train", "validation"]
     if dataset_translation and (task_spec is None or input is not None or "train" not in splits):
         raise ValueError("--dataset_translation replaces the translation of a task's train split: give --task xnli.")

@@ -14,7 +14,7 @@ from conftest import NUSAX_DATA
 
 from flare_xlt import cli
 from flare_xlt.pipeline.recipes import load_recipe, load_variants, plan
-from flare_xlt.tasks import get_task
+from flare_xlt.tasks import get_task, load_task_splits
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -160,3 +160,41 @@ def test_variants_are_checked_when_the_recipe_loads(tmp_path):
     loaded = load_recipe(path)
     pairs = {(loaded.adapter_for(name).pairing, loaded.adapter_for(name).unpaired) for name in ablation}
     assert pairs == {(p, u) for p in ("start", "end", "proportional") for u in ("lora", "zero_source")}
+
+
+def test_a_recipe_chooses_its_mt_backend_with_the_backends_own_options(workspace, tmp_path):
+    from test_mt_backends import stub
+
+    from flare_xlt.pipeline.recipes import Recipe
+
+    common = dict(model=str(workspace / "encoder"), task="nusax", languages=["id"], mt_model="nllb-folder")
+    assert Recipe(**common, methods=["lora"]).translator_options() == {
+        "backend": "transformers",
+        "model": "nllb-folder",
+    }
+    ctranslate2 = Recipe(**common, methods=["lora"], mt={"backend": "ctranslate2", "dtype": "int8"})
+    assert ctranslate2.translator_options() == {"backend": "ctranslate2", "dtype": "int8", "model": "nllb-folder"}
+    with pytest.raises(ValueError, match="mt: model is not an option of the command backend; its options: command, "):
+        Recipe(**common, methods=["lora"], mt={"backend": "command", "model": "x"})
+    with pytest.raises(ValueError, match="Unknown backend 'vllm'; valid choices: transformers, ctranslate2, command"):
+        Recipe(**common, methods=["lora"], mt={"backend": "vllm"})
+
+    # translate-test through a command (the stub upper-cases): the test set's translation is the command's output
+    recipe = {
+        **common,
+        "mt_model": str(workspace / "nllb"),
+        "methods": ["translate-test"],
+        "seeds": [1],
+        "output": str(tmp_path / "runs"),
+        "data": NUSAX_DATA,
+        "translations": str(tmp_path / "translations"),
+        "mt": {"backend": "command", "command": stub("upper")},
+        "train": {"batch_size": 2, "max_steps": 1, "max_length": 48},
+    }
+    path = tmp_path / "command.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    cli.run(path)
+    translated = [json.loads(line) for line in (tmp_path / "translations" / "nusax_test_id-en.jsonl").open()]
+    test_set = load_task_splits(get_task("nusax"), "id", ["test"], NUSAX_DATA)["test"]
+    originals = {row["id"]: row["text"] for row in test_set}
+    assert translated and all(row["text"] == originals[row["id"]].upper() for row in translated)

@@ -19,6 +19,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from tqdm.auto import tqdm
@@ -26,7 +27,6 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from .languages import LANGUAGE_SCHEMES, language_code
 
-BACKENDS = ("transformers", "ctranslate2", "command")
 DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
 # CTranslate2 compute types; "auto" keeps the type the model was converted to (CTranslate2's "default").
@@ -47,7 +47,22 @@ class CommandTranslationError(RuntimeError):
 
 
 class Backend(ABC):
-    name: str
+    """An MT backend. A subclass declares its `name` and the Translator options it reads (`options`: the names of its
+    constructor's parameters besides the generation settings); `make_backend` finds it by name."""
+
+    name: ClassVar[str]
+    options: ClassVar[tuple[str, ...]]
+    uses_device: ClassVar[bool] = True  # runs a model on a device (a GPU when there is one)
+
+    @classmethod
+    def check_languages(cls, source: str, target: str, languages: str) -> None:
+        """Refuse language codes this backend cannot map, before anything loads; by default every code passes."""
+        return None
+
+    @property
+    def label(self) -> str:
+        """What translates, as the cache names it: the model, or the command."""
+        return self.identity().get("model") or self.identity()["command"]
 
     @abstractmethod
     def identity(self) -> dict:
@@ -65,6 +80,11 @@ class Backend(ABC):
 
 class Seq2SeqBackend(Backend):
     """NLLB or MADLAD through the HF tokenizer: language tags, truncation, batches by token budget in length order."""
+
+    @classmethod
+    def check_languages(cls, source: str, target: str, languages: str) -> None:
+        for language in (source, target):
+            language_code("madlad" if languages == "madlad" or language.startswith("<2") else "nllb", language)
 
     def __init__(self, tokenizer, model_name: str, settings, tokens_per_batch: int, languages: str) -> None:
         if tokens_per_batch <= 0:
@@ -137,6 +157,7 @@ def detect_scheme(tokenizer, model_name: str) -> str:
 
 class TransformersBackend(Seq2SeqBackend):
     name = "transformers"
+    options = ("model", "tokens_per_batch", "device", "dtype", "languages")
 
     def __init__(self, model: str, settings, tokens_per_batch: int, device: str, dtype: str, languages: str) -> None:
         if dtype not in DTYPES:
@@ -169,6 +190,7 @@ class TransformersBackend(Seq2SeqBackend):
 
 class CTranslate2Backend(Seq2SeqBackend):
     name = "ctranslate2"
+    options = ("model", "tokens_per_batch", "device", "dtype", "languages", "converted")
 
     def __init__(
         self,
@@ -246,15 +268,17 @@ def convert_to_ctranslate2(model: str, output: str | Path, quantization: str | N
 
 class CommandBackend(Backend):
     name = "command"
+    options = ("command", "command_timeout", "chunk_size")
+    uses_device = False
 
-    def __init__(self, command: str, timeout: float, chunk_size: int) -> None:
+    def __init__(self, settings, command: str | None, command_timeout: float, chunk_size: int) -> None:
         """`command`: a program and its arguments (split like a shell would, but run without one), reading one text
         per line on stdin and writing one translation per line on stdout. Pipelines need `sh -c '...'`."""
-        if not command.strip():
+        if not (command or "").strip():
             raise ValueError("The command backend needs --command, e.g. --command 'apertium spa-eng'.")
-        if chunk_size <= 0 or timeout <= 0:
-            raise ValueError(f"chunk_size and timeout must be positive, got {chunk_size} and {timeout}.")
-        self.command, self.timeout, self.chunk_size = command, timeout, chunk_size
+        if chunk_size <= 0 or command_timeout <= 0:
+            raise ValueError(f"chunk_size and timeout must be positive, got {chunk_size} and {command_timeout}.")
+        self.command, self.timeout, self.chunk_size = command, command_timeout, chunk_size
         self.arguments = shlex.split(command)
 
     def identity(self) -> dict:
@@ -313,26 +337,22 @@ class CommandBackend(Backend):
         return [line.removesuffix("\r").strip() for line in output]
 
 
-def make_backend(
-    backend: str,
-    model: str,
-    settings,
-    tokens_per_batch: int,
-    device: str,
-    dtype: str,
-    languages: str = "auto",
-    converted: str | Path | None = None,
-    command: str | None = None,
-    command_timeout: float = 600.0,
-    chunk_size: int = 1000,
-) -> Backend:
-    if backend == "transformers":
-        return TransformersBackend(model, settings, tokens_per_batch, device, dtype, languages)
-    if backend == "ctranslate2":
-        return CTranslate2Backend(model, settings, tokens_per_batch, device, dtype, languages, converted)
-    if backend == "command":
-        return CommandBackend(command or "", command_timeout, chunk_size)
-    raise ValueError(f"Unknown backend {backend!r}; valid choices: {', '.join(BACKENDS)}.")
+BACKEND_TYPES: dict[str, type[Backend]] = {
+    backend.name: backend for backend in (TransformersBackend, CTranslate2Backend, CommandBackend)
+}
+BACKENDS = tuple(BACKEND_TYPES)
+
+
+def backend_type(name: str) -> type[Backend]:
+    if name not in BACKEND_TYPES:
+        raise ValueError(f"Unknown backend {name!r}; valid choices: {', '.join(BACKENDS)}.")
+    return BACKEND_TYPES[name]
+
+
+def make_backend(name: str, settings, **options) -> Backend:
+    """The backend `name`, built from the options it declares; the others (another backend's) are not read."""
+    backend = backend_type(name)
+    return backend(settings=settings, **{option: options[option] for option in backend.options if option in options})
 
 
 def warn_changed_inputs(counts: dict, total: int, max_input_length: int) -> None:

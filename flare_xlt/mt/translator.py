@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .backends import TranslationInputWarning, make_backend, warn_changed_inputs
+from .backends import TranslationInputWarning, backend_type, make_backend, warn_changed_inputs
 from .cache import TranslationCache
 from .languages import DEFAULT_MT_MODEL
 from .sharding import Shards
@@ -74,28 +74,19 @@ class Translator:
         convert with backend="ctranslate2"; unused with backend="command"). `languages`: auto (from the tokenizer),
         nllb or madlad. `cache`: the SQLite file that makes repeated and resumed runs translate only what is missing.
         `shards`: the processes that split the work (default: this one alone)."""
-        self.model_name = str(model) if backend != "command" else str(command)
         self.settings = settings or GenerationSettings()
         self.tokens_per_batch = tokens_per_batch
         self.cache_path = Path(cache) if cache is not None else None
         self.shards = shards or Shards()
         if device == "auto":
-            cuda = torch.cuda.is_available() and backend != "command"
+            cuda = torch.cuda.is_available() and backend_type(backend).uses_device
             device = f"cuda:{self.shards.local_rank}" if cuda and self.shards.world > 1 else "cuda" if cuda else "cpu"
         self.device = torch.device(device)
-        self.backend = make_backend(
-            backend,
-            str(model),
-            self.settings,
-            tokens_per_batch,
-            device,
-            dtype,
-            languages,
-            converted,
-            command,
-            command_timeout,
-            chunk_size,
-        )
+        options = {"model": str(model), "tokens_per_batch": tokens_per_batch, "device": device, "dtype": dtype}
+        options |= {"languages": languages, "converted": converted, "command": command}
+        options |= {"command_timeout": command_timeout, "chunk_size": chunk_size}
+        self.backend = make_backend(backend, self.settings, **options)
+        self.model_name = self.backend.label
         # FLARE-MT encoder states and the benchmarks use the transformers model and tokenizer directly.
         self.model = getattr(self.backend, "model", None)
         self.tokenizer = getattr(self.backend, "tokenizer", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import re
@@ -17,6 +18,7 @@ import torch
 import yaml
 
 from ..methods import METHODS, TRAINING_METHODS, get_method
+from ..mt.backends import backend_type
 from ..mt.data import output_name, translate_task, write_encoder_states
 from ..mt.translator import DEFAULT_MT_MODEL, Translator
 from ..tasks import get_task, load_record_file, load_task_splits
@@ -38,7 +40,20 @@ class Recipe:
     translations: str = field(
         default="translations", metadata={"help": "Folder of translated files (made if missing)."}
     )
-    mt_model: str = field(default=DEFAULT_MT_MODEL, metadata={"help": "NLLB model for missing translations."})
+    mt_model: str = field(
+        default=DEFAULT_MT_MODEL,
+        metadata={
+            "help": "NLLB model for FLARE-MT's encoder states, and for missing translations unless mt says otherwise."
+        },
+    )
+    mt: dict = field(
+        default_factory=dict,
+        metadata={
+            "help": "The MT backend of missing translations and its options: {backend: command, command: 'apertium "
+            "eng-spa'}, {backend: ctranslate2, model: ..., dtype: int8}; the options are the backend's own (flare-xlt "
+            "translate --help). Default: the transformers backend with mt_model."
+        },
+    )
     mt_states: str = field(default="mt_states", metadata={"help": "Folder of FLARE-MT state stores (made if missing)."})
     architecture: str = field(default="auto", metadata={"help": "auto, encoder, decoder or seq2seq."})
     trainable: str = field(
@@ -82,6 +97,7 @@ class Recipe:
                 task.kind, None if self.architecture == "auto" else self.architecture
             )
         resolve_stage1_mode(self.stage1_mode, self.load_in_4bit)
+        self.translator_options()  # the MT backend and its options, checked before anything runs
         if isinstance(self.train, dict):
             self.train = _build(TrainConfig, self.train, "train")
 
@@ -100,6 +116,21 @@ class Recipe:
         overrides = dict(spec.get("adapter") or {})
         _build(AdapterConfig, {**asdict(self.adapter), **overrides}, f"variant {name}")
         return {"method": method, "adapter": overrides}
+
+    def translator_options(self) -> dict:
+        """Translator arguments for missing translations: the `mt` backend with its own options (a model backend's
+        model defaults to mt_model); an option the backend does not read is refused with the ones it does."""
+        options = dict(self.mt or {})
+        backend = backend_type(options.pop("backend", "transformers"))
+        unknown = sorted(set(options) - set(backend.options))
+        if unknown:
+            raise ValueError(
+                f"mt: {', '.join(unknown)} {'is not an option' if len(unknown) == 1 else 'are not options'} of the "
+                f"{backend.name} backend; its options: {', '.join(backend.options)}."
+            )
+        if "model" in backend.options:
+            options.setdefault("model", self.mt_model)
+        return {"backend": backend.name, **options}
 
     def method_of(self, name: str) -> str:
         """The built-in method a name in `methods` runs."""
@@ -297,11 +328,25 @@ def run_recipe(recipe: Recipe, workers: int = 1) -> list[Path]:
     runs = [(step, done) for step, done in status if step.kind in ("finetune", "transfer")]
     runs_to_make = sum(not done for _, done in runs)
     progress = GridProgress(runs_to_make)
-    translator = None
+    translators: dict[str, Translator] = {}  # made when first needed, one per backend and model
+    cache = translations / "translation_cache.sqlite"
+
+    def translator_for(kind: str) -> Translator:
+        """The recipe's MT for translations; NLLB (mt_model) for FLARE-MT's encoder states."""
+        options = (
+            recipe.translator_options()
+            if kind == "translate"
+            else {"backend": "transformers", "model": recipe.mt_model}
+        )
+        key = json.dumps(options, sort_keys=True, default=str)
+        if key not in translators:
+            translators[key] = Translator(**options, cache=cache)
+        return translators[key]
+
     for step, done in status:
         if step.kind not in ("translate", "mt-states") or done:
             continue
-        translator = translator or Translator(recipe.mt_model, cache=translations / "translation_cache.sqlite")
+        translator = translator_for(step.kind)
         if step.kind == "translate":
             languages = _translation_languages(recipe, step)
             translate_task(task, [step.split], *languages, translator, translations, recipe.data)
