@@ -337,6 +337,7 @@ def demo(
     variants: Path | None = None,
     sweep: str | None = None,
     workers: int | None = None,
+    size: str = "full",
 ) -> None:
     """Run the embedded benchmark on a CPU and print its table.
 
@@ -360,8 +361,10 @@ def demo(
             of the score against the value.
         workers: Runs trained side by side, each in a process of its own with an equal share of the CPU threads
             (default: one per CPU core, at most 4; 1 on a GPU). The results do not depend on it.
+        size: full (the measured benchmark, about 4 minutes on 2 cores) or tiny (the same kind of table in well
+            under a minute, from a much smaller world and training: to try the command, not to compare methods).
     """
-    from .demo.experiment import DemoConfig, run_demo
+    from .demo.experiment import DemoConfig, demo_sizes, run_demo
     from .demo.sweep import parse_sweep, run_sweep
     from .pipeline.recipes import load_variants
 
@@ -376,6 +379,7 @@ def demo(
         mt_error_rate_train=mt_error_rate_train,
         mt_error_rate_test=mt_error_rate_test,
         workers=workers,
+        sizes=demo_sizes(size),
     )
     if sweep is not None:
         print(run_sweep(config, *parse_sweep(sweep)))

@@ -12,7 +12,17 @@ from dataclasses import replace
 
 import pytest
 
-from flare_xlt.demo.experiment import TARGET, TRAINABLE, DemoConfig, DemoSizes, run_demo, setting_name, write_task_data
+from flare_xlt.demo.experiment import (
+    DEMO_SIZES,
+    MT_STATE_METHODS,
+    TARGET,
+    TRAINABLE,
+    TRANSFER_METHODS,
+    DemoConfig,
+    run_demo,
+    setting_name,
+    write_task_data,
+)
 from flare_xlt.demo.pretrain import PretrainingConfig, pretrained_model, pretraining_corpus, train_tokenizer
 from flare_xlt.demo.world import (
     NEGATIVE,
@@ -28,7 +38,6 @@ from flare_xlt.demo.world import (
     vocabulary,
 )
 from flare_xlt.pipeline.runs import finetune
-from flare_xlt.pipeline.settings import AdapterConfig, TrainConfig
 
 LEXICON = Lexicon.invent(0)
 
@@ -110,24 +119,8 @@ def test_target_resource_sets_the_corpus_mix_and_tolan_is_cut_into_more_pieces()
         PretrainingConfig(target_resource=0.0)
 
 
-TINY_PRETRAINING = PretrainingConfig(
-    english_sentences=500,
-    target_resource=0.1,
-    parallel_sentences=30,
-    code_switched_sentences=30,
-    vocab_size=300,
-    hidden_size=32,
-    layers=2,
-    heads=2,
-    batch_size=32,
-)
-TINY = DemoSizes(
-    pretraining=TINY_PRETRAINING,
-    train_examples=48,
-    test_examples=24,
-    train=TrainConfig(learning_rate=5e-3, batch_size=16, epochs=1.0, max_length=128),
-    adapter=AdapterConfig(r=4, lora_alpha=8.0, target_modules="all-linear"),
-)
+TINY = DEMO_SIZES["tiny"]
+TINY_PRETRAINING = TINY.pretraining
 
 
 def test_pretrained_model_is_cached(tmp_path, capsys):
@@ -297,3 +290,18 @@ def test_runs_side_by_side_equal_runs_one_after_another(tmp_path):
             assert torch.equal(tensor, two[name][2][key]), (name, key)
     with pytest.raises(ValueError, match="workers must be at least 1"):
         replace(config, workers=0)
+
+
+def test_the_tiny_size_runs_the_demo_from_the_command_line(tmp_path, capsys):
+    from flare_xlt import cli
+
+    cli.main(["demo", "--size", "tiny", "--seeds", "[1]", "--output", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert all(f"| {method} |" in printed for method in TRANSFER_METHODS + MT_STATE_METHODS)
+    tiny = DemoConfig(output=tmp_path, seeds=(1,), sizes=DEMO_SIZES["tiny"])
+    assert (tmp_path / setting_name(tiny) / "report_tolan_sentiment.md").is_file()  # the tiny world, not the full one
+    with pytest.raises(SystemExit) as error:
+        cli.main(["demo", "--size", "huge"])
+    assert (
+        error.value.code == 2 and capsys.readouterr().err == "error: Unknown size 'huge'; valid choices: full, tiny.\n"
+    )
