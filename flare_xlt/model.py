@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,40 +29,27 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .architecture import encoder_prefix, input_stream_is_causal, stream_of
+from .adapter_files import adapter_folder, load_adapter_weights, read_adapter_weights, write_adapter_files
+from .alignment_hooks import PositionAligner
+from .architecture import encoder_prefix, input_stream_is_causal
 from .checkpointing import CheckpointedSources
-from .config import DEFAULT_FUSION_LEAVES, FlareConfig
+from .config import FlareConfig
+from .construction import configure_layers, plan_capture
 from .fusion import POSITION_MIXING_FUSIONS
 from .layer import FlareLinear
 from .precision import autocast_dtype, keep_trainables_in_float32
-from .source_pass import enclosing_block, plan_early_exit, run_source_pass
+from .source_pass import plan_early_exit, run_source_pass
 from .state import DECODER_STREAM, INPUT_STREAM, BoundSource, FlareState
 from .token_pairing import (
     GenerationPlan,
-    SequenceHistory,
-    TokenAlignment,
-    align_tokens,
-    first_token_only,
-    prompt_before_answer,
-    visible_cache_length,
 )
 
 if TYPE_CHECKING:
     from .source_cache import SourceCache
 
 STAGE1_MODES = ("merge", "frozen")
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
-ADAPTER_FILES = (ADAPTER_WEIGHTS_NAME, "adapter_config.json", "flare_config.json")  # what save_pretrained writes
-MT_PROJECTION_KEY = "lora_mt_projection"
-
-
-def _matches(name: str, patterns: list[str] | str) -> bool:
-    if isinstance(patterns, str):
-        return re.fullmatch(patterns, name) is not None
-    return any(name == pattern or name.endswith("." + pattern) for pattern in patterns)
 
 
 def _pop_source_kwargs(kwargs: dict) -> dict:
@@ -91,13 +77,18 @@ class FlareModel(CheckpointedSources, PeftModel):
 
         network = self.get_base_model()
         self.is_encoder_decoder = bool(getattr(network.config, "is_encoder_decoder", False))
-        self._input_stream_causal = input_stream_is_causal(network, flare_config.causal)
         self.encoder_prefix = encoder_prefix(network)
-        self.fused_modules = self._configure_layers(network)
-        self._mixes_causal_positions = flare_config.fusion in POSITION_MIXING_FUSIONS and any(
-            self._stream_is_causal(layer.flare_stream) for layer in self.fused_modules.values()
+        self.fused_modules = configure_layers(
+            network, flare_config, adapter_name, self.flare_state, self.encoder_prefix
         )
-        self._capture_points = self._plan_capture(network)
+        causal = input_stream_is_causal(network, flare_config.causal)
+        self.aligner = PositionAligner(
+            self.flare_state, flare_config, self.is_encoder_decoder, causal, lambda: self.fusion_active
+        )
+        self._mixes_causal_positions = flare_config.fusion in POSITION_MIXING_FUSIONS and any(
+            self.aligner.stream_is_causal(layer.flare_stream) for layer in self.fused_modules.values()
+        )
+        self._capture_points = plan_capture(network, flare_config, self.fused_modules, self.encoder_prefix)
         self._early_exit = plan_early_exit(network, set(self._capture_points.values()))
         self._flare_head_copies = [
             module
@@ -117,70 +108,8 @@ class FlareModel(CheckpointedSources, PeftModel):
             self.lora_mt_projection = nn.ModuleDict(
                 {adapter_name: projection.to(device=reference.device, dtype=reference.dtype)}
             )
-        network.register_forward_pre_hook(self._align_target, with_kwargs=True)
-        if self.is_encoder_decoder:
-            network.get_encoder().register_forward_pre_hook(self._align_encoder, with_kwargs=True)
+        self.aligner.register(network)
         keep_trainables_in_float32(self)
-
-    # ------------------------------------------------------------------ construction
-    def _configure_layers(self, network: nn.Module) -> dict[str, FlareLinear]:
-        config, adapter = self.flare_config, self.flare_adapter_name
-        targets: dict[str, FlareLinear] = {}
-        unsupported = []
-        for name, module in network.named_modules():
-            if isinstance(module, LoraLayer) and adapter in module.lora_A:
-                if isinstance(module, FlareLinear):
-                    targets[name] = module
-                else:
-                    unsupported.append(f"{name} ({type(module.get_base_layer()).__name__})")
-        if unsupported:
-            raise ValueError(
-                f"FLARE supports nn.Linear targets only; these targets are not: {unsupported}. Narrow target_modules."
-            )
-        fused_names = []
-        if config.fusion is not None:
-            patterns = config.fusion_modules if config.fusion_modules is not None else list(DEFAULT_FUSION_LEAVES)
-            fused_names = [name for name in targets if _matches(name, patterns)]
-            if isinstance(config.fusion_modules, list):
-                for pattern in config.fusion_modules:
-                    if not any(_matches(name, [pattern]) for name in targets):
-                        raise ValueError(
-                            f"fusion_modules entry {pattern!r} matches none of the LoRA targets: {sorted(targets)}."
-                        )
-            if not fused_names:
-                raise ValueError(f"fusion_modules={patterns!r} matches none of the LoRA targets: {sorted(targets)}.")
-        for name, layer in targets.items():
-            fused = name in fused_names
-            layer.configure_flare(
-                adapter,
-                config.fusion if fused else None,
-                heads=config.cross_attention_heads,
-                dropout=config.cross_attention_dropout,
-            )
-            layer.flare_state = self.flare_state
-            layer.flare_module_name = name
-            layer.flare_stream = stream_of(name, self.encoder_prefix)
-            layer.flare_unpaired = config.unpaired
-        return {name: targets[name] for name in fused_names}
-
-    def _stream_is_causal(self, stream: str) -> bool:
-        return stream == DECODER_STREAM or self._input_stream_causal
-
-    def _plan_capture(self, network: nn.Module) -> dict[str, str]:
-        """Fused module name -> the module whose input (or, for offset 1, output) the source pass records."""
-        if self.flare_config.source_site == "linear_input":
-            return {name: name for name in self.fused_modules}
-        points = {}
-        for name, layer in self.fused_modules.items():
-            block = enclosing_block(network, name)  # T5: block.i, not its sub-layer block.i.layer.j
-            in_encoder = self.encoder_prefix is None or block.startswith(self.encoder_prefix)
-            if layer.flare_stream != (INPUT_STREAM if in_encoder else DECODER_STREAM):
-                raise ValueError(
-                    f"{name} reads encoder tokens inside decoder block {block}; source_site='block_input' cannot "
-                    "pair it with that block's state. Use source_site='linear_input' or leave it out of fusion_modules."
-                )
-            points[name] = block
-        return points
 
     # ------------------------------------------------------------------ source pass and binding
     @property
@@ -372,137 +301,6 @@ class FlareModel(CheckpointedSources, PeftModel):
         with self._binding(source_input_ids, source_attention_mask, source_embeds, source_kwargs, True):
             yield self
 
-    def _current_source(self, batch: int, target: torch.Tensor | None) -> BoundSource | None:
-        state = self.flare_state
-        if state.open_bindings == 0 or not self.fusion_active:
-            # Outside forward/generate/source() a source kept from an earlier call is stale; and in eval mode
-            # with fuse_at_inference=False nothing is fused, even inside source().
-            state.source = None
-        if state.source is None:
-            state.alignments = {}
-            return None
-        return self._match_batch(state.source, batch, target)
-
-    @staticmethod
-    def _input_tokens(args: tuple, kwargs: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(input ids or embeds, attention mask) of a model or encoder call."""
-        tokens = kwargs.get("input_ids", args[0] if args else None)
-        if tokens is None:
-            tokens = kwargs.get("inputs_embeds")
-        return tokens, kwargs.get("attention_mask")
-
-    def _align_encoder(self, _encoder: nn.Module, args: tuple, kwargs: dict) -> None:
-        """The encoder of an encoder-decoder model runs its whole input in one call (generate() runs it alone)."""
-        if self.flare_state.capturing:
-            return None
-        tokens, attention_mask = self._input_tokens(args, kwargs)
-        batch, length = tokens.shape[:2] if tokens is not None else attention_mask.shape
-        if self._current_source(batch, tokens) is None:
-            return None
-        _, history = self.flare_state.positions.advance(
-            INPUT_STREAM, batch, length, attention_mask, None, self._device(), lambda real: real
-        )
-        self.flare_state.alignments = {
-            **self.flare_state.alignments,
-            INPUT_STREAM: self._alignment(INPUT_STREAM, history, length, 0),
-        }
-        return None
-
-    def _align_target(self, _network: nn.Module, args: tuple, kwargs: dict) -> None:
-        """Pair the positions this call of the wrapped model runs (a forward, a prefill or one generation step)."""
-        state = self.flare_state
-        if state.capturing:
-            return None
-        tokens, attention_mask = self._input_tokens(args, kwargs)
-        cache_length = visible_cache_length(args, kwargs)
-        if not self.is_encoder_decoder:
-            batch, length = tokens.shape[:2]
-            if self._current_source(batch, tokens) is None:
-                return None
-            labels = kwargs.get("labels") if self._input_stream_causal else None
-
-            def prompt(real: torch.Tensor) -> torch.Tensor:
-                usable = labels is not None and tuple(labels.shape) == tuple(real.shape)
-                return prompt_before_answer(real, labels if usable else None)
-
-            past, history = state.positions.advance(
-                INPUT_STREAM, batch, length, attention_mask, cache_length, self._device(), prompt
-            )
-            state.alignments = {INPUT_STREAM: self._alignment(INPUT_STREAM, history, length, past)}
-            return None
-
-        decoder_tokens = next(
-            (
-                kwargs[key]
-                for key in ("decoder_input_ids", "decoder_inputs_embeds", "labels")
-                if kwargs.get(key) is not None
-            ),
-            None,
-        )
-        shaped = next((value for value in (decoder_tokens, tokens, attention_mask) if value is not None), None)
-        batch = shaped.shape[0] if shaped is not None else kwargs["encoder_outputs"][0].shape[0]
-        if self._current_source(batch, tokens) is None:
-            return None
-        alignments = {}
-        if tokens is None:  # the encoder ran before this call (generate() runs it once, up front)
-            history = state.positions.histories.get(INPUT_STREAM)
-            if history is None:
-                raise RuntimeError(
-                    "This encoder-decoder call passes encoder_outputs from an encoder that did not run under the "
-                    "bound source; run the encoder inside the same FlareModel.generate() or source() block."
-                )
-            history = history.rows_repeated(batch)
-            alignments[INPUT_STREAM] = self._alignment(INPUT_STREAM, history, history.length, 0)
-        if decoder_tokens is not None:
-            decoder_length = decoder_tokens.shape[1]
-            past, history = state.positions.advance(
-                DECODER_STREAM,
-                batch,
-                decoder_length,
-                kwargs.get("decoder_attention_mask"),
-                cache_length,
-                self._device(),
-                first_token_only,  # the decoder start token, the one decoder token the source pass ran
-            )
-            alignments[DECODER_STREAM] = self._alignment(DECODER_STREAM, history, decoder_length, past)
-        state.alignments = alignments  # the encoder's hook adds the input stream when the encoder runs in this call
-        return None
-
-    def _device(self) -> torch.device:
-        return next(iter(self.flare_state.source.masks.values())).device
-
-    def _alignment(self, stream: str, history: SequenceHistory, length: int, past: int) -> TokenAlignment:
-        causal = self._stream_is_causal(stream)
-        mixing = self.flare_config.fusion in POSITION_MIXING_FUSIONS
-        if mixing and causal and past > 0:
-            raise ValueError(
-                f"fusion={self.flare_config.fusion!r} mixes target positions, which needs the whole sequence at once; "
-                "it cannot run with a KV cache on a causal model. Pass use_cache=False (FlareModel.generate does)."
-            )
-        return align_tokens(
-            self.flare_state.source.masks[stream],
-            history.real,
-            history.prompt,
-            length,
-            pairing=self.flare_config.pairing,
-            mask_source_padding=self.flare_config.mask_source_padding,
-            causal=causal,
-            need_allowed=mixing,
-        )
-
-    def _match_batch(self, source: BoundSource, batch: int, target: torch.Tensor | None) -> BoundSource:
-        if source.batch_size == batch:
-            return source
-        if self.flare_state.allow_batch_expansion and batch % source.batch_size == 0:
-            self.flare_state.source = source.repeat_rows(batch // source.batch_size)
-            return self.flare_state.source
-        source_shape = tuple(next(iter(source.masks.values())).shape)
-        target_shape = tuple(target.shape) if target is not None else (batch,)
-        raise ValueError(
-            f"Source batch size {source.batch_size} (source shape {source_shape}) differs from target batch size "
-            f"{batch} (target shape {target_shape}); source and target rows must pair one to one."
-        )
-
     # ------------------------------------------------------------------ public API
     def forward(
         self,
@@ -561,29 +359,13 @@ class FlareModel(CheckpointedSources, PeftModel):
             return network.generate(*args, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
-        """Write adapter_config.json + adapter_model.safetensors (a standard PEFT LoRA) and flare_config.json.
-
-        PEFT writes a non-default adapter into a subfolder; staging the files and moving each into place keeps
-        them at the top of `save_directory`, where plain PEFT finds them, and keeps every file whole.
-        """
+        """Write adapter_config.json + adapter_model.safetensors (a standard PEFT LoRA) and flare_config.json at the
+        top of `save_directory` (adapter_files.py)."""
         kwargs["selected_adapters"] = [self.flare_adapter_name]
         kwargs["safe_serialization"] = True
-        directory = Path(save_directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=directory, prefix=".staging-") as staging:
-            super().save_pretrained(staging, **kwargs)
-            written = Path(staging)
-            if self.flare_adapter_name != "default":
-                written = written / self.flare_adapter_name
-            if self.flare_config.mt_source_dim is not None:
-                # PEFT saves what lives in its tuner layers; the model-level MT projection joins the same file.
-                weights = load_file(written / ADAPTER_WEIGHTS_NAME)
-                projection = self.lora_mt_projection[self.flare_adapter_name].state_dict()
-                weights.update({f"{MT_PROJECTION_KEY}.{key}": value.contiguous() for key, value in projection.items()})
-                save_file(weights, written / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})
-            self.flare_config.save(written)
-            for name in ADAPTER_FILES:
-                os.replace(written / name, directory / name)
+        write_adapter_files(
+            self, Path(save_directory), lambda staging: super(FlareModel, self).save_pretrained(staging, **kwargs)
+        )
 
     @classmethod
     def from_pretrained(
@@ -600,19 +382,9 @@ class FlareModel(CheckpointedSources, PeftModel):
         """Restore a FLARE adapter saved by save_pretrained onto `model` (a base model, or a PeftModel whose
         stage-1 adapter is handled as `stage1`). `model_id` is a local folder or, as for PeftModel.from_pretrained,
         a hub repo id, downloaded (and cached) at `revision` with `token`."""
-        directory = Path(model_id)
-        if not directory.is_dir():
-            directory = Path(
-                huggingface_hub.snapshot_download(
-                    str(model_id), revision=revision, token=token, allow_patterns=list(ADAPTER_FILES)
-                )
-            )
-        config = FlareConfig.load(directory)
-        flare = get_flare_model(model, config, adapter_name=adapter_name, stage1=stage1)
-        weights_path = directory / ADAPTER_WEIGHTS_NAME
-        if not weights_path.is_file():
-            raise FileNotFoundError(f"{weights_path} not found: the adapter weights are missing from {directory}.")
-        flare.load_flare_weights(load_file(weights_path), source=str(weights_path))
+        directory = adapter_folder(model_id, revision, token)
+        flare = get_flare_model(model, FlareConfig.load(directory), adapter_name=adapter_name, stage1=stage1)
+        flare.load_flare_weights(*read_adapter_weights(directory))
         if not is_trainable:
             flare.requires_grad_(False)
             flare.eval()
@@ -640,26 +412,7 @@ class FlareModel(CheckpointedSources, PeftModel):
 
     def load_flare_weights(self, weights: dict[str, torch.Tensor], source: str = "state dict") -> None:
         """Load FLARE adapter weights (as save_pretrained writes them), refusing missing or unexpected keys."""
-        prefix = MT_PROJECTION_KEY + "."
-        projection = {key.removeprefix(prefix): value for key, value in weights.items() if key.startswith(prefix)}
-        weights = {key: value for key, value in weights.items() if not key.startswith(prefix)}
-        try:
-            result = set_peft_model_state_dict(self, weights, adapter_name=self.flare_adapter_name)
-            if self.flare_config.mt_source_dim is not None:
-                self.lora_mt_projection[self.flare_adapter_name].load_state_dict(projection)
-        except RuntimeError as error:
-            raise ValueError(f"{source} does not fit this base model: {error}") from error
-        marker = f".{self.flare_adapter_name}."
-        # The projection was loaded strictly on its own above.
-        missing = [key for key in result.missing_keys if marker in key and not key.startswith(prefix)]
-        unexpected = list(result.unexpected_keys)
-        if projection and self.flare_config.mt_source_dim is None:
-            unexpected += [prefix + key for key in projection]
-        if missing or unexpected:
-            raise ValueError(
-                f"{source} does not match this FLARE model: {len(missing)} missing keys (first: {missing[:3]}), "
-                f"{len(unexpected)} unexpected keys (first: {unexpected[:3]})."
-            )
+        load_adapter_weights(self, weights, source)
 
     def add_frozen_adapter(self, adapter_name: str, lora_config, weights: dict[str, torch.Tensor]) -> None:
         """Add a trained LoRA (e.g. the stage-1 English task adapter) that stays on, frozen and unmerged, in both

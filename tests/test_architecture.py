@@ -60,7 +60,7 @@ def test_the_declared_causality_reaches_the_pairing():
     """An encoder declared causal pairs as a decoder does: changing a later token leaves earlier outputs alone."""
     config = FlareConfig(fusion="matmul", causal=True, modules_to_save=["classifier"])
     flare = get_flare_model(build("xlmr-cls"), config).eval()
-    assert flare._stream_is_causal("input") and flare._mixes_causal_positions
+    assert flare.aligner.stream_is_causal("input") and flare._mixes_causal_positions
 
 
 def test_fusion_modules_that_name_no_target_are_refused_in_one_line():
