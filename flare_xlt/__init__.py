@@ -6,8 +6,8 @@ __version__ = "0.1.0"
 __getattr__, __all__ = lazy_attributes(
     __name__,
     {
-        ".config": ("FUSION_NAMES", "FlareConfig"),
-        ".layer": ("FlareLinear",),
-        ".model": ("FlareModel", "get_flare_model", "keep_trainables_in_float32"),
+        ".adapter.config": ("FUSION_NAMES", "FlareConfig"),
+        ".adapter.layer": ("FlareLinear",),
+        ".adapter.model": ("FlareModel", "get_flare_model", "keep_trainables_in_float32"),
     },
 )

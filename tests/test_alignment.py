@@ -7,7 +7,7 @@ import torch
 from conftest import ADAPTER_SETTINGS, DECODERS, PAD, batch_for, build, randomize_lora
 
 from flare_xlt import FlareConfig, get_flare_model
-from flare_xlt.token_pairing import align_tokens
+from flare_xlt.adapter.token_pairing import align_tokens
 
 
 def pad(ids: torch.Tensor, extra: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:

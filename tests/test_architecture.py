@@ -10,7 +10,7 @@ from conftest import BUILDERS, batch_for, build
 from transformers import BertConfig, BertLMHeadModel, BertModel
 
 from flare_xlt import FlareConfig, get_flare_model
-from flare_xlt.architecture import input_stream_is_causal
+from flare_xlt.adapter.architecture import input_stream_is_causal
 
 CAUSAL = {"llama": True, "gemma2": True, "qwen2": True, "xglm": True, "bloom": True, "mt5": False}
 CAUSAL |= {"xlmr-cls": False, "xlmr-qa": False, "bert-cls": False}

@@ -25,9 +25,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Llam
 from transformers.utils import logging as transformers_logging
 
 from flare_xlt import __version__
+from flare_xlt.adapter.config import SOURCE_SITES, UNPAIRED_MODES
+from flare_xlt.adapter.fusion import FUSION_NAMES
+from flare_xlt.adapter.token_pairing import PAIRING_MODES
 from flare_xlt.cli import COMMANDS, FlareParser, main
-from flare_xlt.config import SOURCE_SITES, UNPAIRED_MODES
-from flare_xlt.fusion import FUSION_NAMES
 from flare_xlt.methods import METHODS
 from flare_xlt.pipeline import TrainConfig, evaluate, finetune, transfer
 from flare_xlt.pipeline.checkpoints import ResumableTrainer
@@ -35,7 +36,6 @@ from flare_xlt.pipeline.loading import ARCHITECTURES, TRAINABLE
 from flare_xlt.pipeline.settings import LOGGER_PACKAGES, STAGE1_MODES
 from flare_xlt.tasks import TASKS, get_task, load_original_view
 from flare_xlt.tasks.sources import NUSAX_HUB, TYDIQA_HUB, XNLI_HUB
-from flare_xlt.token_pairing import PAIRING_MODES
 
 ROOT = Path(__file__).resolve().parents[1]
 MT_STUB = Path(__file__).parent / "mt_command_stub.py"

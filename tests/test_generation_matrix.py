@@ -15,7 +15,7 @@ import torch
 from conftest import ADAPTER_SETTINGS, DECODERS, PAD, VOCAB, build, randomize_lora
 
 from flare_xlt import FlareConfig, get_flare_model
-from flare_xlt.token_pairing import PAIRING_MODES
+from flare_xlt.adapter.token_pairing import PAIRING_MODES
 
 PROMPT = 7
 SOURCE_LENGTHS = {"shorter": 4, "equal": PROMPT, "longer": 11}

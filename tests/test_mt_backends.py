@@ -267,7 +267,10 @@ def translate_options(backend: str, models: dict, source: Path, output: Path, ca
     options = {"task": "xnli", "src": "en", "tgt": "es", "input": source, "output": output, "cache": cache}
     if backend == "ctranslate2":
         options |= {"backend": backend, "model": models["nllb"][1], "num_beams": 1, "max_new_tokens": 12}
-        return options | {"tokens_per_batch": 48, "device": "cpu"}
+        return options | {
+            "tokens_per_batch": 16,
+            "device": "cpu",
+        }  # about one text per batch: many stores to kill between
     return options | {"backend": backend, "command": stub("upper", 0.1), "chunk_size": 3}
 
 

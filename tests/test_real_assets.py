@@ -12,8 +12,8 @@ import torch
 
 from benchmarks.real import assets, bible
 from flare_xlt import FlareConfig, FlareModel, get_flare_model
+from flare_xlt.adapter.token_pairing import align_tokens, prompt_before_answer
 from flare_xlt.tasks import PairedCollator, TaskEncoder, get_task, pair_views
-from flare_xlt.token_pairing import align_tokens, prompt_before_answer
 
 IN_CI = os.environ.get("CI") == "true"
 TASK = get_task(bible.TASK_SPEC)

@@ -9,10 +9,10 @@ from conftest import ENCODER_SIZES, batch_for, randomize_lora
 from transformers import TrainerCallback, XLMRobertaConfig, XLMRobertaForSequenceClassification
 
 from flare_xlt import FlareConfig, get_flare_model
+from flare_xlt.adapter.source_cache import SourceCache, open_source_cache
 from flare_xlt.pipeline.run_folder import SOURCE_CACHE
 from flare_xlt.pipeline.settings import TrainConfig
 from flare_xlt.pipeline.training import train_adapter
-from flare_xlt.source_cache import SourceCache, open_source_cache
 from flare_xlt.tasks import PairedCollator
 
 DROPOUT = {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
@@ -165,7 +165,7 @@ def test_fingerprint_follows_every_frozen_weight_without_a_float64_copy_of_it(mo
     """The fingerprint changes when one element of a frozen weight does, and summing a weight never allocates more
     than one float64 chunk: a whole-tensor sum(dtype=float64) copied e5-small's embedding (733 MiB, the cache runs'
     measured peak)."""
-    import flare_xlt.source_cache as source_cache
+    import flare_xlt.adapter.source_cache as source_cache
     from benchmarks.harness import peak_memory
 
     monkeypatch.setattr(source_cache, "CHECKSUM_CHUNK", 256)

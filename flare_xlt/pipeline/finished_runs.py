@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from ..config import FlareConfig
+from ..adapter.config import FlareConfig
+from ..adapter.model import FlareModel
 from ..io import replace_directory_atomically
 from ..methods import REGISTRY, get_method
-from ..model import FlareModel
 from ..mt.states import EncoderStateStore
 from ..tasks import TaskEncoder, TaskSpec, get_task
 from .expected_warnings import without_expected_warnings

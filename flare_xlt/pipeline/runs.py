@@ -8,8 +8,8 @@ from pathlib import Path
 
 from peft import LoraConfig, get_peft_model
 
+from ..adapter.model import get_flare_model, keep_trainables_in_float32
 from ..methods import get_method
-from ..model import get_flare_model, keep_trainables_in_float32
 from ..mt.states import EncoderStateStore
 from ..tasks import PairedCollator, TaskEncoder, get_task, load_record_file, load_task_splits, pair_views
 from .expected_warnings import without_expected_warnings

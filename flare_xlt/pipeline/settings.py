@@ -9,7 +9,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, make_dataclass
 
-from ..config import CACHE_MODES, FlareConfig
+from ..adapter.config import CACHE_MODES, FlareConfig
 
 # Trainer loggers (--train.report_to) that need a package the project does not install, by the extra that installs
 # it, and the modules any of which will do.

@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import PrinterCallback, TrainerCallback, TrainingArguments
 
-from ..model import FlareModel
-from ..source_cache import FlushSourceCache, SourceCache, open_source_cache
+from ..adapter.model import FlareModel
+from ..adapter.source_cache import FlushSourceCache, SourceCache, open_source_cache
 from ..xmixup import XMixupModel
 from .checkpoints import (
     TRAINER_STATE_NAME,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import KEY_FIELD
+from ..adapter.config import KEY_FIELD
 
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "source_input_ids", "source_attention_mask")
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .io import write_text_atomic
+from ..io import write_text_atomic
 
 if TYPE_CHECKING:
     from peft import LoraConfig

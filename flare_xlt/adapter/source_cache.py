@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from ..io import TensorShards, save_tensors_atomic
 from .config import CACHE_MODES, KEY_FIELD
-from .io import TensorShards, save_tensors_atomic
 from .state import INPUT_STREAM, BoundSource
 
 SHARD_BYTES = 256 * 2**20  # a disk shard is written once this much is pending (and at every epoch end and save)

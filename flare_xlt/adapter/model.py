@@ -198,7 +198,7 @@ class FlareModel(CheckpointedSources, PeftModel):
         if self.source_cache is None:
             raise ValueError(
                 "source_keys name rows of a training source cache, but none is attached to this model; attach one "
-                "with flare_xlt.source_cache.open_source_cache, or leave source_keys out."
+                "with flare_xlt.adapter.source_cache.open_source_cache, or leave source_keys out."
             )
         if len(source_keys) != source_input_ids.shape[0]:
             raise ValueError(f"Got {len(source_keys)} source_keys for a source batch of {source_input_ids.shape[0]}.")
