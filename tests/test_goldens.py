@@ -10,6 +10,7 @@ test_pipeline.test_every_method_runs_end_to_end, through `check_golden`.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from dataclasses import asdict
@@ -18,6 +19,7 @@ from pathlib import Path
 from flare_xlt.methods import METHODS
 from flare_xlt.pipeline.recipes import load_recipe, plan
 from flare_xlt.pipeline.run_folder import finetune_run, transfer_run
+from flare_xlt.pipeline.runs import finetune, transfer
 from flare_xlt.pipeline.settings import AdapterConfig, TrainConfig
 
 GOLDENS = Path(__file__).parent / "goldens"
@@ -36,6 +38,13 @@ def check_golden(name: str, value) -> None:
     assert json.loads(text) == json.loads(path.read_text(encoding="utf-8")), f"{name} differs from its golden"
 
 
+def arguments(command, *args, **kwargs) -> dict:
+    """The arguments of `finetune` or `transfer` by name, defaults filled in: what the command hands its run folder."""
+    bound = inspect.signature(command).bind(*args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
 def run_configs() -> dict:
     """ "architecture/method" -> the folder name and the recorded config of its run, with non-default settings (paths
     that do not exist, so the hash does not depend on where the test runs)."""
@@ -45,24 +54,15 @@ def run_configs() -> dict:
     runs = {}
     for architecture in ARCHITECTURES:
         model = f"models/{architecture}"
-        folder, config = finetune_run(model, "nusax", architecture=architecture, **common)
+        folder, config = finetune_run(arguments(finetune, model, "nusax", architecture=architecture, **common))
         runs[f"{architecture}/finetune"] = {"folder": folder.name, "config": config}
         for method in METHODS:
-            folder, config = transfer_run(
-                model,
-                "nusax",
-                "id",
-                method,
-                Path("runs/stage1"),
-                Path("translations"),
-                mt_states=Path("states"),
-                architecture=architecture,
-                **common,
-            )
+            stage2 = (model, "nusax", "id", method, Path("runs/stage1"), Path("translations"))
+            settings = arguments(transfer, *stage2, mt_states=Path("states"), architecture=architecture, **common)
+            folder, config = transfer_run(settings)
             runs[f"{architecture}/{method}"] = {"folder": folder.name, "config": config}
-    folder, config = transfer_run(
-        "models/decoder", "nusax", "id", "flare", Path("runs/stage1"), Path("translations"), name="flare-end", **common
-    )
+    stage2 = ("models/decoder", "nusax", "id", "flare", Path("runs/stage1"), Path("translations"))
+    folder, config = transfer_run(arguments(transfer, *stage2, name="flare-end", **common))
     runs["decoder/flare-end"] = {"folder": folder.name, "config": config}
     return runs
 

@@ -16,6 +16,12 @@ from flare_xlt.report import write_report
 QUICK = TrainConfig(batch_size=2, max_steps=2, learning_rate=1e-3, max_length=48, seed=3)
 
 
+def transfer_to_indonesian(workspace, kind: str, method: str, stage1, runs, **settings):
+    """A NusaX transfer to Indonesian of the workspace's `kind` model (QUICK training unless `settings` say)."""
+    settings = {"output": runs, "data": NUSAX_DATA, "train": QUICK, **settings}
+    return transfer(str(workspace / kind), "nusax", "id", method, stage1, workspace / "translations", **settings)
+
+
 def read_metrics(run_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
@@ -32,18 +38,7 @@ def test_every_method_runs_end_to_end(workspace, kind, capsys, one_thread):
         methods.append("x-mixup")
     finished = []
     for method in methods:
-        run_dir = transfer(
-            str(workspace / kind),
-            "nusax",
-            "id",
-            method,
-            stage1,
-            workspace / "translations",
-            output=runs,
-            data=NUSAX_DATA,
-            mt_states=workspace / "states" / kind,
-            train=QUICK,
-        )
+        run_dir = transfer_to_indonesian(workspace, kind, method, stage1, runs, mt_states=workspace / "states" / kind)
         metrics, predictions = read_metrics(run_dir)
         assert (metrics["task"], metrics["language"], metrics["method"], metrics["seed"]) == ("nusax", "id", method, 3)
         assert metrics["metric"] == "macro_f1" and metrics["scores"]["id"]["count"] == 3
@@ -221,18 +216,7 @@ def test_under_a_frozen_stage1_lora_at_learning_rate_0_scores_what_zero_shot_sco
     still = TrainConfig(batch_size=2, max_steps=1, learning_rate=0.0, max_length=48, seed=3)
     logits, predictions = {}, {}
     for method, train in (("zero-shot", QUICK), ("lora", still)):
-        run_dir = transfer(
-            model,
-            "nusax",
-            "id",
-            method,
-            stage1,
-            workspace / "translations",
-            output=runs,
-            data=NUSAX_DATA,
-            train=train,
-            stage1_mode="frozen",
-        )
+        run_dir = transfer_to_indonesian(workspace, "encoder", method, stage1, runs, train=train, stage1_mode="frozen")
         predictions[method] = read_metrics(run_dir)[1]
         loaded = load_model(model, NUSAX)
         scored = run_model(loaded, run_dir, json.loads((run_dir / "config.json").read_text()), model, NUSAX)

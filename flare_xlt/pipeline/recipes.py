@@ -279,10 +279,10 @@ def step_status(recipe: Recipe) -> list[tuple[PlannedStep, bool]]:
         elif step.kind == "mt-states":
             done = (Path(recipe.mt_states) / step.language / step.split / "index.json").exists()
         elif step.kind == "finetune":
-            stage1[step.seed] = finetune_run(**_stage1_settings(recipe, step.seed))[0]
+            stage1[step.seed] = finetune_run(_stage1_settings(recipe, step.seed))[0]
             done = (stage1[step.seed] / "metrics.json").exists()
         else:
-            done = (transfer_run(**_transfer_settings(recipe, step, stage1[step.seed]))[0] / "metrics.json").exists()
+            done = (transfer_run(_transfer_settings(recipe, step, stage1[step.seed]))[0] / "metrics.json").exists()
         status.append((step, done))
     return status
 

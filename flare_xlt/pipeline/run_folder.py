@@ -8,10 +8,11 @@ import json
 import os
 import platform
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import peft
 import torch
@@ -24,7 +25,7 @@ from ..tasks import get_task
 from .checkpoints import (
     latest_checkpoint,
 )
-from .settings import DEFAULT_ADAPTER, DEFAULT_TRAIN, AdapterConfig, TrainConfig, resolve_stage1_mode
+from .settings import TrainConfig, resolve_stage1_mode
 
 CHECKPOINTS = "checkpoints"
 
@@ -193,75 +194,48 @@ def result_settings(train: TrainConfig, trains: bool = True) -> dict:
     return {name: getattr(train, name) for name in kept}
 
 
-def finetune_run(
-    model: str,
-    task: str,
-    output: Path = Path("runs"),
-    data: str = "hub",
-    architecture: str = "auto",
-    trainable: str = "lora",
-    load_in_4bit: bool = False,
-    adapter: AdapterConfig = DEFAULT_ADAPTER,
-    train: TrainConfig = DEFAULT_TRAIN,
-) -> tuple[Path, dict]:
-    """The run folder `finetune` with these settings writes, and the config it records (nothing is read)."""
-    spec = get_task(task)
+def finetune_run(settings: Mapping[str, Any]) -> tuple[Path, dict]:
+    """The run folder `finetune` writes, and the config it records (nothing is read). `settings`: the arguments of
+    `finetune` by name (`resume` is not read)."""
+    spec, train = get_task(settings["task"]), settings["train"]
     config = {
         "stage": "finetune",
-        "model": model,
+        "model": settings["model"],
         "task": spec.name,
-        "data": data,
-        "architecture": architecture,
-        "trainable": trainable,
-        "load_in_4bit": load_in_4bit,
-        "adapter": {name: value for name, value in asdict(adapter).items() if name in STAGE1_ADAPTER_SETTINGS},
+        **{name: settings[name] for name in ("data", "architecture", "trainable", "load_in_4bit")},
+        "adapter": {name: getattr(settings["adapter"], name) for name in STAGE1_ADAPTER_SETTINGS},
         "train": result_settings(train),
     }
-    return run_directory(output, f"{spec.name}-{spec.source_language}-finetune-seed{train.seed}", config), config
+    name = f"{spec.name}-{spec.source_language}-finetune-seed{train.seed}"
+    return run_directory(settings["output"], name, config), config
 
 
-def transfer_run(
-    model: str,
-    task: str,
-    language: str,
-    method: str,
-    stage1: Path,
-    translations: Path | None = None,
-    output: Path = Path("runs"),
-    data: str = "hub",
-    mt_states: Path | None = None,
-    stage1_mode: str = "auto",
-    architecture: str = "auto",
-    trainable: str = "lora",
-    load_in_4bit: bool = False,
-    adapter: AdapterConfig = DEFAULT_ADAPTER,
-    train: TrainConfig = DEFAULT_TRAIN,
-    name: str | None = None,
-) -> tuple[Path, dict]:
-    """The run folder `transfer` with these settings writes, and the config it records (nothing is read). Only what
-    changes the method's result enters the config (and its hash), so the same run asked for again is found."""
-    spec, transfer_method = get_task(task), get_method(method)
+def transfer_run(settings: Mapping[str, Any]) -> tuple[Path, dict]:
+    """The run folder `transfer` writes, and the config it records (nothing is read). `settings`: the arguments of
+    `transfer` by name (`resume` is not read). Only what changes the method's result enters the config (and its
+    hash), so the same run asked for again is found."""
+    spec, transfer_method, train = get_task(settings["task"]), get_method(settings["method"]), settings["train"]
     trains_adapter = transfer_method.trains
+    paths = {"translations": transfer_method.needs_translations, "mt_states": transfer_method.needs_mt_states}
     config = {
         "stage": "transfer",
-        "model": model,
+        "model": settings["model"],
         "task": spec.name,
-        "language": language,
-        "method": method,
-        "stage1": str(stage1),
-        "translations": str(translations) if transfer_method.needs_translations else None,
-        "data": data,
-        "mt_states": str(mt_states) if transfer_method.needs_mt_states else None,
-        "stage1_mode": resolve_stage1_mode(stage1_mode, load_in_4bit),
-        "architecture": architecture,
-        "trainable": trainable if trains_adapter else None,
-        "load_in_4bit": load_in_4bit,
-        "adapter": transfer_method.hashed_adapter(asdict(adapter)),
+        **{name: settings[name] for name in ("language", "method")},
+        "stage1": str(settings["stage1"]),
+        **{name: str(settings[name]) if reads else None for name, reads in paths.items()},
+        "data": settings["data"],
+        "stage1_mode": resolve_stage1_mode(settings["stage1_mode"], settings["load_in_4bit"]),
+        "architecture": settings["architecture"],
+        "trainable": settings["trainable"] if trains_adapter else None,
+        "load_in_4bit": settings["load_in_4bit"],
+        "adapter": transfer_method.hashed_adapter(asdict(settings["adapter"])),
         "train": result_settings(train, trains_adapter),
     }
     if transfer_method.reuses is not None:  # the run it reads: its folder name holds that run's settings
-        reused = (transfer_method.reuses, stage1, translations, output, data, mt_states, stage1_mode, architecture)
-        config["reuses"] = transfer_run(model, task, language, *reused, trainable, load_in_4bit, adapter, train)[0].name
-    if name is not None:
-        config["variant"] = name
-    return run_directory(output, f"{spec.name}-{language}-{name or method}-seed{train.seed}", config), config
+        config["reuses"] = transfer_run({**settings, "method": transfer_method.reuses, "name": None})[0].name
+    label = settings.get("name")
+    if label is not None:
+        config["variant"] = label
+    folder = f"{spec.name}-{settings['language']}-{label or settings['method']}-seed{train.seed}"
+    return run_directory(settings["output"], folder, config), config

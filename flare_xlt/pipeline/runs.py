@@ -61,8 +61,9 @@ def finetune(
         resume: Continue an interrupted run from the newest checkpoint in its run folder (asking for the same run
             again does this); false discards the run's checkpoints and trains from the start.
     """
+    settings = dict(locals())  # the arguments, by name: the run folder's settings
     spec = get_task(task)
-    run_dir, config = finetune_run(model, task, output, data, architecture, trainable, load_in_4bit, adapter, train)
+    run_dir, config = finetune_run(settings)
     if finished(run_dir, config):
         link_latest(run_dir, "finetune")
         return run_dir
@@ -160,6 +161,7 @@ def transfer(
         name: The run's name in folders and reports, for a variant of a method (e.g. flare-end, a FLARE adapter
             with pairing=end); default: the method.
     """
+    settings = dict(locals())  # the arguments, by name: the run folder's settings
     spec = get_task(task)
     spec.check_language(language)
     transfer_method = get_method(method)
@@ -170,14 +172,12 @@ def transfer(
     if transfer_method.needs_mt_states and mt_states is None:
         raise ValueError(f"Method {method!r} needs --mt_states (a folder with train/ and test/ state stores).")
     stage1_adapter = check_stage1(Path(stage1), model, spec)
-    settings = (model, task, language, method, stage1, translations, output, data, mt_states, stage1_mode)
-    run_dir, config = transfer_run(*settings, architecture, trainable, load_in_4bit, adapter, train, name)
+    run_dir, config = transfer_run(settings)
     if finished(run_dir, config):
         link_latest(run_dir, "transfer")
         return run_dir
     if transfer_method.reuses is not None:  # the run it reads, made first if missing (skipped when finished)
-        reused = (transfer_method.reuses, *settings[4:])
-        transfer(model, task, language, *reused, architecture, trainable, load_in_4bit, adapter, train, resume)
+        transfer(**{**settings, "method": transfer_method.reuses, "name": None})
     # The translated files this method reads, each checked here, before any model loads.
     source = spec.source_language
     translated = {
