@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from flare_xlt.source_cache import open_source_cache
+from flare_xlt.adapter.source_cache import open_source_cache
 
 from .harness import median, peak_memory, profile_table, time_interleaved
 from .models import (

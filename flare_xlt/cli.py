@@ -295,7 +295,8 @@ def run(recipe: Path, set: dict[str, Any] | None = None, dry_run: bool = False) 
         set: Recipe values to override, by name: --set.seeds '[1]' --set.train.epochs 1 --set.languages '[id, sw]'.
         dry_run: Print the plan, one line per step, and stop.
     """
-    from .pipeline.recipes import describe_plan, load_recipe, run_recipe, step_status
+    from .pipeline.recipe_file import load_recipe
+    from .pipeline.recipes import describe_plan, run_recipe, step_status
     from .report import write_report
 
     recipe_settings = load_recipe(recipe, set)
@@ -366,7 +367,7 @@ def demo(
     """
     from .demo.experiment import DemoConfig, demo_sizes, run_demo
     from .demo.sweep import parse_sweep, run_sweep
-    from .pipeline.recipes import load_variants
+    from .pipeline.recipe_file import load_variants
 
     config = DemoConfig(
         output,

@@ -80,7 +80,7 @@ def test_bench_real_counts_only_the_planned_runs_that_finished(tmp_path):
     import json
 
     from benchmarks.real import run as real
-    from flare_xlt.pipeline.recipes import Recipe
+    from flare_xlt.pipeline.recipe_file import Recipe
 
     def grid(name: str, methods: list[str]) -> real.Grid:
         recipe = Recipe(
@@ -113,7 +113,7 @@ def test_bench_real_oracle_grid_links_the_main_grids_stage1(tmp_path, monkeypatc
     from dataclasses import replace
 
     from benchmarks.real import run as real
-    from flare_xlt.pipeline.recipes import Recipe
+    from flare_xlt.pipeline.recipe_file import Recipe
 
     main = Recipe(model="m", task="xnli", languages=["sw"], methods=["lora"], seeds=[1, 2], output=str(tmp_path / "a"))
     oracle = real.Grid("oracle", "", replace(main, output=str(tmp_path / "b")), {}, "m", (), (), stage1_from=main)

@@ -34,7 +34,7 @@ from flare_xlt.mt import (
 from flare_xlt.mt.states import EncoderStateStore
 from flare_xlt.pipeline import AdapterConfig, NonFiniteTrainingError, TrainConfig, finetune, transfer
 from flare_xlt.pipeline.checkpoints import TRAINABLE_WEIGHTS_NAME, CheckpointSchedule, ResumableTrainer
-from flare_xlt.pipeline.recipes import load_recipe
+from flare_xlt.pipeline.recipe_file import load_recipe
 from flare_xlt.tasks import NUSAX, TYDIQA, get_task, load_record_file, load_task_spec
 
 QUICK = TrainConfig(batch_size=2, max_steps=2, learning_rate=1e-3, max_length=48, seed=3)

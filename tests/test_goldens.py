@@ -17,7 +17,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from flare_xlt.methods import METHODS
-from flare_xlt.pipeline.recipes import load_recipe, plan
+from flare_xlt.pipeline.recipe_file import load_recipe
+from flare_xlt.pipeline.recipes import plan
 from flare_xlt.pipeline.run_folder import finetune_run, transfer_run
 from flare_xlt.pipeline.runs import finetune, transfer
 from flare_xlt.pipeline.settings import AdapterConfig, TrainConfig

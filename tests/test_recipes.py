@@ -13,7 +13,8 @@ import yaml
 from conftest import NUSAX_DATA
 
 from flare_xlt import cli
-from flare_xlt.pipeline.recipes import load_recipe, load_variants, plan
+from flare_xlt.pipeline.recipe_file import load_recipe, load_variants
+from flare_xlt.pipeline.recipes import plan
 from flare_xlt.tasks import get_task, load_task_splits
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -165,7 +166,7 @@ def test_variants_are_checked_when_the_recipe_loads(tmp_path):
 def test_a_recipe_chooses_its_mt_backend_with_the_backends_own_options(workspace, tmp_path):
     from test_mt_backends import stub
 
-    from flare_xlt.pipeline.recipes import Recipe
+    from flare_xlt.pipeline.recipe_file import Recipe
 
     common = dict(model=str(workspace / "encoder"), task="nusax", languages=["id"], mt_model="nllb-folder")
     assert Recipe(**common, methods=["lora"]).translator_options() == {

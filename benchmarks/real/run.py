@@ -30,7 +30,8 @@ from flare_xlt.io import write_text_atomic
 from flare_xlt.mt.data import translate_task
 from flare_xlt.mt.translator import Translator
 from flare_xlt.paired import AVERAGE, summary_differences
-from flare_xlt.pipeline.recipes import Recipe, default_workers, plan, run_recipe
+from flare_xlt.pipeline.recipe_file import Recipe
+from flare_xlt.pipeline.recipes import default_workers, plan, run_recipe
 from flare_xlt.pipeline.settings import AdapterConfig, TrainConfig
 from flare_xlt.report import DEFAULT_BASELINE, collect_runs, difference_text, summarize, write_report
 

@@ -24,7 +24,8 @@ from ..methods.base import ARCHITECTURES
 from ..mt.data import output_name, write_records
 from ..mt.states import EncoderStateStore
 from ..pipeline.loading import load_state_reader
-from ..pipeline.recipes import Recipe, default_workers, run_recipe
+from ..pipeline.recipe_file import Recipe
+from ..pipeline.recipes import default_workers, run_recipe
 from ..pipeline.settings import AdapterConfig, TrainConfig
 from ..report import write_report
 from ..tasks import TaskEncoder, TaskSpec, get_task, read_rows
