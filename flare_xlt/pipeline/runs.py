@@ -4,8 +4,11 @@ target language with one method; each writes one run folder (run_folder.py)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from peft import LoraConfig, get_peft_model
 
 from ..adapter.model import get_flare_model, keep_trainables_in_float32
@@ -187,58 +190,16 @@ def transfer(
     loaded = load(model, spec, architecture, load_in_4bit, train)
     transfer_method.check_fit(spec.kind, loaded.architecture)
     trains_adapter = transfer_method.trains
-    if trains_adapter:
-        check_target_modules(loaded.model, adapter.target_modules, model)
     network = stage1_model(loaded, stage1_adapter, model, stage1_mode, trains_adapter)
     view = transfer_method.view
     test_pairs = target_pairs(spec, language, "test", data, translated.get("test"), train.max_eval_samples)
-    states = None
     if transfer_method.reuses is not None:
-        reused_dir = run_dir.parent / config["reuses"]
-        reused_loaded = load(model, spec, architecture, load_in_4bit, train)
-        reused_config = json.loads((reused_dir / "config.json").read_text(encoding="utf-8"))
-        reused_model = run_model(reused_loaded, reused_dir, reused_config, model, spec)
-        encoder = TaskEncoder(spec, loaded.tokenizer, loaded.architecture, view, train.max_length)
-        network = transfer_method.combine(network, reused_model, encoder)
-    if trains_adapter:
-        store = EncoderStateStore(Path(mt_states) / "train") if transfer_method.needs_mt_states else None
-        # The training features; for FLARE-MT also the reader whose text the encoder states must cover.
-        state_reader = TaskEncoder(spec, loaded.tokenizer, loaded.architecture, view, train.max_length)
-        if store is not None:  # the test states are read after training: check them before it
-            states = EncoderStateStore(Path(mt_states) / "test")
-            check_states(states, state_reader, test_pairs)
-        flare_config = adapter.flare_config(
-            transfer_method.fusion(adapter.fusion),
-            loaded.head_modules(spec, trainable),
-            store.d_model if store else None,
+        network = _combined_with_reused_run(
+            transfer_method, settings, run_dir.parent / config["reuses"], network, loaded
         )
-        # A new adapter on the stage-1 model (merged or kept frozen), in what the method trains around it.
-        network = transfer_method.wrap(get_flare_model(network, flare_config, stage1=stage1_mode))
-        english = load_task_splits(spec, source, ["train"], data)["train"]
-        train_pairs = pair_views(spec, load_record_file(spec, translated["train"]), english)
-        train_pairs = train_pairs[: train.max_train_samples]
-        if store is not None:
-            train_keys = check_states(store, state_reader, train_pairs)
-        features, report, _ = state_reader.encode(train_pairs)
-        print(f"train: {report.summary()}")
-        collator = PairedCollator.for_tokenizer(loaded.tokenizer)
-        if store is not None:
-            for feature, key in zip(features, train_keys, strict=True):
-                feature["state_key"] = key
-            collator = with_mt_states(collator, store)
-        callbacks = []
-        if train.select_best_on_validation:
-            check_validation_role(spec)
-            validation = pair_views(
-                spec,
-                load_record_file(spec, translated["validation"]),
-                load_task_splits(spec, source, ["validation"], data)["validation"],
-            )[: train.max_eval_samples]
-            validation_states = None
-            if store is not None:
-                validation_states = EncoderStateStore(Path(mt_states) / "validation")
-                check_states(validation_states, state_reader, validation)
-            callbacks.append(validation_callback(network, loaded, spec, validation, view, train, validation_states))
+    training = (
+        _training(transfer_method, settings, spec, loaded, network, translated, test_pairs) if trains_adapter else None
+    )
     summary = {
         "task": spec.name,
         "method": name or method,
@@ -247,10 +208,80 @@ def transfer(
         "config_hash": run_dir.name.rsplit("-", 1)[1],
     }
     with started(run_dir, config):
-        if trains_adapter:
-            train_adapter(network, features, train, run_dir, collator, callbacks, resume)
+        if training is not None:
+            network = training.network
+            train_adapter(network, training.features, train, run_dir, training.collator, training.callbacks, resume)
             save_adapter(network, run_dir)
-            summary = {**(callbacks[0].summary() if callbacks else {}), **summary}
+            summary = {**(training.callbacks[0].summary() if training.callbacks else {}), **summary}
+        states = training.test_states if training is not None else None
         evaluate_run(network, loaded, spec, test_pairs, view, train, run_dir, summary, states)
     link_latest(run_dir, "transfer")
     return run_dir
+
+
+def _combined_with_reused_run(transfer_method, settings: dict, reused_dir: Path, stage1, loaded):
+    """A method that reads another finished run (the ensemble): its model, from the stage-1 model and that run's
+    model, loaded on a base of its own."""
+    model, spec, train = settings["model"], get_task(settings["task"]), settings["train"]
+    reused_loaded = load(model, spec, settings["architecture"], settings["load_in_4bit"], train)
+    reused_config = json.loads((reused_dir / "config.json").read_text(encoding="utf-8"))
+    reused_model = run_model(reused_loaded, reused_dir, reused_config, model, spec)
+    encoder = TaskEncoder(spec, loaded.tokenizer, loaded.architecture, transfer_method.view, train.max_length)
+    return transfer_method.combine(stage1, reused_model, encoder)
+
+
+@dataclass
+class Training:
+    """What a transfer method trains: its model around the new adapter, the features and collator, the callbacks,
+    and (FLARE-MT) the test set's encoder states, checked before training."""
+
+    network: torch.nn.Module
+    features: list[dict]
+    collator: Callable
+    callbacks: list
+    test_states: EncoderStateStore | None
+
+
+def _training(transfer_method, settings: dict, spec, loaded, network, translated: dict, test_pairs) -> Training:
+    """The new adapter on the stage-1 model (merged or kept frozen) and the translated data it trains on."""
+    adapter, train, data, mt_states = (settings[name] for name in ("adapter", "train", "data", "mt_states"))
+    check_target_modules(loaded.model, adapter.target_modules, settings["model"])
+    view, source = transfer_method.view, spec.source_language
+    store = EncoderStateStore(Path(mt_states) / "train") if transfer_method.needs_mt_states else None
+    # The training features; for FLARE-MT also the reader whose text the encoder states must cover.
+    state_reader = TaskEncoder(spec, loaded.tokenizer, loaded.architecture, view, train.max_length)
+    test_states = None
+    if store is not None:  # the test states are read after training: check them before it
+        test_states = EncoderStateStore(Path(mt_states) / "test")
+        check_states(test_states, state_reader, test_pairs)
+    flare_config = adapter.flare_config(
+        transfer_method.fusion(adapter.fusion),
+        loaded.head_modules(spec, settings["trainable"]),
+        store.d_model if store else None,
+    )
+    stage1_mode = resolve_stage1_mode(settings["stage1_mode"], settings["load_in_4bit"])
+    network = transfer_method.wrap(get_flare_model(network, flare_config, stage1=stage1_mode))
+    english = load_task_splits(spec, source, ["train"], data)["train"]
+    train_pairs = pair_views(spec, load_record_file(spec, translated["train"]), english)[: train.max_train_samples]
+    train_keys = check_states(store, state_reader, train_pairs) if store is not None else None
+    features, report, _ = state_reader.encode(train_pairs)
+    print(f"train: {report.summary()}")
+    collator = PairedCollator.for_tokenizer(loaded.tokenizer)
+    if store is not None:
+        for feature, key in zip(features, train_keys, strict=True):
+            feature["state_key"] = key
+        collator = with_mt_states(collator, store)
+    callbacks = []
+    if train.select_best_on_validation:
+        check_validation_role(spec)
+        validation = pair_views(
+            spec,
+            load_record_file(spec, translated["validation"]),
+            load_task_splits(spec, source, ["validation"], data)["validation"],
+        )[: train.max_eval_samples]
+        validation_states = None
+        if store is not None:
+            validation_states = EncoderStateStore(Path(mt_states) / "validation")
+            check_states(validation_states, state_reader, validation)
+        callbacks.append(validation_callback(network, loaded, spec, validation, view, train, validation_states))
+    return Training(network, features, collator, callbacks, test_states)
