@@ -60,9 +60,9 @@ class Backend(ABC):
         return None
 
     @property
+    @abstractmethod
     def label(self) -> str:
         """What translates, as the cache names it: the model, or the command."""
-        return self.identity().get("model") or self.identity()["command"]
 
     @abstractmethod
     def identity(self) -> dict:
@@ -96,6 +96,10 @@ class Seq2SeqBackend(Backend):
         self.scheme = detect_scheme(tokenizer, model_name) if languages == "auto" else languages
         if self.scheme not in LANGUAGE_SCHEMES:
             raise ValueError(f"Unknown languages {languages!r}; valid choices: auto, {', '.join(LANGUAGE_SCHEMES)}.")
+
+    @property
+    def label(self) -> str:
+        return self.model_name
 
     def codes(self, source: str, target: str) -> tuple[str, str]:
         return language_code(self.scheme, source), language_code(self.scheme, target)
@@ -280,6 +284,10 @@ class CommandBackend(Backend):
             raise ValueError(f"chunk_size and timeout must be positive, got {chunk_size} and {command_timeout}.")
         self.command, self.timeout, self.chunk_size = command, command_timeout, chunk_size
         self.arguments = shlex.split(command)
+
+    @property
+    def label(self) -> str:
+        return self.command
 
     def identity(self) -> dict:
         return {"backend": self.name, "command": self.command}

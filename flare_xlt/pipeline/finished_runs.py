@@ -14,7 +14,6 @@ from ..methods import REGISTRY, get_method
 from ..mt.states import EncoderStateStore
 from ..tasks import TaskEncoder, TaskSpec, get_task
 from .expected_warnings import without_expected_warnings
-from .loading import load_model
 from .run_data import check_states, load, target_pairs, translation_file
 from .scoring import evaluation, write_evaluation
 from .settings import DEFAULT_TRAIN, TrainConfig
@@ -171,19 +170,24 @@ def run_model(loaded, run_dir: Path, config: dict, model_name: str, task: TaskSp
         stage1_adapter = check_stage1(Path(config["stage1"]), model_name, task)
         network = stage1_model(loaded, stage1_adapter, model_name, config["stage1_mode"], trained)
     if scored_method.reuses is not None:
-        reused_dir = run_dir.parent / config["reuses"]
-        reused_config = json.loads((reused_dir / "config.json").read_text(encoding="utf-8"))
-        reused_loaded = load_model(model_name, task, config["architecture"], config["load_in_4bit"])
-        reused = run_model(reused_loaded, reused_dir, reused_config, model_name, task)
-        max_length = config["train"].get("max_length", DEFAULT_TRAIN.max_length)
-        encoder = TaskEncoder(task, loaded.tokenizer, loaded.architecture, scored_method.view, max_length)
-        return scored_method.combine(network, reused, encoder)
+        reused_dir, train = run_dir.parent / config["reuses"], TrainConfig(**config["train"])
+        return combined_with_reused_run(scored_method, reused_dir, network, loaded, model_name, task, train)
     if not trained:
         return network
     flare = FlareModel.from_pretrained(network, adapter, stage1=config["stage1_mode"])
     if config["stage1"] is None:  # a saved adapter on the bare base: its own modules_to_save must hold the head
         report_untrained(loaded, flare, model_name)
     return scored_method.restore(flare, adapter)
+
+
+def combined_with_reused_run(method, reused_dir: Path, stage1, loaded, model_name: str, task: TaskSpec, train):
+    """A method that reads another finished run (the ensemble): the model it scores, from the stage-1 model and that
+    run's model, rebuilt on a base of its own."""
+    reused_config = json.loads((reused_dir / "config.json").read_text(encoding="utf-8"))
+    reused_loaded = load(model_name, task, reused_config["architecture"], reused_config["load_in_4bit"], train)
+    reused = run_model(reused_loaded, reused_dir, reused_config, model_name, task)
+    encoder = TaskEncoder(task, loaded.tokenizer, loaded.architecture, method.view, train.max_length)
+    return method.combine(stage1, reused, encoder)
 
 
 def _check_evaluation_folder(output: Path) -> None:

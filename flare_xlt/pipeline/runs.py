@@ -3,7 +3,6 @@ target language with one method; each writes one run folder (run_folder.py)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from ..methods import get_method
 from ..mt.states import EncoderStateStore
 from ..tasks import PairedCollator, TaskEncoder, get_task, load_record_file, load_task_splits, pair_views
 from .expected_warnings import without_expected_warnings
-from .finished_runs import run_model
+from .finished_runs import combined_with_reused_run
 from .run_data import (
     check_states,
     check_validation_role,
@@ -169,7 +168,7 @@ def transfer(
     spec.check_language(language)
     transfer_method = get_method(method)
     transfer_method.check_fit(spec.kind, None if architecture == "auto" else architecture)
-    stage1_mode = resolve_stage1_mode(stage1_mode, load_in_4bit)
+    stage1_mode = settings["stage1_mode"] = resolve_stage1_mode(stage1_mode, load_in_4bit)
     if transfer_method.needs_translations and translations is None:
         raise ValueError(f"Method {method!r} needs --translations (the folder written by flare-xlt translate).")
     if transfer_method.needs_mt_states and mt_states is None:
@@ -194,9 +193,8 @@ def transfer(
     view = transfer_method.view
     test_pairs = target_pairs(spec, language, "test", data, translated.get("test"), train.max_eval_samples)
     if transfer_method.reuses is not None:
-        network = _combined_with_reused_run(
-            transfer_method, settings, run_dir.parent / config["reuses"], network, loaded
-        )
+        reused_dir = run_dir.parent / config["reuses"]
+        network = combined_with_reused_run(transfer_method, reused_dir, network, loaded, model, spec, train)
     training = (
         _training(transfer_method, settings, spec, loaded, network, translated, test_pairs) if trains_adapter else None
     )
@@ -217,17 +215,6 @@ def transfer(
         evaluate_run(network, loaded, spec, test_pairs, view, train, run_dir, summary, states)
     link_latest(run_dir, "transfer")
     return run_dir
-
-
-def _combined_with_reused_run(transfer_method, settings: dict, reused_dir: Path, stage1, loaded):
-    """A method that reads another finished run (the ensemble): its model, from the stage-1 model and that run's
-    model, loaded on a base of its own."""
-    model, spec, train = settings["model"], get_task(settings["task"]), settings["train"]
-    reused_loaded = load(model, spec, settings["architecture"], settings["load_in_4bit"], train)
-    reused_config = json.loads((reused_dir / "config.json").read_text(encoding="utf-8"))
-    reused_model = run_model(reused_loaded, reused_dir, reused_config, model, spec)
-    encoder = TaskEncoder(spec, loaded.tokenizer, loaded.architecture, transfer_method.view, train.max_length)
-    return transfer_method.combine(stage1, reused_model, encoder)
 
 
 @dataclass
@@ -259,8 +246,7 @@ def _training(transfer_method, settings: dict, spec, loaded, network, translated
         loaded.head_modules(spec, settings["trainable"]),
         store.d_model if store else None,
     )
-    stage1_mode = resolve_stage1_mode(settings["stage1_mode"], settings["load_in_4bit"])
-    network = transfer_method.wrap(get_flare_model(network, flare_config, stage1=stage1_mode))
+    network = transfer_method.wrap(get_flare_model(network, flare_config, stage1=settings["stage1_mode"]))
     english = load_task_splits(spec, source, ["train"], data)["train"]
     train_pairs = pair_views(spec, load_record_file(spec, translated["train"]), english)[: train.max_train_samples]
     train_keys = check_states(store, state_reader, train_pairs) if store is not None else None
