@@ -238,14 +238,15 @@ def _run_in_processes(recipe: Recipe, runs: list, workers: int, progress: GridPr
     planned = {(step.seed, step.language, step.method) for step, _ in runs if step.kind == "transfer"}
     waiting: dict[tuple, list] = {}  # (seed, language, method) of a run not yet made -> the steps that read it
     made: dict[PlannedStep, Path] = {}
-    made_transfers: set[tuple] = set()  # (seed, language, method)
     stage1_steps = {step.seed: step for step, _ in runs if step.kind == "finetune"}
     pool = _process_pool(workers)
     pending: dict = {}
 
     def submit(step: PlannedStep, done: bool) -> None:
         reused = (step.seed, step.language, get_method(recipe.method_of(step.method)).reuses)
-        if reused in planned and reused not in made_transfers:
+        if reused in planned and not any(
+            (made_step.seed, made_step.language, made_step.method) == reused for made_step in made
+        ):
             waiting.setdefault(reused, []).append((step, done))
             return
         settings = _transfer_settings(recipe, step, made[stage1_steps[step.seed]])
@@ -265,7 +266,6 @@ def _run_in_processes(recipe: Recipe, runs: list, workers: int, progress: GridPr
                     for transfer_step, transfer_done in transfers.get(step.seed, []):
                         submit(transfer_step, transfer_done)
                 else:
-                    made_transfers.add((step.seed, step.language, step.method))
                     for reading_step, reading_done in waiting.pop((step.seed, step.language, step.method), []):
                         submit(reading_step, reading_done)
     except BaseException:
