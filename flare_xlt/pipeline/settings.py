@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields, make_dataclass
 
 from ..adapter.config import CACHE_MODES, FlareConfig
@@ -16,22 +15,17 @@ from ..adapter.config import CACHE_MODES, FlareConfig
 LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
 
 
-def document_fields(*sources: type) -> Callable[[type], type]:
-    """Class decorator: the fields' metadata help (or the help of a same-named field of `sources`) written into the
-    class docstring's Args section, which help() and the command line (jsonargparse reads docstrings) show."""
-
-    def decorate(cls: type) -> type:
-        helps = {
-            item.name: item.metadata["help"] for source in (*sources, cls) for item in fields(source) if item.metadata
-        }
-        arguments = "\n".join(f"    {item.name}: {helps[item.name]}" for item in fields(cls) if item.name in helps)
-        cls.__doc__ = f"{inspect.cleandoc(cls.__doc__)}\n\nArgs:\n{arguments}"
-        return cls
-
-    return decorate
+def document_fields(cls: type) -> type:
+    """Class decorator: the fields' metadata help written into the class docstring's Args section, which help() and
+    the command line (jsonargparse reads docstrings) show."""
+    arguments = "\n".join(
+        f"    {item.name}: {item.metadata['help']}" for item in fields(cls) if "help" in item.metadata
+    )
+    cls.__doc__ = f"{inspect.cleandoc(cls.__doc__)}\n\nArgs:\n{arguments}"
+    return cls
 
 
-@document_fields()
+@document_fields
 @dataclass(frozen=True)
 class TrainConfig:
     """Training settings of a run (--train.*), passed on to the HF Trainer."""
@@ -182,7 +176,7 @@ def _adapter_fields() -> list[tuple[str, type, object]]:
 
 # The new adapter's settings (--adapter.*): FlareConfig's own fields, so a new FLARE setting is one edit (in
 # FlareConfig) and reaches the command line, recipes and run configs; stage 1 reads the LoRA ones.
-AdapterConfig = document_fields()(
+AdapterConfig = document_fields(
     make_dataclass(
         "AdapterConfig",
         _adapter_fields(),
