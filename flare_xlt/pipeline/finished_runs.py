@@ -14,6 +14,7 @@ from ..methods import REGISTRY, get_method
 from ..mt.states import EncoderStateStore
 from ..tasks import TaskEncoder, TaskSpec, get_task
 from .expected_warnings import without_expected_warnings
+from .phases import phase
 from .run_data import check_states, load, target_pairs, translation_file
 from .scoring import evaluation, write_evaluation
 from .settings import DEFAULT_TRAIN, TrainConfig
@@ -188,6 +189,7 @@ def run_model(loaded, run_dir: Path, config: dict, model_name: str, task: TaskSp
     return scored_method.restore(flare, adapter)
 
 
+@phase("load")
 def combined_with_reused_run(method, reused_dir: Path, stage1, loaded, model_name: str, task: TaskSpec, train):
     """A method that reads another finished run (the ensemble): the model it scores, from the stage-1 model and that
     run's model, rebuilt on a base of its own."""

@@ -26,6 +26,7 @@ from .checkpoints import (
     latest_checkpoint,
 )
 from .loading import detect_architecture
+from .phases import phase
 from .pooling import resolve_pooling
 from .settings import TrainConfig, resolve_stage1_mode
 
@@ -149,6 +150,7 @@ def started(run_dir: Path, config: dict) -> Iterator[None]:
         raise
 
 
+@phase("save")
 def save_adapter(model: torch.nn.Module, run_dir: Path) -> None:
     if is_main_process():
         replace_directory_atomically(run_dir / "adapter", model.save_pretrained)

@@ -16,6 +16,7 @@ from ..mt.states import EncoderStateStore
 from ..tasks import PairedCollator, TaskEncoder, get_task, load_record_file, load_task_splits, pair_views
 from .expected_warnings import without_expected_warnings
 from .finished_runs import combined_with_reused_run
+from .phases import phase, recorded_run, write_timings
 from .run_data import (
     check_states,
     check_validation_role,
@@ -33,6 +34,7 @@ from .training import train_adapter
 
 
 @without_expected_warnings
+@recorded_run
 def finetune(
     model: str,
     task: str,
@@ -111,11 +113,13 @@ def finetune(
             "config_hash": run_dir.name.rsplit("-", 1)[1],
         }
         evaluate_run(network, loaded, spec, test_pairs, "target", train, run_dir, summary)
+        write_timings(run_dir)
     link_latest(run_dir, "finetune")
     return run_dir
 
 
 @without_expected_warnings
+@recorded_run
 def transfer(
     model: str,
     task: str,
@@ -218,6 +222,7 @@ def transfer(
             summary = {**(training.callbacks[0].summary() if training.callbacks else {}), **summary}
         states = training.test_states if training is not None else None
         evaluate_run(network, loaded, spec, test_pairs, view, train, run_dir, summary, states)
+        write_timings(run_dir)
     link_latest(run_dir, "transfer")
     return run_dir
 
@@ -234,6 +239,7 @@ class Training:
     test_states: EncoderStateStore | None
 
 
+@phase("build")
 def _training(transfer_method, settings: dict, spec, loaded, network, translated: dict, test_pairs) -> Training:
     """The new adapter on the stage-1 model (merged or kept frozen) and the translated data it trains on."""
     adapter, train, data, mt_states = (settings[name] for name in ("adapter", "train", "data", "mt_states"))

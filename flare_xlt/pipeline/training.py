@@ -26,6 +26,7 @@ from .checkpoints import (
     ResumableTrainer,
     latest_checkpoint,
 )
+from .phases import phase
 from .run_folder import CHECKPOINTS, LOGS, SOURCE_CACHE, is_main_process, write_json
 from .settings import TrainConfig
 
@@ -84,6 +85,7 @@ class BestOnValidation(CheckpointedCallback):
             self.best_weights = {name: weight.to(devices[name]) for name, weight in load_file(best_path).items()}
 
 
+@phase("train")
 def train_adapter(
     model, features: list[dict], config: TrainConfig, run_dir: Path, collator, callbacks=(), resume: bool = True
 ) -> None:
