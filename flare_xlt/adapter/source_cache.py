@@ -31,6 +31,7 @@ from transformers import TrainerCallback
 
 from ..io import TensorShards, save_tensors_atomic
 from .config import CACHE_MODES, KEY_FIELD
+from .source_prepass import bound_source
 from .state import INPUT_STREAM, BoundSource
 
 SHARD_BYTES = 256 * 2**20  # a disk shard is written once this much is pending (and at every epoch end and save)
@@ -297,19 +298,7 @@ def _decimal_size(size: float) -> str:
 
 def _probe(model, feature: dict, autocast: torch.dtype | None) -> BoundSource:
     """The source of one feature, as training will capture it."""
-    device = next(model.parameters()).device
     inputs = {
-        name.removeprefix("source_"): torch.tensor([feature[name]], device=device)
-        for name in feature
-        if name.startswith("source_") and name != KEY_FIELD
+        name: torch.tensor([feature[name]]) for name in feature if name.startswith("source_") and name != KEY_FIELD
     }
-    was_training = model.training
-    model.train()  # the source is bound in training even where fuse_at_inference is off
-    try:
-        with (
-            torch.autocast(device.type, dtype=autocast, enabled=autocast is not None),
-            model.source(inputs.pop("input_ids"), inputs.pop("attention_mask", None), **inputs),
-        ):
-            return model.flare_state.source
-    finally:
-        model.train(was_training)
+    return bound_source(model, inputs, autocast)
