@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ENCODER_SIZES, batch_for, build, randomize_lora
+from conftest import ADAPTER_SETTINGS, DECODERS, ENCODER_SIZES, ENCODERS, batch_for, build, randomize_lora
 from transformers import TrainerCallback, XLMRobertaConfig, XLMRobertaForSequenceClassification
 
 from flare_xlt import FlareConfig, get_flare_model
@@ -108,6 +108,8 @@ def train(
     return recorder
 
 
+# Source passes before training: the size probe, and the padding check's two (a half source alone, and padded).
+OPENING = [0] * 3
 # The pre-pass's batches at 8 padded tokens, source lengths 8, 7, 6, 5 and 3 + 2: other company and other padding
 # than any training batch's.
 PREPASS_TOKENS, PREPASS_BATCHES = 8, 5
@@ -132,11 +134,11 @@ def test_cache_in_memory_and_on_disk_trains_like_no_cache(tmp_path):
     assert len(reference.losses) == 3 * STEPS_PER_EPOCH
     assert reference.source_passes == list(range(3 * STEPS_PER_EPOCH))  # one per step without the cache
     for mode in ("memory", "disk"):
-        # The size probe, then the pre-pass's batches before the first step and none in training.
-        assert runs[f"{mode}-prepass"].source_passes == [0] * (1 + PREPASS_BATCHES)
+        # The cache's opening passes, then the pre-pass's batches before the first step and none in training.
+        assert runs[f"{mode}-prepass"].source_passes == OPENING + [0] * PREPASS_BATCHES
         assert_trains_alike(runs[f"{mode}-prepass"], reference)
         run = runs[mode]
-        assert run.source_passes == [0, *range(STEPS_PER_EPOCH)]  # the size probe, then the first epoch only
+        assert run.source_passes == [*OPENING, *range(STEPS_PER_EPOCH)]  # opening, then the first epoch only
         assert_trains_alike(run, reference)  # later epochs read rows computed in another batch
     assert not (tmp_path / "disk" / "run" / SOURCE_CACHE).exists()  # removed once training is over
 
@@ -146,11 +148,11 @@ def test_cache_in_memory_and_on_disk_trains_like_no_cache(tmp_path):
     [
         # Checkpoints every step: killed in the first epoch, resumed from step 2; the rows of steps 1-2 were written
         # with their checkpoints, so only step 3 (the rest of the first epoch) runs the source pass.
-        (1, 2, 3 * STEPS_PER_EPOCH - 2, [0, 0], False),
+        (1, 2, 3 * STEPS_PER_EPOCH - 2, [*OPENING, 0], False),
         # No checkpoints: killed in the second epoch, the run starts again and finds the first epoch's rows.
-        (0, STEPS_PER_EPOCH + 1, 3 * STEPS_PER_EPOCH, [0], False),
-        # The pre-pass wrote every row before the first step: the resumed run runs only the size probe.
-        (1, 2, 3 * STEPS_PER_EPOCH - 2, [0], True),
+        (0, STEPS_PER_EPOCH + 1, 3 * STEPS_PER_EPOCH, OPENING, False),
+        # The pre-pass wrote every row before the first step: the resumed run runs only the opening passes.
+        (1, 2, 3 * STEPS_PER_EPOCH - 2, OPENING, True),
     ],
     ids=["resumed-from-a-checkpoint", "started-again", "after-the-prepass"],
 )
@@ -160,7 +162,7 @@ def test_a_killed_run_reads_the_disk_cache_again(tmp_path, save_steps, killed_at
     assert list((tmp_path / "run" / SOURCE_CACHE).glob("rank0-*.safetensors"))
     again = train(tmp_path, "disk", save_steps=save_steps, source_prepass=prepass)
     assert len(again.losses) == steps_left
-    assert again.source_passes == source_passes  # the size probe, then what was not written before the kill
+    assert again.source_passes == source_passes  # the opening passes, then what was not written before the kill
 
 
 def test_a_killed_prepass_computes_only_the_sources_it_had_not_flushed(tmp_path, monkeypatch):
@@ -191,8 +193,44 @@ def test_a_killed_prepass_computes_only_the_sources_it_had_not_flushed(tmp_path,
     after = [key for keys in batches for key in keys]
     everything = {source_key(row) for row in features()}
     assert len(after) == len(set(after)) == len(everything) - len(before) and set(after) == everything - set(before)
-    assert again.source_passes == [0] * (1 + len(batches))  # the size probe, the pre-pass, nothing in training
+    assert again.source_passes == OPENING + [0] * len(batches)  # opening, the pre-pass, nothing in training
     assert len(again.losses) == 3 * STEPS_PER_EPOCH
+
+
+def padding_case(kind: str, padding_side: str):
+    torch.manual_seed(0)
+    flare = get_flare_model(build(kind), FlareConfig(source_dropout=False, **ADAPTER_SETTINGS.get(kind, {})))
+    return flare, features(), PairedCollator(pad_token_id=0, padding_side=padding_side)
+
+
+@pytest.mark.parametrize(
+    ("kind", "padding_side"),
+    [(kind, "left") for kind in DECODERS if kind != "xglm"] + [(kind, "right") for kind in (*ENCODERS, "mt5", "xglm")],
+)
+def test_padding_does_not_change_the_rows_the_cache_keeps(kind, padding_side):
+    """Every source alone in its batch, or all six padded to the longest on the model's padding side: the same rows,
+    up to float32 rounding, so rows kept from one batch serve every other."""
+    flare, rows, collate = padding_case(kind, padding_side)
+    batch = collate([{name: value for name, value in row.items() if name.startswith("source_")} for row in rows])
+    masks = flare._source_masks(batch["source_input_ids"], batch["source_attention_mask"])
+    sources = []
+    for max_tokens in (1, 10**6):  # one source per batch; all in one batch
+        open_source_cache(flare, rows, "memory", 1.0, announce=False, collate=collate)  # its padding check passes
+        assert source_prepass.fill_source_cache(flare, rows, collate, max_tokens, progress=False) == len(rows)
+        sources.append(flare.source_cache.bound([row[KEY_FIELD] for row in rows], masks))
+    alone, together = sources
+    assert alone.inputs.keys() == together.inputs.keys() == flare.fused_modules.keys()
+    for name in alone.inputs:
+        torch.testing.assert_close(alone.inputs[name], together.inputs[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_model_whose_states_move_with_left_padding_is_refused_a_cache():
+    """XGLM counts its sinusoidal positions from the first token of the row, pads included: padded on the left, a
+    source's states depend on its batch, so no cached row can stand for another batch's."""
+    flare, rows, collate = padding_case("xglm", "left")
+    with pytest.raises(ValueError, match=r"change with the padding of their batch .*Pad on the right"):
+        open_source_cache(flare, rows, "memory", 1.0, announce=False, collate=collate)
+    assert flare.source_cache is None
 
 
 def test_prepass_trains_like_no_cache_on_a_left_padded_decoder(tmp_path):
@@ -208,7 +246,7 @@ def test_prepass_trains_like_no_cache_on_a_left_padded_decoder(tmp_path):
     rows = [{**row, "labels": row["input_ids"]} for row in features()]
     reference = train(tmp_path / "off", "off", flare=flare(), rows=rows, padding_side="left")
     run = train(tmp_path / "memory", "memory", flare=flare(), rows=rows, padding_side="left", source_prepass_tokens=8)
-    assert run.source_passes == [0] * (1 + PREPASS_BATCHES)
+    assert run.source_passes == OPENING + [0] * PREPASS_BATCHES
     assert_trains_alike(run, reference)
 
 

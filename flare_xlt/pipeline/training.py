@@ -120,7 +120,7 @@ def train_adapter(
         use_cpu=not torch.cuda.is_available(),
     )
     schedule = [CheckpointSchedule(config.save_steps)] if config.save_steps > 0 else []
-    cache = _source_cache(model, features, config, run_dir, arguments)
+    cache = _source_cache(model, features, config, run_dir, arguments, collator)
     if cache is not None:
         schedule.append(FlushSourceCache(cache))
         if config.source_prepass:
@@ -153,7 +153,7 @@ def train_adapter(
 
 
 def _source_cache(
-    model, features: list[dict], config: TrainConfig, run_dir: Path, arguments: TrainingArguments
+    model, features: list[dict], config: TrainConfig, run_dir: Path, arguments: TrainingArguments, collator
 ) -> SourceCache | None:
     """The source cache `config` asks for, attached to a FLARE model; None when off or when the method runs no
     source pass (LoRA, input-level fusion, FLARE-MT, X-Mixup: said once, as a recipe sets it for every method)."""
@@ -173,6 +173,7 @@ def _source_cache(
         world_size=arguments.world_size,
         autocast=torch.bfloat16 if config.bf16 else None,
         announce=is_main_process(),
+        collate=collator,
     )
 
 
