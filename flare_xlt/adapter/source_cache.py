@@ -1,4 +1,5 @@
-"""The training source cache: each example's captured source tensors, computed in its first epoch and read after.
+"""The training source cache: each example's captured source tensors, computed once (by the pre-pass before training,
+source_prepass.py, or in the example's first epoch) and read by every later step.
 
 The source pass runs a frozen network (the FLARE adapter off) on the English input. With a deterministic pass
 (FlareConfig.source_dropout=False) it gives the same tensors for an example in every epoch, so later epochs can
