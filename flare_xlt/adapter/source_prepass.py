@@ -71,9 +71,12 @@ def bound_source(model, source_batch: dict[str, torch.Tensor], autocast: torch.d
             torch.autocast(device.type, dtype=autocast, enabled=autocast is not None),
             model.source(inputs.pop("input_ids"), inputs.pop("attention_mask", None), **inputs),
         ):
-            return model.flare_state.source
+            source = model.flare_state.source
     finally:
         model.train(was_training)
+    if model.flare_state.open_bindings == 0:
+        model.flare_state.source = None  # a binding keeps its source for a checkpointed backward; this one has none
+    return source
 
 
 def fill_source_cache(
