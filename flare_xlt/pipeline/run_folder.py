@@ -183,6 +183,8 @@ NOT_RESULT_SETTINGS = (
     "dataloader_num_workers",
     "source_cache",  # the same source tensors, computed once (up to the rounding of another batch's shapes)
     "source_cache_max_gb",
+    "source_prepass",  # the same rows as the first epoch would compute, only sooner and in other batches
+    "source_prepass_tokens",
 )
 
 
