@@ -20,10 +20,12 @@ def predict(
     max_length: int,
     batch_size: int = 32,
     source_embeds=None,
+    progress: bool = True,
 ) -> tuple[list, list[str]]:
     """(predictions, raw outputs). Classification: class ids, or None for a generation that names no class.
     QA: answer strings. `source_embeds(keys)` gives FLARE-MT states for a batch of features, by the keys of
-    TaskEncoder.state_texts (one per QA window)."""
+    TaskEncoder.state_texts (one per QA window). `progress`: a bar on a terminal (False: none, for a caller that
+    shows its own)."""
     model.eval()
     encoder = TaskEncoder(task, tokenizer, architecture, view=view, max_length=max_length, for_generation=True)
     features, _, windows = encoder.encode(pairs)
@@ -31,7 +33,12 @@ def predict(
     collate = PairedCollator.for_tokenizer(tokenizer)
     device = next(model.parameters()).device
     outputs, start_logits, end_logits = [], [], []
-    bar = tqdm(range(0, len(features), batch_size), desc=f"evaluate {task.name}", unit="batch", disable=None)
+    bar = tqdm(
+        range(0, len(features), batch_size),
+        desc=f"evaluate {task.name}",
+        unit="batch",
+        disable=None if progress else True,
+    )
     for start in bar:
         chunk = features[start : start + batch_size]
         batch = {key: value.to(device) for key, value in collate(chunk).items() if key not in _LABEL_KEYS}
