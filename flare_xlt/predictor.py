@@ -59,24 +59,25 @@ class PredictionCounts:
         parts = [f"{self.inputs} inputs"]
         if reads_translation:
             parts.append(f"translations: {self.cached} cached, {self.translated} new")
-        parts.append(f"{self.truncated} texts cut to max_length={max_length} tokens")
+        parts.append(f"{self.truncated} cut to max_length={max_length} tokens")
         if self.empty_lines:
             shown = ", ".join(str(line) for line in self.empty_lines[:SHOWN_LINES])
             more = ", ..." if len(self.empty_lines) > SHOWN_LINES else ""
-            parts.append(f"{len(self.empty_lines)} empty lines skipped (line {shown}{more})")
+            parts.append(f"empty lines skipped: {len(self.empty_lines)} (line {shown}{more})")
         return "predict: " + "; ".join(parts)
 
 
-class ProbabilityRecorder:
-    """Passes the pipeline's `predict` calls through to a classifier and keeps each scored row's class
-    probabilities (the softmax of its logits), by the tokens the row read: found again whatever order and batches
-    `predict` scores the features in. It holds no weights of its own."""
+class OutputRecorder:
+    """Passes the pipeline's `predict` calls through to an encoder and keeps what each scored row gave, by the tokens
+    the row read: found again whatever order and batches `predict` scores the features in. A classifier's rows keep
+    their class probabilities (the softmax of the logits), an extractive QA model's the start and end logits of their
+    tokens. It holds no weights of its own."""
 
     def __init__(self, model) -> None:
         self.model = model
-        self.probabilities: dict[tuple, list[float]] = {}
+        self.outputs: dict[tuple, Any] = {}
 
-    def eval(self) -> ProbabilityRecorder:
+    def eval(self) -> OutputRecorder:
         self.model.eval()
         return self
 
@@ -85,13 +86,18 @@ class ProbabilityRecorder:
 
     def __call__(self, **batch):
         output = self.model(**batch)
-        probabilities = output.logits.float().softmax(-1).cpu().tolist()  # (B, C)
-        for row, row_probabilities in enumerate(probabilities):
-            self.probabilities[_batch_row_key(batch, row)] = row_probabilities
+        start_logits = getattr(output, "start_logits", None)
+        for row in range(batch["input_ids"].shape[0]):
+            if start_logits is None:
+                kept = output.logits[row].float().softmax(-1).tolist()  # (C,)
+            else:
+                real = batch["attention_mask"][row].bool()
+                kept = (start_logits[row][real].float().tolist(), output.end_logits[row][real].float().tolist())
+            self.outputs[_batch_row_key(batch, row)] = kept
         return output
 
-    def of(self, feature: dict) -> list[float]:
-        return self.probabilities[_feature_key(feature)]
+    def of(self, feature: dict) -> Any:
+        return self.outputs[_feature_key(feature)]
 
 
 def _batch_row_key(batch: dict, row: int) -> tuple:
@@ -266,11 +272,11 @@ class FlarePredictor:
             self.train.max_length,
             for_generation=True,
         )
-        features, report, _ = encoder.encode(pairs)
+        features, report, windows = encoder.encode(pairs)
         self.counts.inputs += len(records)
         self.counts.truncated += report.truncated
-        scores_classes = self.task.kind == "classification" and self.loaded.architecture == "encoder"
-        model = ProbabilityRecorder(self.model) if scores_classes else self.model
+        encoder_model = self.loaded.architecture == "encoder"
+        model = OutputRecorder(self.model) if encoder_model else self.model
         predictions, outputs = predict(
             model,
             self.loaded.tokenizer,
@@ -282,20 +288,35 @@ class FlarePredictor:
             self.batch_size,
             progress=False,
         )
+        spans = self._answer_spans(model, pairs, features, windows) if windows is not None else None
         rows = []
         for index, (pair, prediction, output) in enumerate(zip(pairs, predictions, outputs, strict=True)):
             row: dict[str, Any] = {"id": pair["id"]}
             if self.task.kind == "classification":
                 row["label"] = self.task.label_names[prediction] if prediction is not None else None
-                if scores_classes:
+                if encoder_model:
                     row["probabilities"] = dict(zip(self.task.label_names, model.of(features[index]), strict=True))
             else:
                 row["answer"] = prediction
+                if spans is not None:  # the answer's characters [start, end) in the context, start + end logit
+                    span = spans[index]
+                    row["span"] = [span.start, span.end] if span is not None else None
+                    row["score"] = span.score if span is not None else None
             row.update(prediction=prediction, output=output)
             if self.reads_translation:
                 row["translation"] = {name: pair[f"source_{name}"] for name in self.task.text_fields}
             rows.append(row)
         return rows
+
+    @staticmethod
+    def _answer_spans(recorder: OutputRecorder, pairs: list[dict], features: list[dict], windows) -> list:
+        """Encoder QA: each example's best span over its windows, from the logits `predict` computed, as `predict`
+        picks its answer."""
+        from .qa import best_answer_spans
+
+        logits = [recorder.of(feature) for feature in features]
+        contexts = [pair["context"] for pair in pairs]
+        return best_answer_spans(contexts, windows, [row[0] for row in logits], [row[1] for row in logits])
 
     def _pairs(self, records: list[dict]) -> list[dict]:
         """The records as the pipeline's pairs: the target fields, and as source_<field> their English translation

@@ -11,14 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import NUSAX_DATA
+from conftest import FIXTURES, NUSAX_DATA
 from test_pipeline import QUICK
 
 from flare_xlt import cli
 from flare_xlt.mt.backends import TranslationInputWarning
 from flare_xlt.pipeline import finetune, transfer
 from flare_xlt.predictor import FlarePredictor, translator_from_options
-from flare_xlt.tasks import NUSAX, load_original_view
+from flare_xlt.tasks import NUSAX, TYDIQA, load_original_view
 
 STUB = Path(__file__).parent / "mt_command_stub.py"
 UPPER = f"{sys.executable} {STUB} upper"
@@ -150,9 +150,9 @@ def test_line_break_empty_line_and_long_line_behave_as_documented(runs, capsys, 
     rows = [json.loads(line) for line in out.splitlines()]
     assert [row["id"] for row in rows] == [1, 4]
     summary = err.splitlines()[-1]
-    assert "2 empty lines skipped (line 2, 3)" in summary
+    assert "empty lines skipped: 2 (line 2, 3)" in summary
     # the long line is cut as evaluate cuts it (its prompt and its translation's), and counted
-    assert "predict: 2 inputs;" in summary and "2 texts cut to max_length=48 tokens" in summary
+    assert "predict: 2 inputs;" in summary and "2 cut to max_length=48 tokens" in summary
     assert rows[1]["output"] == predictor(["satu", long_text])[1]["output"]
     # jsonl: a line break inside a field stays in the text the model reads; the line-based MT command reads it
     # joined by a space (counted by the translator), so the translation is of the joined text.
@@ -237,3 +237,24 @@ def test_from_pretrained_loads_a_saved_adapter_on_its_base(runs, workspace, tmp_
     assert predictor(texts) == FlarePredictor.from_run(run_dir)(texts)
     with pytest.raises(ValueError, match="records no language"):
         FlarePredictor.from_pretrained(saved, base=str(workspace / "encoder"), task="nusax", stage1=stage1)
+
+
+def test_extractive_qa_gives_the_answer_its_span_and_score(workspace, tmp_path, capsys, one_thread):
+    """TyDiQA on the encoder: the rows equal the run's predictions.jsonl, and each span is where the answer stands in
+    its context."""
+    data = str(FIXTURES / "tydiqa")
+    stage1 = finetune(str(workspace / "encoder"), "tydiqa", output=tmp_path, data=data, train=QUICK)
+    run_dir = transfer(str(workspace / "encoder"), "tydiqa", "sw", "zero-shot", stage1, output=tmp_path, data=data)
+    records = load_original_view(TYDIQA, "sw", "validation", data)  # TyDiQA-GoldP tests on its validation split
+    inputs = tmp_path / "questions.jsonl"
+    inputs.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    capsys.readouterr()  # what the two runs printed
+    code, out, err = run_cli(["predict", "--run", str(run_dir), "--input", str(inputs)], capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    mine = [json.dumps({key: row[key] for key in ("id", "prediction", "output")}, ensure_ascii=False) for row in rows]
+    assert mine == saved_predictions(run_dir)
+    for row, record in zip(rows, records, strict=True):
+        start, end = row["span"]
+        assert row["answer"] == row["prediction"] == record["context"][start:end] and row["answer"]
+        assert isinstance(row["score"], float)
