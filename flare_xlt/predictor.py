@@ -37,6 +37,8 @@ NUMERIC_MT_OPTIONS = {
     "command_timeout": float,
 }
 SHOWN_LINES = 5
+# NLLB tokens of FLARE-MT's encoder states per input: the default of flare-xlt mt-states, which a store does not record.
+STATE_MAX_LENGTH = 256
 
 
 def default_cache() -> Path:
@@ -141,9 +143,11 @@ class FlarePredictor:
         self.language, self.train, self.translator = language, train, translator
         self.view = method.view if method is not None else "target"
         self.reads_translation = method is not None and method.reads_test_translation
+        self.reads_states = method is not None and method.needs_mt_states
         if self.reads_translation and translator is None:
             raise ValueError(f"A {method.name} model reads the English translation of each input: give a translator.")
-        check_predictable(method)
+        if self.reads_states and translator is None:
+            raise ValueError(f"A {method.name} model reads NLLB encoder states of each input: give a translator.")
         self.batch_size = train.eval_batch_size or train.batch_size
         self.counts = PredictionCounts()
 
@@ -188,9 +192,10 @@ class FlarePredictor:
             )
         language = language or config.get("language") or spec.source_language
         spec.check_language(language)
-        check_predictable(method)  # before the model loads
         if reads_translation and translator is None:  # MT settings are checked before the model loads
             translator = run_translator(config, spec, language, mt, cache, progress)
+        if method is not None and method.needs_mt_states and translator is None:
+            translator = state_encoder(config, mt, progress)
         train = scoring_settings(config, max_length, batch_size=batch_size)
         model_name = model or config["model"]
         loaded = load(model_name, spec, config["architecture"], config["load_in_4bit"], train)
@@ -286,12 +291,13 @@ class FlarePredictor:
             self.view,
             self.train.max_length,
             self.batch_size,
+            source_embeds=self._encoder_states(encoder, pairs) if self.reads_states else None,
             progress=False,
         )
         spans = self._answer_spans(model, pairs, features, windows) if windows is not None else None
         rows = []
         for index, (pair, prediction, output) in enumerate(zip(pairs, predictions, outputs, strict=True)):
-            row: dict[str, Any] = {"id": pair["id"]}
+            row: dict[str, Any] = {"id": records[index]["id"]}
             if self.task.kind == "classification":
                 row["label"] = self.task.label_names[prediction] if prediction is not None else None
                 if encoder_model:
@@ -318,6 +324,27 @@ class FlarePredictor:
         contexts = [pair["context"] for pair in pairs]
         return best_answer_spans(contexts, windows, [row[0] for row in logits], [row[1] for row in logits])
 
+    def _encoder_states(self, encoder, pairs: list[dict]):
+        """FLARE-MT: `source_embeds(keys)` over the NLLB encoder states of the text each feature reads, computed as
+        `flare-xlt mt-states` computes them and kept in float16 as its store keeps them."""
+        import torch
+
+        from .mt.languages import nllb_code
+        from .mt.states import encoder_states, padded_states
+
+        keyed = encoder.state_texts(pairs)
+        states = encoder_states(
+            self.translator.model,
+            self.translator.tokenizer,
+            [text for _, text in keyed],
+            nllb_code(self.language),
+            STATE_MAX_LENGTH,
+            self.batch_size,
+        )
+        by_key = {key: state.to(torch.float16) for (key, _), state in zip(keyed, states, strict=True)}
+        width = self.translator.model.config.d_model
+        return lambda keys: padded_states([by_key[key] for key in keys], width)
+
     def _pairs(self, records: list[dict]) -> list[dict]:
         """The records as the pipeline's pairs: the target fields, and as source_<field> their English translation
         (or the text itself where the method reads none). The label is a placeholder that `predict` drops."""
@@ -330,23 +357,27 @@ class FlarePredictor:
             self.counts.translated += report.translated
         sources = iter(english)
         pairs = []
-        for record in records:
-            pair = {"id": record["id"], "language": self.language, **{name: record[name] for name in fields}}
+        for position, record in enumerate(records):
+            # Ids by position: unique within the batch, as FLARE-MT's state keys must be (an input's own id may not).
+            pair = {"id": str(position), "language": self.language, **{name: record[name] for name in fields}}
             pair.update({f"source_{name}": next(sources) for name in fields})
             pair.update(label=0, answers=None, source_answers=None)
             pairs.append(pair)
         return pairs
 
 
-def check_predictable(method: Method | None) -> None:
-    if method is not None and method.needs_mt_states:
-        raise ValueError(
-            f"{method.name} reads NLLB encoder states of each input, which predict does not compute; score a state "
-            "store with flare-xlt evaluate --mt_states instead."
-        )
-
-
 # ---------------------------------------------------------------------- the run's MT
+def state_encoder(config: dict, mt: dict | None, progress: bool) -> Translator:
+    """FLARE-MT: the NLLB model whose encoder states the run read (recorded in its test state store), or `mt`'s."""
+    from .mt.states import EncoderStateStore
+
+    if mt is None:
+        if config.get("mt_states") is None:
+            raise ValueError("This flare-mt model records no state store: give the NLLB model, --mt.model NAME.")
+        mt = {"model": EncoderStateStore(Path(config["mt_states"]) / "test").metadata["model"]}
+    return translator_from_options({"backend": "transformers", **mt}, None, progress)
+
+
 def run_translator(
     config: dict, task: TaskSpec, language: str, mt: dict | None, cache: str | Path | None, progress: bool
 ) -> Translator:
@@ -515,7 +546,8 @@ def predict(
     """Predict on new target-language text with a finished run's model (or a saved FLARE adapter): JSON lines.
 
     Each input is translated into English where the run's method reads a translation (translate-test, input-fusion,
-    x-mixup, ensemble, flare), through the translation cache, and scored as evaluate scores a test example. Rows
+    x-mixup, ensemble, flare), through the translation cache, or encoded by NLLB for flare-mt, and scored as evaluate
+    scores a test example. Rows
     are written a batch at a time: `cat new.txt | flare-xlt predict --run runs/latest-transfer > out.jsonl` streams.
     The last line on stderr counts the inputs, the translations taken from the cache and made anew, the texts cut
     to max_length and the empty lines skipped.
@@ -533,6 +565,7 @@ def predict(
         mt: The MT that translates the inputs, as `flare-xlt translate` takes it: --mt.backend command --mt.command
             'apertium spa-eng', or --mt.backend transformers --mt.model NAME (and --mt.num_beams, ...). Default: the
             MT that translated the run's test set, as recorded in the report flare-xlt translate wrote beside it.
+            For flare-mt: --mt.model names the NLLB model of the encoder states (default: the run's).
         cache: The SQLite translation cache, read and extended; default: the cache that MT wrote (for a saved
             adapter: ~/.cache/flare-xlt/predict_translation_cache.sqlite).
         batch_size: Inputs per batch, read, translated, scored and written together; default: the run's.

@@ -45,10 +45,10 @@ def runs(workspace, tmp_path_factory):
     for kind in ("encoder", "decoder"):
         stage1 = finetune(str(workspace / kind), "nusax", output=root / kind, data=NUSAX_DATA, train=QUICK)
         made[kind] = stage1
-        for method in ("flare", "lora", "translate-test", "ensemble", "input-fusion", "zero-shot"):
+        for method in ("flare", "lora", "translate-test", "ensemble", "input-fusion", "zero-shot", "flare-mt"):
             made[(kind, method)] = transfer(
                 str(workspace / kind), "nusax", "id", method, stage1, translations, output=root / kind,
-                data=NUSAX_DATA, train=QUICK,
+                data=NUSAX_DATA, train=QUICK, mt_states=workspace / "states" / kind,
             )  # fmt: skip
     test = load_original_view(NUSAX, "id", "test", NUSAX_DATA)
     (root / "test.jsonl").write_text("".join(json.dumps(record) + "\n" for record in test), encoding="utf-8")
@@ -81,7 +81,9 @@ def saved_predictions(run_dir: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("kind", ["encoder", "decoder"])
-@pytest.mark.parametrize("method", ["flare", "lora", "translate-test", "ensemble", "input-fusion", "zero-shot"])
+@pytest.mark.parametrize(
+    "method", ["flare", "lora", "translate-test", "ensemble", "input-fusion", "zero-shot", "flare-mt"]
+)
 def test_predictions_equal_the_runs_own_on_its_test_set(runs, kind, method, capsys, one_thread):
     run_dir = runs[(kind, method)]
     code, out, err = run_cli(["predict", "--run", str(run_dir), "--input", str(runs["root"] / "test.jsonl")], capsys)
@@ -98,7 +100,7 @@ def test_predictions_equal_the_runs_own_on_its_test_set(runs, kind, method, caps
             assert max(probabilities, key=probabilities.get) == row["label"]
         else:
             assert "probabilities" not in row
-    reads_translation = method not in ("lora", "zero-shot")
+    reads_translation = method not in ("lora", "zero-shot", "flare-mt")
     # Each method reads its own inputs: the translation only where it reads one, and then the stub's upper-casing.
     assert [("translation" in row) for row in rows] == [reads_translation] * 3
     if reads_translation:
