@@ -13,11 +13,10 @@ signature and help without them.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -478,13 +477,9 @@ def read_inputs(stream: TextIO, fmt: str, task: TaskSpec, name: str, counts: Pre
                 continue
             yield {"id": line, fields[0]: text}
         return
-    rows: Iterable[tuple[int, Any]]
-    if fmt == "jsonl":
-        rows = ((line, _json_row(text, name, line)) for line, text in enumerate(stream, start=1) if text.strip())
-    else:
-        reader = csv.DictReader(stream, delimiter="\t" if fmt == "tsv" else ",", strict=True)
-        rows = ((reader.line_num, row) for row in reader)
-    for line, row in rows:
+    from .tasks import read_stream_rows
+
+    for line, row in read_stream_rows(stream, fmt, name):
         missing = [field_name for field_name in fields if not isinstance(row.get(field_name), str)]
         if missing:
             raise ValueError(
@@ -492,16 +487,6 @@ def read_inputs(stream: TextIO, fmt: str, task: TaskSpec, name: str, counts: Pre
                 f"{', '.join(fields)} (and an optional id); present: {', '.join(sorted(row))}."
             )
         yield {"id": row.get("id", line), **{field_name: row[field_name] for field_name in fields}}
-
-
-def _json_row(text: str, name: str, line: int) -> dict:
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{name} line {line}: malformed JSON ({error.msg}).") from None
-    if not isinstance(row, dict):
-        raise ValueError(f"{name} line {line}: expected a JSON object, got {type(row).__name__}.")
-    return row
 
 
 def _chunks(records: Iterator[dict], size: int) -> Iterator[list[dict]]:
