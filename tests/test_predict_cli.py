@@ -270,6 +270,7 @@ def test_rows_stream_out_before_the_input_ends(runs):
     import subprocess
 
     environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    environment.pop("PYTHONUNBUFFERED", None)  # stdout into a pipe is block-buffered: predict must flush itself
     command = [sys.executable, "-m", "flare_xlt.cli", "predict", "--run", str(runs[("encoder", "flare")])]
     process = subprocess.Popen(
         [*command, "--batch_size", "1"],
@@ -294,3 +295,25 @@ def test_rows_stream_out_before_the_input_ends(runs):
         assert [json.loads(line)["id"] for line in rest.splitlines()] == [2]
     finally:
         process.kill()
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+def test_flare_mt_reads_the_states_mt_states_stores(runs, workspace, kind):
+    """The NLLB encoder states a flare-mt predictor computes for the test texts are those `flare-xlt mt-states` wrote
+    for the run's test set (the store the run was scored with)."""
+    import torch
+
+    from flare_xlt.mt.states import EncoderStateStore
+    from flare_xlt.tasks import TaskEncoder
+
+    predictor = FlarePredictor.from_run(runs[(kind, "flare-mt")])
+    records = [predictor.record({"text": record["text"]}, position) for position, record in enumerate(runs["test"])]
+    pairs = predictor._pairs(records)
+    loaded = predictor.loaded
+    encoder = TaskEncoder(NUSAX, loaded.tokenizer, loaded.architecture, "target", 48, for_generation=True)
+    embeds, mask = predictor._encoder_states(encoder, pairs)([key for key, _ in encoder.state_texts(pairs)])
+    stored, stored_mask = EncoderStateStore(workspace / "states" / kind / "test").batch(
+        [record["id"] for record in runs["test"]]
+    )
+    assert torch.equal(mask, stored_mask)
+    torch.testing.assert_close(embeds, stored, rtol=1e-2, atol=2e-3)  # float16 either way, batched differently
