@@ -317,3 +317,28 @@ def test_flare_mt_reads_the_states_mt_states_stores(runs, workspace, kind):
     )
     assert torch.equal(mask, stored_mask)
     torch.testing.assert_close(embeds, stored, rtol=1e-2, atol=2e-3)  # float16 either way, batched differently
+
+
+def test_text_pairs_come_from_the_tasks_fields():
+    """A two-field task (XNLI's premise and hypothesis) reads jsonl and csv fields by name, never a txt line."""
+    from flare_xlt.predictor import PredictionCounts, read_inputs
+    from flare_xlt.tasks import XNLI
+
+    counts = PredictionCounts()
+    table = 'premise,hypothesis,note\n"El gato, duerme.",Un animal descansa.,x\n"Dos\nlíneas",Otra.,y\n'
+    assert list(read_inputs(io.StringIO(table, newline=""), "csv", XNLI, "pairs.csv", counts)) == [
+        {"id": 2, "premise": "El gato, duerme.", "hypothesis": "Un animal descansa."},
+        {"id": 4, "premise": "Dos\nlíneas", "hypothesis": "Otra."},  # a quoted line break stays; the row ends on line 4
+    ]
+    lines = '{"id": "a", "premise": "P", "hypothesis": "H"}\n\n{"premise": "P2", "hypothesis": "H2"}\n'
+    assert list(read_inputs(io.StringIO(lines), "jsonl", XNLI, "pairs.jsonl", counts)) == [
+        {"id": "a", "premise": "P", "hypothesis": "H"},
+        {"id": 3, "premise": "P2", "hypothesis": "H2"},
+    ]
+    with pytest.raises(ValueError, match=r"pairs.jsonl line 1: hypothesis missing or not text; xnli reads the fields"):
+        list(read_inputs(io.StringIO('{"premise": "P"}\n'), "jsonl", XNLI, "pairs.jsonl", counts))
+    with pytest.raises(ValueError, match=r"pairs.csv line 2: 1 columns, expected 2 \(premise, hypothesis\)"):
+        list(read_inputs(io.StringIO("premise,hypothesis\nP\n"), "csv", XNLI, "pairs.csv", counts))
+    with pytest.raises(ValueError, match="a txt input holds one text per line, but xnli reads 2 texts per example"):
+        list(read_inputs(io.StringIO("P\n"), "txt", XNLI, "stdin", counts))
+    assert counts.empty_lines == []  # blank jsonl lines are skipped without a count: only txt lines are inputs
