@@ -262,39 +262,47 @@ def test_extractive_qa_gives_the_answer_its_span_and_score(workspace, tmp_path, 
         assert isinstance(row["score"], float)
 
 
-def test_rows_stream_out_before_the_input_ends(runs):
-    """`cat new.txt | flare-xlt predict --run ...` streams: the row of the first batch is on stdout while stdin is
-    still open."""
+def test_rows_stream_out_before_the_input_ends(runs, monkeypatch):
+    """`cat new.txt | flare-xlt predict --run ...` streams: the row of the first batch is in the output pipe while
+    stdin is still open. Both ends are OS pipes with the block buffering a pipe gets, so the row arrives only if
+    predict flushes it."""
     import os
     import selectors
-    import subprocess
+    import threading
 
-    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    environment.pop("PYTHONUNBUFFERED", None)  # stdout into a pipe is block-buffered: predict must flush itself
-    command = [sys.executable, "-m", "flare_xlt.cli", "predict", "--run", str(runs[("encoder", "flare")])]
-    process = subprocess.Popen(
-        [*command, "--batch_size", "1"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=environment,
-    )
-    try:
-        process.stdin.write("baik sekali\n")
-        process.stdin.flush()
+    from flare_xlt.predictor import predict
+
+    input_read, input_write = os.pipe()
+    output_read, output_write = os.pipe()
+    monkeypatch.setattr(sys, "stdin", open(input_read, encoding="utf-8"))
+    monkeypatch.setattr(sys, "stdout", open(output_write, "w", encoding="utf-8"))
+    errors = []
+
+    def command():
+        try:
+            predict(runs[("encoder", "flare")], batch_size=1)
+        except BaseException as error:  # reported by the test, in its own thread
+            errors.append(error)
+        finally:
+            sys.stdout.close()
+
+    thread = threading.Thread(target=command)
+    thread.start()
+    with open(input_write, "w", encoding="utf-8") as feed, open(output_read, encoding="utf-8") as rows:
+        feed.write("baik sekali\n")
+        feed.flush()
         selector = selectors.DefaultSelector()
-        selector.register(process.stdout, selectors.EVENT_READ)
-        assert selector.select(timeout=120), "no row within 120 s of the first line"
-        first = json.loads(process.stdout.readline())
-        assert first["id"] == 1 and first["translation"] == {"text": "BAIK SEKALI"}
-        process.stdin.write("buruk\n")
-        process.stdin.close()
-        rest = process.stdout.read()
-        assert process.wait(timeout=120) == 0
-        assert [json.loads(line)["id"] for line in rest.splitlines()] == [2]
-    finally:
-        process.kill()
+        selector.register(rows, selectors.EVENT_READ)
+        ready = selector.select(timeout=60)
+        first = json.loads(rows.readline()) if ready else None
+        feed.write("buruk\n")
+        feed.close()
+        rest = rows.read()
+    thread.join(timeout=60)
+    sys.stdin.close()
+    assert not errors and ready, errors or "no row within 60 s of the first line"
+    assert first["id"] == 1 and first["translation"] == {"text": "BAIK SEKALI"}
+    assert [json.loads(line)["id"] for line in rest.splitlines()] == [2]
 
 
 @pytest.mark.parametrize("kind", ["encoder", "decoder"])
