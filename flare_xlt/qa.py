@@ -180,18 +180,11 @@ class AnswerSpan:
     score: float
 
 
-def postprocess_qa_predictions(
-    contexts: Sequence[str],
-    features: QAFeatures,
-    start_logits: torch.Tensor | np.ndarray | Sequence[Sequence[float]],
-    end_logits: torch.Tensor | np.ndarray | Sequence[Sequence[float]],
-    n_best: int = 20,
-    max_answer_length: int = 30,
-) -> list[str]:
-    """The best answer text of each example, cut from its original context by character offsets (`best_answer_spans`
-    without the spans)."""
-    spans = best_answer_spans(contexts, features, start_logits, end_logits, n_best, max_answer_length)
-    return [span.text if span is not None else "" for span in spans]
+def postprocess_qa_predictions(*arguments, **limits) -> list[str]:
+    """The best answer text of each example, cut from its original context by character offsets: the texts of
+    `best_answer_spans` (same arguments: contexts, features, start_logits, end_logits, n_best, max_answer_length),
+    "" for an example without a valid span."""
+    return [span.text if span is not None else "" for span in best_answer_spans(*arguments, **limits)]
 
 
 def best_answer_spans(
