@@ -72,11 +72,16 @@ class OutputRecorder:
     """Passes the pipeline's `predict` calls through to an encoder and keeps what each scored row gave, by the tokens
     the row read: found again whatever order and batches `predict` scores the features in. A classifier's rows keep
     their class probabilities (the softmax of the logits), an extractive QA model's the start and end logits of their
-    tokens. It holds no weights of its own."""
+    tokens. It holds no weights of its own; any other attribute is the model's."""
 
     def __init__(self, model) -> None:
         self.model = model
         self.outputs: dict[tuple, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "model":  # not set yet (a copy being built): no model to ask
+            raise AttributeError(name)
+        return getattr(self.model, name)
 
     def eval(self) -> OutputRecorder:
         self.model.eval()
