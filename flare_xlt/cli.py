@@ -407,6 +407,7 @@ COMMANDS = {
     "finetune": lazy_command("flare_xlt.pipeline.runs", "finetune", PIPELINE_NAMES),
     "transfer": lazy_command("flare_xlt.pipeline.runs", "transfer", PIPELINE_NAMES),
     "evaluate": lazy_command("flare_xlt.pipeline.finished_runs", "evaluate", PIPELINE_NAMES),
+    "predict": lazy_command("flare_xlt.predictor", "predict", PIPELINE_NAMES),
     "run": run,
     "report": report,
     "demo": demo,
@@ -576,7 +577,7 @@ def main(argv: list[str] | None = None) -> None:
             as_positional=False,
             parser_class=FlareParser,
             version=__version__,
-            description="FLARE cross-lingual transfer: translate, fine-tune, transfer, evaluate and report. "
+            description="FLARE cross-lingual transfer: translate, fine-tune, transfer, evaluate, predict and report. "
             "--debug (or FLARE_XLT_DEBUG=1) shows tracebacks.",
         )
     except KeyboardInterrupt as interrupt:

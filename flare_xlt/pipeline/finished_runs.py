@@ -68,7 +68,7 @@ def evaluate(
         max_samples: Score the first N examples only; default: the run's train.max_eval_samples (all).
         batch_size: Examples per batch; default: the run's training batch size (32 where it has none).
     """
-    run_dir, config = _recorded_run(Path(run), model, task, stage1)
+    run_dir, config = recorded_run(Path(run), model, task, stage1)
     model = model or config["model"]
     spec = get_task(task or config["task"])
     method = config["method"]
@@ -84,15 +84,7 @@ def evaluate(
         if translations is None:
             raise ValueError(f"A {method} run reads the split's translation into English: give --translations.")
         translated = translation_file(Path(translations), spec, split, language, spec.source_language)
-    recorded = config.get("train", {})
-    train = TrainConfig(
-        **{
-            **recorded,
-            "max_length": max_length or recorded.get("max_length", DEFAULT_TRAIN.max_length),
-            "max_eval_samples": max_samples or recorded.get("max_eval_samples"),
-            "eval_batch_size": batch_size,
-        }
-    )
+    train = scoring_settings(config, max_length, max_samples, batch_size)
     pairs = target_pairs(spec, language, split, data, translated, train.max_eval_samples)
     states = None
     loaded = load(model, spec, config["architecture"], config["load_in_4bit"], train, run_pooling(config))
@@ -123,7 +115,23 @@ def evaluate(
     return metrics
 
 
-def _recorded_run(path: Path, model: str | None, task: str | None, stage1: Path | None) -> tuple[Path, dict]:
+def scoring_settings(
+    config: dict, max_length: int | None, max_samples: int | None = None, batch_size: int | None = None
+) -> TrainConfig:
+    """The run's recorded training settings, with the scoring overrides of evaluate and predict: tokens per input
+    (default: the run's), examples scored and examples per batch."""
+    recorded = config.get("train", {})
+    return TrainConfig(
+        **{
+            **recorded,
+            "max_length": max_length or recorded.get("max_length", DEFAULT_TRAIN.max_length),
+            "max_eval_samples": max_samples or recorded.get("max_eval_samples"),
+            "eval_batch_size": batch_size,
+        }
+    )
+
+
+def recorded_run(path: Path, model: str | None, task: str | None, stage1: Path | None) -> tuple[Path, dict]:
     """(the run folder, the config it recorded) of a run folder or its adapter/; for an adapter saved outside a run,
     (its folder, the settings of a FLARE adapter on `model`, merged onto `stage1` if given)."""
     for folder in (path, path.parent) if path.name == "adapter" else (path,):

@@ -22,12 +22,13 @@ def predict(
     batch_size: int = 32,
     source_embeds=None,
     sort_by_length: bool = True,
+    progress: bool = True,
 ) -> tuple[list, list[str]]:
     """(predictions, raw outputs), in the order of `pairs`. Classification: class ids, or None for a generation that
     names no class. QA: answer strings. `source_embeds(keys)` gives FLARE-MT states for a batch of features, by the
     keys of TaskEncoder.state_texts (one per QA window). With `sort_by_length`, batches hold features of similar
     length (longest first), so that a short example is not padded to a long one's length; the results are put back
-    in input order."""
+    in input order. `progress`: a bar on a terminal (False: none, for a caller that shows its own)."""
     model.eval()
     encoder = TaskEncoder(task, tokenizer, architecture, view=view, max_length=max_length, for_generation=True)
     features, _, windows = encoder.encode(pairs)
@@ -41,7 +42,8 @@ def predict(
             list(range(start, min(start + batch_size, len(features)))) for start in range(0, len(features), batch_size)
         ]
     outputs, start_logits, end_logits = [None] * len(features), [None] * len(features), [None] * len(features)
-    for indices in tqdm(batches, desc=f"evaluate {task.name}", unit="batch", disable=None):
+    bar = tqdm(batches, desc=f"evaluate {task.name}", unit="batch", disable=None if progress else True)
+    for indices in bar:
         batch = {
             key: value.to(device)
             for key, value in collate([features[index] for index in indices]).items()
