@@ -186,6 +186,7 @@ class SourcePrepass(TrainerCallback):
     def __init__(self, model, features: list[dict], collator, config: TrainConfig, label: str) -> None:
         self.model, self.features, self.collator, self.config, self.label = model, features, collator, config, label
 
+    @phase("source pre-pass")
     def on_train_begin(self, args, state, control, **kwargs):
         if state.global_step < state.max_steps:
             fill_source_cache(
