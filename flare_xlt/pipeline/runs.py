@@ -41,10 +41,10 @@ def finetune(
     architecture: str = "auto",
     trainable: str = "lora",
     load_in_4bit: bool = False,
-    pooling: str = "auto",
     adapter: AdapterConfig = DEFAULT_ADAPTER,
     train: TrainConfig = DEFAULT_TRAIN,
     resume: bool = True,
+    pooling: str = "auto",
 ) -> Path:
     """Stage 1: train a LoRA and the task head on English and score it on the English test set.
 
@@ -59,14 +59,14 @@ def finetune(
         trainable: lora, lora+head (decoders: also lm_head) or lora+head+embeddings (also embed_tokens). Encoders
             always train their task head.
         load_in_4bit: Load the base in 4-bit NF4 with bitsandbytes (GPU).
-        pooling: How an encoder's classification head reads the sequence: cls (the architecture's own head, which
-            reads the first token), mean (over the real tokens), last (the last real token), or auto: what the
-            model folder's sentence-transformers Pooling config names (mean for e5), else cls. Other tasks and
-            architectures take auto only. Transfers and evaluations read it from this run.
         adapter: The LoRA's settings; stage 1 reads r, lora_alpha, lora_dropout and target_modules.
         train: Training settings.
         resume: Continue an interrupted run from the newest checkpoint in its run folder (asking for the same run
             again does this); false discards the run's checkpoints and trains from the start.
+        pooling: How an encoder's classification head reads the sequence: cls (the architecture's own head, which
+            reads the first token), mean (over the real tokens), last (the last real token), or auto: what the
+            model folder's sentence-transformers Pooling config names (mean for e5), else cls. Other tasks and
+            architectures take auto only. Transfers and evaluations read it from this run.
     """
     settings = dict(locals())  # the arguments, by name: the run folder's settings
     spec = get_task(task)
