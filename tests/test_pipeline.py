@@ -98,7 +98,9 @@ def test_every_method_runs_end_to_end(workspace, kind, capsys, one_thread):
 
 
 def test_transfer_errors_name_the_choices(workspace):
-    with pytest.raises(ValueError, match="Unknown method 'mixup'; valid choices: zero-shot, translate-test"):
+    with pytest.raises(
+        ValueError, match="Unknown method 'mixup'; valid choices: linear-probe, zero-shot, translate-test"
+    ):
         transfer(str(workspace / "encoder"), "nusax", "id", "mixup", workspace)
     with pytest.raises(ValueError, match="has no language 'xx'"):
         transfer(str(workspace / "encoder"), "nusax", "xx", "flare", workspace)

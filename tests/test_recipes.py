@@ -56,7 +56,7 @@ def test_recipe_loads_and_plans_without_downloads(path):
 def test_recipe_errors_name_the_setting(tmp_path):
     base = {"model": "m", "task": "nusax", "languages": ["id"], "methods": ["flare"]}
     cases = [
-        ({**base, "methods": ["mixup"]}, "Unknown methods \\['mixup'\\]; valid choices: zero-shot"),
+        ({**base, "methods": ["mixup"]}, "Unknown methods \\['mixup'\\]; valid choices: linear-probe, zero-shot"),
         ({**base, "languages": ["xx"]}, "has no language 'xx'"),
         ({**base, "epochs": 3}, "Unknown recipe settings \\['epochs'\\]"),
         ({**base, "train": {"lr": 1}}, "Unknown train settings \\['lr'\\]; valid settings: \\['batch_size'"),

@@ -12,10 +12,10 @@ from ..adapter.model import FlareModel
 from ..io import replace_directory_atomically
 from ..methods import REGISTRY, get_method
 from ..mt.states import EncoderStateStore
-from ..tasks import TaskEncoder, TaskSpec, get_task
+from ..tasks import TaskEncoder, TaskSpec, get_task, load_task_splits
 from .expected_warnings import without_expected_warnings
 from .phases import phase
-from .run_data import check_states, load, target_pairs, translation_file
+from .run_data import check_states, load, self_pairs, target_pairs, translation_file
 from .scoring import evaluation, write_evaluation
 from .settings import DEFAULT_TRAIN, TrainConfig
 from .stage1 import check_stage1, load_stage1, recorded_pooling, report_untrained, stage1_model
@@ -181,6 +181,9 @@ def run_model(loaded, run_dir: Path, config: dict, model_name: str, task: TaskSp
     if config["stage"] == "finetune":
         return load_stage1(loaded, adapter, model_name)
     scored_method = get_method(config["method"])
+    if scored_method.fits_source_probe:  # the frozen base model: no stage-1 adapter goes on it
+        train = TrainConfig(**config["train"])
+        return fitted_probe(scored_method, loaded, task, config["data"], train, run_pooling(config))
     trained = scored_method.trains
     network = loaded.model
     if config["stage1"] is not None:
@@ -213,6 +216,16 @@ def combined_with_reused_run(method, reused_dir: Path, stage1, loaded, model_nam
     reused = run_model(reused_loaded, reused_dir, reused_config, model_name, task)
     encoder = TaskEncoder(task, loaded.tokenizer, loaded.architecture, method.view, train.max_length)
     return method.combine(stage1, reused, encoder)
+
+
+def fitted_probe(method, loaded, task: TaskSpec, data: str, train: TrainConfig, pooling: str | None):
+    """A method that fits a probe (the linear probe): its model, fitted on the frozen base model's features of the
+    first train.max_train_samples English training examples. Fitting is deterministic, so `evaluate` fits again
+    the head the run scored with."""
+    english = load_task_splits(task, task.source_language, ["train"], data)["train"][: train.max_train_samples]
+    reader = TaskEncoder(task, loaded.tokenizer, loaded.architecture, method.view, train.max_length)
+    base = loaded.model.base_model  # the encoder without its (untrained) head
+    return method.fit(base, reader, self_pairs(task, english), pooling, train.eval_batch_size or train.batch_size)
 
 
 def _check_evaluation_folder(output: Path) -> None:

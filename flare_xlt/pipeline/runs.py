@@ -15,7 +15,7 @@ from ..methods import get_method
 from ..mt.states import EncoderStateStore
 from ..tasks import PairedCollator, TaskEncoder, get_task, load_record_file, load_task_splits, pair_views
 from .expected_warnings import without_expected_warnings
-from .finished_runs import combined_with_reused_run
+from .finished_runs import combined_with_reused_run, fitted_probe
 from .phases import phase, recorded_run, write_timings
 from .run_data import (
     check_states,
@@ -43,10 +43,10 @@ def finetune(
     architecture: str = "auto",
     trainable: str = "lora",
     load_in_4bit: bool = False,
-    pooling: str = "auto",
     adapter: AdapterConfig = DEFAULT_ADAPTER,
     train: TrainConfig = DEFAULT_TRAIN,
     resume: bool = True,
+    pooling: str = "auto",
 ) -> Path:
     """Stage 1: train a LoRA and the task head on English and score it on the English test set.
 
@@ -61,14 +61,14 @@ def finetune(
         trainable: lora, lora+head (decoders: also lm_head) or lora+head+embeddings (also embed_tokens). Encoders
             always train their task head.
         load_in_4bit: Load the base in 4-bit NF4 with bitsandbytes (GPU).
-        pooling: How an encoder's classification head reads the sequence: cls (the architecture's own head, which
-            reads the first token), mean (over the real tokens), last (the last real token), or auto: what the
-            model folder's sentence-transformers Pooling config names (mean for e5), else cls. Other tasks and
-            architectures take auto only. Transfers and evaluations read it from this run.
         adapter: The LoRA's settings; stage 1 reads r, lora_alpha, lora_dropout and target_modules.
         train: Training settings.
         resume: Continue an interrupted run from the newest checkpoint in its run folder (asking for the same run
             again does this); false discards the run's checkpoints and trains from the start.
+        pooling: How an encoder's classification head reads the sequence: cls (the architecture's own head, which
+            reads the first token), mean (over the real tokens), last (the last real token), or auto: what the
+            model folder's sentence-transformers Pooling config names (mean for e5), else cls. Other tasks and
+            architectures take auto only. Transfers and evaluations read it from this run.
     """
     settings = dict(locals())  # the arguments, by name: the run folder's settings
     spec = get_task(task)
@@ -141,7 +141,8 @@ def transfer(
 ) -> Path:
     """Stage 2: transfer the stage-1 model to one target language with one method and score it on its test set.
 
-    zero-shot and translate-test evaluate the stage-1 model; lora, input-fusion, flare, flare-mt and x-mixup train
+    zero-shot and translate-test evaluate the stage-1 model; linear-probe fits a logistic regression on the frozen
+    base encoder's English features (the table's floor); lora, input-fusion, flare, flare-mt and x-mixup train
     a new adapter on translated data first; ensemble averages the lora run (made first if missing) with
     translate-test. Prints the run folder last; <output>/latest-transfer links to it.
 
@@ -149,8 +150,9 @@ def transfer(
         model: The base model of the stage-1 run (a hub name or a local folder).
         task: A built-in task (xnli, tydiqa, nusax) or a task spec file (.yaml/.json).
         language: Target language; one of the task's languages.
-        method: zero-shot, translate-test, lora, input-fusion, x-mixup, ensemble, flare or flare-mt
-            (translate-test and ensemble: classification tasks only; x-mixup: encoders only).
+        method: zero-shot, translate-test, lora, input-fusion, x-mixup, ensemble, flare, flare-mt or linear-probe
+            (translate-test and ensemble: classification tasks only; x-mixup: encoders only; linear-probe: encoder
+            classification only).
         stage1: The stage-1 run folder that flare-xlt finetune wrote, e.g. runs/latest-finetune.
         output: Folder that receives the run folder.
         data: Where the target test set and the English splits come from: hub, or a folder of the original release
@@ -198,7 +200,10 @@ def transfer(
     loaded = load(model, spec, architecture, load_in_4bit, train, recorded_pooling(Path(stage1)))
     transfer_method.check_fit(spec.kind, loaded.architecture)
     trains_adapter = transfer_method.trains
-    network = stage1_model(loaded, stage1_adapter, model, stage1_mode, trains_adapter)
+    if transfer_method.fits_source_probe:  # the frozen base model, read by a head fitted on English
+        network = fitted_probe(transfer_method, loaded, spec, data, train, recorded_pooling(Path(stage1)))
+    else:
+        network = stage1_model(loaded, stage1_adapter, model, stage1_mode, trains_adapter)
     view = transfer_method.view
     test_pairs = target_pairs(spec, language, "test", data, translated.get("test"), train.max_eval_samples)
     if transfer_method.reuses is not None:
