@@ -233,6 +233,35 @@ def test_a_model_whose_states_move_with_left_padding_is_refused_a_cache():
     assert flare.source_cache is None
 
 
+def test_a_run_resumed_after_its_last_step_skips_the_prepass(tmp_path):
+    train(tmp_path, "memory", save_steps=1)
+    again = train(tmp_path, "memory", save_steps=1)  # resumes from its final checkpoint: nothing left to train
+    assert again.losses == [] and again.source_passes == OPENING
+
+
+def test_processes_share_the_prepass_and_run_as_many_passes(monkeypatch):
+    """Two processes: each computes every other batch of the five, the one with two repeats its last, so both run
+    three passes (a sharded model's forwards are collective); together they compute every source once."""
+    run_batch, passes = source_prepass.run_batch, {0: 0, 1: 0}
+    computed = {}
+    for rank in (0, 1):
+
+        def counted(model, sources, *args, rank=rank):
+            passes[rank] += 1
+            return run_batch(model, sources, *args)
+
+        monkeypatch.setattr(source_prepass, "run_batch", counted)
+        flare, rows = noisy_flare(), features()
+        cache = open_source_cache(flare, rows, "memory", 1.0, announce=False)
+        computed[rank] = source_prepass.fill_source_cache(
+            flare, rows, PairedCollator(pad_token_id=0), PREPASS_TOKENS, rank=rank, world_size=2, progress=False
+        )
+        computed[rank, "keys"] = {row[KEY_FIELD] for row in rows if row[KEY_FIELD] in cache}
+    assert passes == {0: 3, 1: 3} and computed[0] + computed[1] == len(features())
+    assert computed[0, "keys"].isdisjoint(computed[1, "keys"])
+    assert computed[0, "keys"] | computed[1, "keys"] == {source_key(row) for row in features()}
+
+
 def test_prepass_trains_like_no_cache_on_a_left_padded_decoder(tmp_path):
     """A causal LM padded on the left (rotary positions count from the first pad): the pre-pass, padded by the
     training collator in its own batches, gives the rows the training steps compute."""
