@@ -48,7 +48,7 @@ test-latest:
 	python3 -m venv .venv-latest
 	.venv-latest/bin/python -m pip install --quiet --upgrade pip
 	.venv-latest/bin/python -m pip install --quiet torch==$(TORCH_VERSION)
-	.venv-latest/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]"
+	.venv-latest/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev,lm-eval]"
 	.venv-latest/bin/python -m pip list 2>/dev/null | grep -E "^(torch|transformers|peft|accelerate|datasets) "
 	$(OFFLINE) .venv-latest/bin/python -m pytest
 
@@ -59,7 +59,7 @@ lock:
 	python3 -m venv .venv-lock
 	.venv-lock/bin/python -m pip install --quiet --upgrade pip
 	.venv-lock/bin/python -m pip install --quiet torch==$(TORCH_VERSION)
-	.venv-lock/bin/python -m pip install --quiet -e ".[dev]"
+	.venv-lock/bin/python -m pip install --quiet -e ".[dev,lm-eval]"
 	echo "# Exact versions of every package \`make install\` puts in .venv (python 3.11, CPU torch). Refresh: make lock." > $(LOCK)
 	.venv-lock/bin/python -m pip freeze --exclude-editable | grep -v "^-e " | sed "s/^torch==.*/torch==$(TORCH_VERSION)/" >> $(LOCK)
 	rm -rf .venv-lock

@@ -67,7 +67,7 @@ def evaluate(
         max_samples: Score the first N examples only; default: the run's train.max_eval_samples (all).
         batch_size: Examples per batch; default: the run's training batch size (32 where it has none).
     """
-    run_dir, config = _recorded_run(Path(run), model, task, stage1)
+    run_dir, config = recorded_run(Path(run), model, task, stage1)
     model = model or config["model"]
     spec = get_task(task or config["task"])
     method = config["method"]
@@ -122,7 +122,7 @@ def evaluate(
     return metrics
 
 
-def _recorded_run(path: Path, model: str | None, task: str | None, stage1: Path | None) -> tuple[Path, dict]:
+def recorded_run(path: Path, model: str | None, task: str | None, stage1: Path | None) -> tuple[Path, dict]:
     """(the run folder, the config it recorded) of a run folder or its adapter/; for an adapter saved outside a run,
     (its folder, the settings of a FLARE adapter on `model`, merged onto `stage1` if given)."""
     for folder in (path, path.parent) if path.name == "adapter" else (path,):
