@@ -75,7 +75,8 @@ class FlareLM(LM):
         max_length: Tokens per sequence (context and continuation); longer contexts are cut from the left, BOS kept,
             and counted. Default: the run's train.max_length.
         batch_size: Requests per forward (lm-eval's --batch_size; "auto" reads as 8).
-        device: lm-eval's --device: cpu, cuda, ...; default: the GPU when there is one.
+        device: lm-eval's --device: cpu, cuda, ...; default: the GPU when there is one (a cuda device on a machine
+            without one, as lm-eval's command line asks by default, leaves the model on the CPU).
     """
 
     def __init__(
@@ -125,9 +126,13 @@ class FlareLM(LM):
         self.network = run_model(self.loaded, run_dir, config, config["model"], spec)
         if not isinstance(self.network, FlareModel):
             raise ValueError(f"{run_dir} did not load as a FLARE model (got {type(self.network).__name__}).")
-        if device is not None:
+        if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
+            # lm-eval's command line asks for cuda:0 unless told otherwise; without a GPU the model stays on the CPU.
+            print(f"flare: no GPU for device={device}; running on the CPU")
+        elif device is not None:
             self.network.to(device)
         self.network.eval()
+        self._device = next(self.network.parameters()).device
         self.tokenizer = self.loaded.tokenizer
         self.max_length = train.max_length
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8
