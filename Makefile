@@ -8,7 +8,7 @@ LOCK := requirements.lock
 TORCH_VERSION := 2.13.0
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: install apertium real-assets test test-latest lock lint clean bench bench-real demo
+.PHONY: install apertium real-assets test test-latest lock lint clean bench bench-real demo smoke
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -68,6 +68,11 @@ lock:
 # 3 seeds on the CPU (about 5 minutes on 2 cores); prints the table, writes the report under demo/.
 demo: $(STAMP)
 	$(OFFLINE) $(VENV)/bin/flare-xlt demo
+
+# The first thing to run: configs/smoke.yaml, the whole workflow on a tiny local decoder (under a minute on a CPU).
+smoke: $(STAMP)
+	$(OFFLINE) $(PYTHON) -m flare_xlt.demo.smoke
+	$(OFFLINE) $(VENV)/bin/flare-xlt run --recipe configs/smoke.yaml
 
 # Benchmarks of LoRA, FLARE and the MT pipeline side by side (about 5-8 minutes on 2 cores): benchmarks/RESULTS.md.
 bench: $(STAMP) apertium
