@@ -114,7 +114,7 @@ def test_lm_eval_runs_the_flare_model_end_to_end_with_the_fused_models_own_score
     tokenizer = AutoTokenizer.from_pretrained(saved / "base")
     base = AutoModelForCausalLM.from_pretrained(saved / "base")
     flare = FlareModel.from_pretrained(base, saved / "adapter").eval()
-    samples = sorted(results["samples"]["flare_tiny_nli"], key=lambda sample: (sample["doc_id"]))
+    samples = sorted(results["samples"]["flare_tiny_nli"], key=lambda sample: sample["doc_id"])
     assert len(samples) == len(DOCS)
     correct = 0
     for sample, doc in zip(samples, DOCS, strict=True):
