@@ -70,7 +70,8 @@ class FlareLM(LM):
         language: The target language of the requests (its code for the MT backend); default: the run's.
         source_language: The language the contexts are translated into; default: the task's (en).
         backend, model, command, languages, ...: the MT backend, as `flare-xlt translate` takes it (transformers with
-            an NLLB or MADLAD model, ctranslate2, or command); `mt_*` names are also accepted for clarity.
+            an NLLB or MADLAD model, ctranslate2, or command), and other Translator keywords; mt_<name> is <name> (mt_device:
+            the MT model's device, apart from `device`, the scored model's).
         cache: SQLite translation cache, reused across runs.
         max_length: Tokens per sequence (context and continuation); longer contexts are cut from the left, BOS kept,
             and counted. Default: the run's train.max_length.
