@@ -36,13 +36,15 @@ from tqdm.auto import tqdm
 
 from .adapter.model import FlareModel
 from .methods import get_method
-from .mt.translator import Translator
+from .mt.translator import GenerationSettings, Translator
 from .pipeline.finished_runs import recorded_run, run_model
 from .pipeline.run_data import load
 from .pipeline.settings import DEFAULT_TRAIN, TrainConfig
 from .tasks import PairedCollator, get_task
 from .tasks.formatting import IGNORE_INDEX
 
+# The MT generation settings a --model_args may name (mt_num_beams=1, mt_max_input_length=512, ...).
+GENERATION_SETTINGS = ("num_beams", "max_input_length", "max_new_tokens")
 # lm-eval's options for generate_until that greedy FLARE generation honours; any other one is refused.
 GENERATION_OPTIONS = ("until", "max_gen_toks", "do_sample", "temperature")
 
@@ -55,6 +57,7 @@ class HarnessReport:
     contexts: int = 0  # distinct texts sent to translation
     translated: int = 0  # of them, translated by the MT backend (the rest came from its cache)
     truncated: int = 0  # target or source sequences cut from the left to max_length
+    empty_contexts: int = 0  # requests whose context is empty: no English to fuse
 
 
 @register_model("flare")
@@ -65,13 +68,15 @@ class FlareLM(LM):
         run: A finished `flare-xlt transfer` run of a decoder with method flare (or its adapter/ folder).
         adapter: Or a saved FLARE adapter folder, with `pretrained` (the base), `task` and optionally `stage1`.
         pretrained: The base model of a saved adapter.
-        task: The task the saved adapter (and its stage-1 run) was trained on.
+        task: The task the saved adapter (and its stage-1 run) was trained on; for a run of a custom task, its spec
+            file (a run records the task's name).
         stage1: The stage-1 run folder whose adapter is merged into the base first, for a saved adapter.
         language: The target language of the requests (its code for the MT backend); default: the run's.
         source_language: The language the contexts are translated into; default: the task's (en).
         backend, model, command, languages, ...: the MT backend, as `flare-xlt translate` takes it (transformers with
-            an NLLB or MADLAD model, ctranslate2, or command), and other Translator keywords; mt_<name> is <name> (mt_device:
-            the MT model's device, apart from `device`, the scored model's).
+            an NLLB or MADLAD model, ctranslate2, or command), and other Translator keywords and generation settings
+            (num_beams, max_input_length, max_new_tokens); mt_<name> is <name>, e.g. mt_device, the MT model's
+            device apart from `device`, the scored model's.
         cache: SQLite translation cache, reused across runs.
         max_length: Tokens per sequence (context and continuation); longer contexts are cut from the left, BOS kept,
             and counted. Default: the run's train.max_length.
@@ -114,7 +119,7 @@ class FlareLM(LM):
                 f"{run_dir} is a {config['method']} run; the flare model scores FLARE runs (method flare), whose "
                 "adapter fuses the English translation of each context."
             )
-        spec = get_task(config["task"])
+        spec = get_task(task or config["task"])
         recorded = config.get("train", {})
         train = TrainConfig(
             **{**recorded, "max_length": max_length or recorded.get("max_length", DEFAULT_TRAIN.max_length)}
@@ -142,8 +147,10 @@ class FlareLM(LM):
             raise ValueError(f"{run_dir} records no target language: give language=<the requests' language>.")
         self.source_language = source_language or spec.source_language
         options = {key.removeprefix("mt_"): value for key, value in mt_options.items()}
+        generation = {name: options.pop(name) for name in GENERATION_SETTINGS if name in options}
         self.translator = Translator(
             **({"model": model} if model is not None else {}),
+            settings=GenerationSettings(**generation),
             backend=backend,
             command=command,
             languages=languages,
@@ -158,13 +165,21 @@ class FlareLM(LM):
     # ------------------------------------------------------------------ translation
     def english(self, texts: list[str]) -> list[str]:
         """The English translation of each text: the distinct texts not yet translated go to the MT backend at once."""
-        missing = list(dict.fromkeys(text for text in texts if text not in self.translations))
+        empty = sum(1 for text in texts if not text.strip())
+        if empty:
+            self.report.empty_contexts += empty
+            print(
+                f"flare: {empty} of {len(texts)} requests have an empty context, so FLARE reads no English for them "
+                "and scores them as its plain LoRA (lm-eval tasks that put the whole input into the choices, such as "
+                "xnli_*, do this); see docs/lm-eval.md"
+            )
+        missing = list(dict.fromkeys(text for text in texts if text not in self.translations and text.strip()))
         if missing:
             translated, report = self.translator.translate(missing, self.target_language, self.source_language)
             self.translations.update(zip(missing, translated, strict=True))
             self.report.contexts += len(missing)
             self.report.translated += report.translated
-        return [self.translations[text] for text in texts]
+        return [self.translations.get(text, "") for text in texts]
 
     # ------------------------------------------------------------------ tokens
     def _tokens(self, text: str) -> list[int]:
