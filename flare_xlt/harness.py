@@ -186,12 +186,11 @@ class FlareLM(LM):
         """A prompt's tokens as the workflow encodes it (the tokenizer's special tokens included); an empty prompt is
         the BOS (or EOS) token alone, so that the first continuation token has a position to be predicted from."""
         ids = self.tokenizer(text)["input_ids"]
-        if not ids:
-            start = (
-                self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
-            )
-            ids = [start]
-        return ids
+        return ids or [self._start_token()]
+
+    def _start_token(self) -> int:
+        """What an empty prompt reads, and what lm-eval's rolling windows start with: BOS, or EOS without one."""
+        return self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
 
     def _fit(self, ids: list[int], length: int) -> list[int]:
         """`ids` cut from the left to `length`, its BOS kept, and counted (as the workflow cuts decoder prompts)."""
@@ -269,7 +268,7 @@ class FlareLM(LM):
     def loglikelihood_rolling(self, requests) -> list[float]:
         texts = [request.args[0] for request in requests]
         sources = self.english(texts)
-        start = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
+        start = self._start_token()
         rows, owners = [], []
         for number, (text, source) in enumerate(zip(texts, sources, strict=True)):
             tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"]

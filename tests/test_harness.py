@@ -148,6 +148,15 @@ def test_lm_eval_runs_the_flare_model_end_to_end_with_the_fused_models_own_score
     text = tokenizer.decode(tokens[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
     assert generated == text.split("contradiction")[0]
 
+    # A whole text (perplexity tasks) is one window here: scored after BOS, with its translation as the source.
+    text = DOCS[2]["premise"]
+    [rolling] = model.loglikelihood_rolling([Instance("loglikelihood_rolling", DOCS[2], (text,), 0)])
+    assert rolling == pytest.approx(own_score(flare, tokenizer, "", text, text.upper()), abs=1e-4)
+    # An empty context has no English to fuse: the source is the empty text's tokens, and the request is counted.
+    [(empty, _)] = model.loglikelihood([Instance("loglikelihood", DOCS[0], ("", " entailment"), 0)])
+    assert empty == pytest.approx(own_score(flare, tokenizer, "", " entailment", ""), abs=1e-4)
+    assert model.report.empty_contexts == 1
+
 
 def test_the_flare_model_refuses_what_it_cannot_score(saved):
     from flare_xlt.harness import FlareLM
