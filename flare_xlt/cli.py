@@ -295,8 +295,9 @@ def run(recipe: Path, set: dict[str, Any] | None = None, dry_run: bool = False) 
         set: Recipe values to override, by name: --set.seeds '[1]' --set.train.epochs 1 --set.languages '[id, sw]'.
         dry_run: Print the plan, one line per step, and stop.
     """
+    from .pipeline.plans import describe_plan
     from .pipeline.recipe_file import load_recipe
-    from .pipeline.recipes import describe_plan, run_recipe, step_status
+    from .pipeline.recipes import run_recipe, step_status
     from .report import write_report
 
     recipe_settings = load_recipe(recipe, set)

@@ -17,6 +17,7 @@ from ..tasks import PairedCollator, TaskEncoder, get_task, load_record_file, loa
 from .expected_warnings import without_expected_warnings
 from .finished_runs import combined_with_reused_run, fitted_probe
 from .phases import phase, recorded_run, write_timings
+from .plans import PlannedStep, describe_plan, run_status
 from .run_data import (
     check_states,
     check_validation_role,
@@ -47,6 +48,7 @@ def finetune(
     train: TrainConfig = DEFAULT_TRAIN,
     resume: bool = True,
     pooling: str = "auto",
+    dry_run: bool = False,
 ) -> Path:
     """Stage 1: train a LoRA and the task head on English and score it on the English test set.
 
@@ -69,10 +71,16 @@ def finetune(
             reads the first token), mean (over the real tokens), last (the last real token), or auto: what the
             model folder's sentence-transformers Pooling config names (mean for e5), else cls. Other tasks and
             architectures take auto only. Transfers and evaluations read it from this run.
+        dry_run: Print whether the run is done, to make, or resumable and from which checkpoint, and its folder;
+            change nothing.
     """
     settings = dict(locals())  # the arguments, by name: the run folder's settings
     spec = get_task(task)
     run_dir, config = finetune_run(settings)
+    if dry_run:
+        step = PlannedStep("finetune", spec.source_language, seed=train.seed)
+        print(describe_plan([run_status(step, run_dir, resume)], every_step=True))
+        return run_dir
     if finished(run_dir, config):
         link_latest(run_dir, "finetune")
         return run_dir
@@ -138,6 +146,7 @@ def transfer(
     train: TrainConfig = DEFAULT_TRAIN,
     resume: bool = True,
     name: str | None = None,
+    dry_run: bool = False,
 ) -> Path:
     """Stage 2: transfer the stage-1 model to one target language with one method and score it on its test set.
 
@@ -173,6 +182,8 @@ def transfer(
             again does this); false discards the run's checkpoints and trains from the start.
         name: The run's name in folders and reports, for a variant of a method (e.g. flare-end, a FLARE adapter
             with pairing=end); default: the method.
+        dry_run: Print the runs this command would make (the ensemble's lora run too) and whether each is done, to
+            make, or resumable and from which checkpoint, then check the translated files it reads; change nothing.
     """
     settings = dict(locals())  # the arguments, by name: the run folder's settings
     spec = get_task(task)
@@ -186,10 +197,12 @@ def transfer(
         raise ValueError(f"Method {method!r} needs --mt_states (a folder with train/ and test/ state stores).")
     stage1_adapter = check_stage1(Path(stage1), model, spec)
     run_dir, config = transfer_run(settings)
-    if finished(run_dir, config):
+    if dry_run:
+        _print_transfer_plan(settings, run_dir)
+    elif finished(run_dir, config):
         link_latest(run_dir, "transfer")
         return run_dir
-    if transfer_method.reuses is not None:  # the run it reads, made first if missing (skipped when finished)
+    if transfer_method.reuses is not None and not dry_run:  # the run it reads, made first if missing
         transfer(**{**settings, "method": transfer_method.reuses, "name": None})
     # The translated files this method reads, each checked here, before any model loads.
     source = spec.source_language
@@ -197,6 +210,8 @@ def transfer(
         role: translation_file(Path(translations), spec, role, *((source, language) if out else (language, source)))
         for role, out in transfer_method.translation_roles(train.select_best_on_validation).items()
     }
+    if dry_run:
+        return run_dir
     loaded = load(model, spec, architecture, load_in_4bit, train, recorded_pooling(Path(stage1)))
     transfer_method.check_fit(spec.kind, loaded.architecture)
     trains_adapter = transfer_method.trains
@@ -230,6 +245,24 @@ def transfer(
         write_timings(run_dir)
     link_latest(run_dir, "transfer")
     return run_dir
+
+
+def _print_transfer_plan(settings: dict, run_dir: Path) -> None:
+    """The plan of one transfer command: the run a method reads (made first if missing), then its own run."""
+    reused = get_method(settings["method"]).reuses
+    status = []
+    if reused is not None:
+        reused_dir = transfer_run({**settings, "method": reused, "name": None})[0]
+        status.append(
+            run_status(
+                PlannedStep("transfer", settings["language"], reused, settings["train"].seed),
+                reused_dir,
+                settings["resume"],
+            )
+        )
+    step = PlannedStep("transfer", settings["language"], settings["name"] or settings["method"], settings["train"].seed)
+    status.append(run_status(step, run_dir, settings["resume"]))
+    print(describe_plan(status, every_step=True))
 
 
 @dataclass
