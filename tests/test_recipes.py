@@ -65,12 +65,30 @@ def test_recipe_errors_name_the_setting(tmp_path):
         ({**base, "train": {"lr": 1}}, "Unknown train settings \\['lr'\\]; valid settings: \\['batch_size'"),
         ({"task": "nusax"}, "missing"),
         ({**base, "task": "tydiqa", "languages": ["sw"], "methods": ["translate-test"]}, "extractive QA"),
+        ({**base, "train": {"epochs": "abc"}}, "train.epochs takes a number; got 'abc'"),
+        ({**base, "train": {"batch_size": 2.5}}, "train.batch_size takes a whole number; got 2.5"),
+        ({**base, "stage1_train": {"bf16": "yes"}}, "stage1_train.bf16 takes true or false; got 'yes'"),
     ]
     for values, message in cases:
         path = tmp_path / "recipe.yaml"
         path.write_text(yaml.safe_dump(values))
         with pytest.raises(ValueError, match=message):
             load_recipe(path)
+
+
+def test_numbers_written_as_text_take_their_declared_type(tmp_path):
+    """YAML reads 1e-3 (no dot) as a string, and --set values can arrive as text: each becomes the field's type."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(
+        "model: m\ntask: nusax\nlanguages: [id]\nmethods: [flare]\n"
+        "train: {learning_rate: 1e-3, epochs: 2, seed: '7'}\nstage1_train: {learning_rate: 5e-4}\n"
+    )
+    recipe = load_recipe(path, {"train.max_length": "64", "adapter.r": "4", "train.bf16": "false"})
+    assert recipe.train.learning_rate == 0.001 and type(recipe.train.learning_rate) is float
+    assert recipe.train.epochs == 2.0 and type(recipe.train.epochs) is float
+    assert recipe.train.seed == 7 and recipe.train.max_length == 64 and recipe.train.bf16 is False
+    assert recipe.adapter.r == 4
+    assert recipe.stage1_train_config(1).learning_rate == 0.0005
 
 
 def test_tiny_recipe_runs_the_whole_workflow(workspace, tmp_path, capsys):

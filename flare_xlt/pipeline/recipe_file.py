@@ -173,7 +173,40 @@ def _build(cls, values: dict, section: str):
     ]
     if scalars:
         raise ValueError(f"{section} settings that take a list were given one value; write {'; '.join(scalars)}.")
-    return cls(**values)
+    types = {item.name: getattr(item.type, "__name__", str(item.type)) for item in fields(cls)}  # a string or a type
+    return cls(**{name: _scalar(value, types[name], f"{section}.{name}") for name, value in values.items()})
+
+
+_SCALARS = {"float": (float, "a number"), "int": (int, "a whole number"), "bool": (bool, "true or false")}
+
+
+def _scalar(value, type_name: str, name: str):
+    """`value` as the number or flag its field declares. YAML reads `1e-3` (no dot) as a string, and --set values
+    may arrive as text: both become the declared type, and anything else is one error naming the setting."""
+    kinds = [kind.strip() for kind in type_name.split("|")]
+    scalar = next((kind for kind in kinds if kind in _SCALARS), None)
+    if scalar is None or (value is None and "None" in kinds):
+        return value
+    expected, words = _SCALARS[scalar]
+    if isinstance(value, str):
+        text = value.strip().lower()
+        try:
+            if expected is bool and text in ("true", "false"):
+                return text == "true"
+            if expected is not bool:
+                number = float(text)
+                if expected is float:
+                    return number
+                if number.is_integer() and re.fullmatch(r"[+-]?\d+", text):
+                    return int(number)
+        except ValueError:
+            pass
+    elif isinstance(value, bool) == (expected is bool) and isinstance(value, int | float):
+        if expected is float:
+            return float(value)
+        if expected is bool or isinstance(value, int):
+            return value
+    raise ValueError(f"{name} takes {words}; got {value!r}.")
 
 
 def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
