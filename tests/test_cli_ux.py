@@ -10,6 +10,7 @@ import inspect
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -440,10 +441,13 @@ def test_run_prints_the_plan_and_dry_run_stops_there(workspace, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_finetune_and_transfer_dry_runs_say_what_is_done_resumable_or_to_make(tmp_path):
-    """A dry run reads the disk only: no model is loaded (the model name is no model) and nothing is written."""
-    runs, translations = tmp_path / "runs", tmp_path / "translations"
-    stage1_args = ["finetune", "--model", "m", "--task", "nusax", "--output", runs, "--train.seed", "4"]
+def test_finetune_and_transfer_dry_runs_say_what_is_done_resumable_or_to_make(workspace, tmp_path):
+    """A dry run reads the disk only: the model's config (its run folder's name holds the pooling that the config
+    resolves), no weights (the folder has none), and nothing is written."""
+    runs, translations, model = tmp_path / "runs", tmp_path / "translations", tmp_path / "m"
+    model.mkdir()
+    shutil.copy(workspace / "encoder" / "config.json", model / "config.json")
+    stage1_args = ["finetune", "--model", model, "--task", "nusax", "--output", runs, "--train.seed", "4"]
 
     def dry(*argv) -> list[str]:
         code, printed, errors = call(*argv, "--dry_run")
@@ -471,10 +475,10 @@ def test_finetune_and_transfer_dry_runs_say_what_is_done_resumable_or_to_make(tm
     # A finished stage 1 (the files transfer checks); the ensemble lists the lora run it reads first.
     (stage1_dir / "adapter").mkdir()
     (stage1_dir / "adapter" / "adapter_config.json").write_text("{}")
-    (stage1_dir / "config.json").write_text(json.dumps({"stage": "finetune", "model": "m", "task": "nusax"}))
+    (stage1_dir / "config.json").write_text(json.dumps({"stage": "finetune", "model": str(model), "task": "nusax"}))
     (stage1_dir / "metrics.json").write_text("{}")
     assert dry(*stage1_args)[:2] == ["plan: 1 stage-1 runs (1 done, 0 to make)", "  done   finetune en seed 4"]
-    transfer_args = ["transfer", "--model", "m", "--task", "nusax", "--language", "id", "--method", "ensemble"]
+    transfer_args = ["transfer", "--model", model, "--task", "nusax", "--language", "id", "--method", "ensemble"]
     transfer_args += ["--stage1", stage1_dir, "--translations", translations, "--output", runs, "--train.seed", "4"]
     code, printed, errors = call(*transfer_args, "--dry_run")
     assert code == 2 and "nusax_test_id-en.jsonl not found. Write it with: flare-xlt translate" in errors

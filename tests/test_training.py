@@ -55,8 +55,9 @@ def test_source_pass_keeps_one_tensor_per_input_and_stops_early():
     inputs = batch_for("llama")
     with torch.no_grad():
         flare(**inputs)
-    # The source pass runs the backbone (all layers are fused here) but never the LM head.
-    assert calls == {"lm_head": 1, "last_mlp": 2, "norm": 2}
+    # The source pass stops at the last fused projection (v_proj of the last layer): it runs neither that layer's MLP,
+    # the final norm nor the LM head, which only the target pass runs.
+    assert calls == {"lm_head": 1, "last_mlp": 1, "norm": 1}
 
     source = flare.flare_state.source
     assert (
