@@ -160,3 +160,53 @@ def test_canon_splits_are_sampled_independently(reader):
     chapters = {split: {key[:2] for key, _ in rows} for split, rows in second.items()}
     assert not chapters["train"] & chapters["test"] and not chapters["validation"] & chapters["test"]
     assert Counter(label for _, label in second["train"]) == dict.fromkeys(design.labels, 400)
+
+
+def test_bench_real_keeps_the_two_tasks_stage1_apart(tmp_path):
+    """bible-canon and Taxi1500 train their own stage 1 with the same model: the planner counts one per task and
+    seed, and a finished canon stage 1 does not stand for Taxi1500's."""
+    import json
+    from pathlib import Path
+
+    from benchmarks.real import run as real
+    from flare_xlt.pipeline.recipe_file import Recipe
+
+    def grid(name: str, task: str) -> real.Grid:
+        recipe = Recipe(
+            model="m", task="xnli", languages=["sw"], methods=["lora"], seeds=[1], output=str(tmp_path / name)
+        )
+        return real.Grid(name, name, recipe, {}, "m", ("lora",), ("sw",), task=task)
+
+    canon, taxi = grid("canon", "bible-canon"), grid("taxi", "taxi1500")
+    planned = real.planned_runs([canon, taxi])
+    assert sum(method == "finetune" for _, method, _, _ in planned) == 2
+    folder = Path(canon.recipe.output) / "xnli-en-finetune-seed1-0"
+    folder.mkdir(parents=True)
+    metrics = {"task": "xnli", "method": "finetune", "seed": 1, "language": "en", "metric": "accuracy"}
+    metrics |= {"scores": {"en": {"accuracy": 0.5}}, "run": folder.name, "config_hash": "0"}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    finished = planned & real.finished_keys([canon, taxi])
+    assert [key[0] for key in finished] == ["m / bible-canon"]
+
+
+def test_bench_real_tiny_taxi1500_end_to_end(tmp_path, monkeypatch):
+    """`--size tiny` through the real recipes on Taxi1500 (one seed, Spanish with Apertium): every method of the table
+    runs on multilingual-e5-small, and the report shows its macro-F1 table with accuracy beside it."""
+    from benchmarks.real import run as real
+
+    require(assets.e5_folder)
+    require(assets.bible_db)
+    if not {"eng-spa", "spa-eng"} <= set(assets.apertium_pairs()):
+        pytest.skip("Apertium eng-spa/spa-eng are not installed (`make apertium`).")
+    monkeypatch.setattr(real, "workspace", lambda size_name, size: tmp_path / "work")
+    report = real.main(["--size", "tiny", "--grids", "taxi1500", "--seeds", "1", "--workers", "1"])
+    text = report.read_text()
+    assert "## Taxi1500, every method" in text and "Accuracy (%, mean over seeds) beside it" in text
+    assert real.TAXI1500_PUBLISHED in text
+    table = text.split("## Taxi1500, every method", 1)[1].split("Accuracy (%", 1)[0]
+    for method in real.METHODS:
+        assert f"| {method} |" in table
+    size = real.SIZES["tiny"]
+    runs = {(run["method"], run["language"]) for run in real.collect_runs(tmp_path / "work" / "taxi1500" / "runs")}
+    assert runs == {("finetune", "en"), *((method, "es") for method in real.METHODS)}
+    assert size.taxi_per_split["test"] == 6
