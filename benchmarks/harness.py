@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
 Step = Callable[[], object]
 MIB = 2**20
@@ -46,6 +47,15 @@ def time_interleaved(steps: dict[str, Step], repeats: int, warmup: int, device: 
             finally:
                 gc.enable()
     return seconds
+
+
+def flop_count(step: Step) -> int:
+    """Floating-point operations of one call of `step` (torch's FlopCounterMode: matmuls and attention). A count,
+    not a time: the same whatever else the machine is doing, so a regression in what a step computes shows here
+    even when the timings are noisy."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
 
 
 def median(values: list[float]) -> float:

@@ -59,8 +59,12 @@ def test_tiny_run_writes_every_row(tmp_path):
     assert [row[0] for row in e5_runs] == list(RUN_METHODS) and e5_runs[0][2] == "1.00×"
     assert all(float(row[1]) > 0 and float(row[3]) > 0 for row in e5_runs)
 
+    small_llama = table_rows(report, "Per-step check, Llama, hidden 32, 2 layers, vocabulary 96")
+    assert [row[0] for row in small_llama] == [LORA, FLARE_LINEAR] and small_llama[0][4] == "1.00×"
+    assert float(small_llama[1][4].rstrip("×")) > 1  # the source pass adds operations
+
     targets = table_rows(report, "Ratios to the baseline")
-    assert len(targets) == 10 and all(row[3] in ("yes", "NO") for row in targets)
+    assert len(targets) == 11 and all(row[3] in ("yes", "NO") for row in targets)
     ratios = {row[0]: row[1] for row in targets}
     for model in (
         "M2M100 (NLLB)",

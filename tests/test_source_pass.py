@@ -1,4 +1,4 @@
-"""The lean source pass: early exit changes nothing, nothing after the last fused module runs, q and v share one
+"""The lean source pass: early exit changes nothing, nothing after the last capture point runs, q and v share one
 captured tensor in the adapter's dtype, and no hidden-state tuple is collected."""
 
 from __future__ import annotations
@@ -62,48 +62,64 @@ def completed_forwards(network: torch.nn.Module) -> dict[str, int]:
     return counts
 
 
+def in_a_process_group(monkeypatch) -> None:
+    """What the source pass sees under DeepSpeed or FSDP: an initialised process group."""
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+
+
 @pytest.mark.parametrize(
-    ("kind", "fused", "must_run", "must_not_run"),
+    ("kind", "fused", "before", "rest_of_block", "after"),
     [
         (
             "llama",
             LLAMA_LAYER0,
-            ["model.embed_tokens", "model.layers.0.self_attn.q_proj", "model.layers.0.mlp", "model.norm"],
+            ["model.embed_tokens", "model.layers.0.input_layernorm", "model.layers.0.self_attn.q_proj"],
+            ["model.layers.0.self_attn.v_proj", "model.layers.0.mlp", "model.layers.0", "model.norm"],
             ["model.layers.1", "lm_head"],
         ),
         (
             "xlmr-cls",
             ["layer.0.attention.self.query", "layer.0.attention.self.value"],
-            ["roberta.embeddings", "roberta.encoder.layer.0.attention.output", "roberta.encoder.layer.0"],
+            ["roberta.embeddings", "roberta.encoder.layer.0.attention.self.query"],
+            ["roberta.encoder.layer.0.attention.output", "roberta.encoder.layer.0"],
             ["roberta.encoder.layer.1", "classifier"],
         ),
-        (  # the last block is fused: the backbone runs, the LM head (its large vocabulary) does not
+        (  # the last block is fused: the LM head (its large vocabulary) never runs, nor the rest of that block
             "llama",
             None,
-            ["model.layers.1", "model.norm"],
+            ["model.layers.0", "model.layers.1.self_attn.q_proj"],
+            ["model.layers.1.mlp", "model.layers.1", "model.norm"],
             ["lm_head"],
         ),
         (
             "mt5",
             MT5_ENCODER_BLOCK0,
-            ["encoder.block.0.layer.0.SelfAttention.k", "encoder.block.0", "encoder.final_layer_norm"],
+            ["encoder.embed_tokens", "encoder.block.0.layer.0.SelfAttention.q"],
+            ["encoder.block.0.layer.0.SelfAttention.o", "encoder.block.0", "encoder.final_layer_norm"],
             ["encoder.block.1", "decoder", "lm_head"],
         ),
     ],
 )
-def test_nothing_after_the_last_fused_module_runs(kind, fused, must_run, must_not_run):
+def test_nothing_after_the_last_capture_point_runs(kind, fused, before, rest_of_block, after, monkeypatch):
+    """A single process stops as soon as the last capture point has recorded; inside a process group the pass
+    finishes the block it is in (sharding frameworks need complete forwards) and stops after it; without early exit
+    everything runs."""
     flare = get_flare_model(build(kind), FlareConfig(fusion_modules=fused)).train()
     counts = completed_forwards(flare.get_base_model())
     inputs = batch_for(kind)
-    with flare.source(inputs["source_input_ids"], inputs["source_attention_mask"]):
-        pass
-    assert all(counts[name] == 1 for name in must_run), {name: counts[name] for name in must_run}
-    assert all(counts[name] == 0 for name in must_not_run), {name: counts[name] for name in must_not_run}
 
+    def ran(names: list[str]) -> list[int]:
+        with flare.source(inputs["source_input_ids"], inputs["source_attention_mask"]):
+            pass
+        return [counts[name] for name in names]
+
+    assert ran(before + rest_of_block + after) == [1] * len(before) + [0] * len(rest_of_block + after)
+    with monkeypatch.context() as patch:
+        in_a_process_group(patch)
+        everything = before + rest_of_block + after  # counts add up over the passes
+        assert ran(everything) == [2] * len(before) + [1] * len(rest_of_block) + [0] * len(after)
     flare.source_pass_early_exit = False  # the counting sees the later modules when they do run
-    with flare.source(inputs["source_input_ids"], inputs["source_attention_mask"]):
-        pass
-    assert all(counts[name] == 1 for name in must_not_run)
+    assert ran(after) == [1] * len(after)
 
 
 @pytest.mark.parametrize(
@@ -181,10 +197,11 @@ def test_source_pass_does_not_collect_outputs_a_config_asks_for():
 @pytest.mark.parametrize(
     ("kind", "fused"), [("llama", LLAMA_LAYER0), ("llama", None), ("xlmr-cls", None), ("mt5", MT5_ENCODER_BLOCK0)]
 )
-def test_early_exit_finishes_every_module_it_starts(kind, fused):
+def test_early_exit_finishes_every_module_it_starts_in_a_process_group(kind, fused, monkeypatch):
     """DeepSpeed ZeRO-3 and FSDP gather a module's parameters in its forward pre-hooks and release them in its
-    post-hooks, registered when they wrap the model. The early exit raises nothing through a forward: every module
-    that starts in the source pass also finishes, so none is left gathered."""
+    post-hooks, registered when they wrap the model. In a process group the early exit raises nothing through a
+    forward: every module that starts in the source pass also finishes, so none is left gathered."""
+    in_a_process_group(monkeypatch)
     flare = get_flare_model(build(kind), FlareConfig(fusion_modules=fused)).train()
     network = flare.get_base_model()
     started, finished = Counter(), Counter()

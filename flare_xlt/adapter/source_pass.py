@@ -6,9 +6,12 @@ the hidden state entering or leaving its block ("block_input").
 
 Early exit: the rest of the network after the last capture point (later blocks, the LM head with its large
 vocabulary) is not needed, so it does not run. The pass calls the backbone (`network.base_model`, which has no task
-head) with its block list cut after the last block that holds a capture point. Every module that starts also
-finishes: no exception unwinds a forward, so sharding frameworks (DeepSpeed ZeRO-3, FSDP), which gather a module's
-parameters in its pre-hooks and release them in its post-hooks, see only ordinary, complete forwards.
+head) with its block list cut after the last block that holds a capture point. In a single process it also stops
+inside that block, as soon as the last capture point has recorded, by raising an exception that the pass catches:
+the rest of the block (for q/v projections: the attention and the MLP) would be a whole block of wasted compute,
+about 9 % of a LoRA step on a 4-layer model. Inside a process group it does not: sharding frameworks (DeepSpeed
+ZeRO-3, FSDP), which gather a module's parameters in its forward pre-hooks and release them in its post-hooks, must
+see only ordinary, complete forwards, so there every module that starts also finishes.
 """
 
 from __future__ import annotations
@@ -66,6 +69,17 @@ def plan_early_exit(network: nn.Module, capture_points: set[str]) -> EarlyExit |
     return EarlyExit(runner, block_list, int(index) + 1, encoder_decoder)
 
 
+class _AllCaptured(Exception):
+    """Raised by the last capture point's hook to stop the source pass there (single process only)."""
+
+
+def may_stop_inside_a_forward() -> bool:
+    """Whether the source pass may stop at its last capture point by unwinding the forwards that are running.
+    Sharding frameworks run only in a process group (torch.distributed initialised, also by DeepSpeed on one
+    GPU); without one, nothing holds state between a module's pre- and post-hooks that an exception could strand."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized())
+
+
 def _first_hidden(value: Any) -> torch.Tensor:
     return value[0] if isinstance(value, tuple | list) else value
 
@@ -81,13 +95,15 @@ def run_source_pass(
 ) -> dict[str, torch.Tensor]:
     """Run the network on the source `inputs` under no_grad and return capture point -> recorded tensor, in its
     compute dtype. With `deterministic`, every module runs in eval mode (no dropout, no attention dropout) whatever
-    the network's mode; each module's own training flag is set back afterwards.
+    the network's mode; each module's own training flag is set back afterwards. With `early_exit`, the pass stops
+    after the last capture point (see the module docstring).
 
     Points that read one tensor (q and v of a block read the same normalised input) share one copy of it, which
     autograd then saves once in the target pass.
     """
     captured: dict[str, torch.Tensor] = {}
     copies: dict[tuple[int, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+    stop_at_last_point = early_exit is not None and may_stop_inside_a_forward()
 
     def record(point: str, tensor: torch.Tensor) -> None:
         if point in captured:
@@ -99,6 +115,8 @@ def run_source_pass(
         if key not in copies:  # the original stays referenced until the pass ends, so its id is not reused
             copies[key] = (tensor, tensor.to(compute_dtypes[point]))
         captured[point] = copies[key][1]
+        if stop_at_last_point and len(captured) == len(capture_points):
+            raise _AllCaptured
 
     handles = []
     for point in capture_points:
@@ -127,6 +145,8 @@ def run_source_pass(
     try:
         with torch.no_grad():
             runner(**inputs)
+    except _AllCaptured:
+        pass
     finally:
         for module in training:
             module.training = True

@@ -17,7 +17,7 @@ from .expected_warnings import without_expected_warnings
 from .run_data import check_states, load, target_pairs, translation_file
 from .scoring import evaluation, write_evaluation
 from .settings import DEFAULT_TRAIN, TrainConfig
-from .stage1 import check_stage1, load_stage1, report_untrained, stage1_model
+from .stage1 import check_stage1, load_stage1, recorded_pooling, report_untrained, stage1_model
 
 # What `evaluate` writes next to predictions.jsonl: not metrics.json, which marks a finished run, so that a report
 # over a folder holding evaluations does not count one as a second run of its method.
@@ -94,7 +94,7 @@ def evaluate(
     )
     pairs = target_pairs(spec, language, split, data, translated, train.max_eval_samples)
     states = None
-    loaded = load(model, spec, config["architecture"], config["load_in_4bit"], train)
+    loaded = load(model, spec, config["architecture"], config["load_in_4bit"], train, run_pooling(config))
     if scored_method is not None and scored_method.needs_mt_states:
         folder = mt_states or config.get("mt_states")
         if folder is None:
@@ -158,6 +158,14 @@ def _recorded_run(path: Path, model: str | None, task: str | None, stage1: Path 
     }
 
 
+def run_pooling(config: dict) -> str | None:
+    """The classification pooling a recorded run's model reads: a stage-1 run's own, a transfer's stage-1 run's; a
+    saved adapter's, as its stage-1 run recorded it (the architecture's own head without one)."""
+    if config["stage"] == "finetune":
+        return config.get("pooling")
+    return recorded_pooling(Path(config["stage1"])) if config.get("stage1") is not None else None
+
+
 def run_model(loaded, run_dir: Path, config: dict, model_name: str, task: TaskSpec) -> torch.nn.Module:
     """The model a run scored: its stage-1 adapter on the base, and the run's own adapter, as the run built them."""
     adapter = run_dir if config["stage"] == SAVED_ADAPTER else run_dir / "adapter"
@@ -184,7 +192,14 @@ def combined_with_reused_run(method, reused_dir: Path, stage1, loaded, model_nam
     """A method that reads another finished run (the ensemble): the model it scores, from the stage-1 model and that
     run's model, rebuilt on a base of its own."""
     reused_config = json.loads((reused_dir / "config.json").read_text(encoding="utf-8"))
-    reused_loaded = load(model_name, task, reused_config["architecture"], reused_config["load_in_4bit"], train)
+    reused_loaded = load(
+        model_name,
+        task,
+        reused_config["architecture"],
+        reused_config["load_in_4bit"],
+        train,
+        run_pooling(reused_config),
+    )
     reused = run_model(reused_loaded, reused_dir, reused_config, model_name, task)
     encoder = TaskEncoder(task, loaded.tokenizer, loaded.architecture, method.view, train.max_length)
     return method.combine(stage1, reused, encoder)

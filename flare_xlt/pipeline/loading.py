@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import (
+    AutoModel,
     AutoModelForCausalLM,
     AutoModelForQuestionAnswering,
     AutoModelForSeq2SeqLM,
@@ -17,6 +18,7 @@ from transformers.utils import logging as transformers_logging
 
 from ..hub import model_config
 from ..tasks import TaskEncoder, TaskSpec
+from .pooling import PooledEncoderForSequenceClassification
 
 ARCHITECTURES = ("auto", "encoder", "decoder", "seq2seq")
 TRAINABLE = ("lora", "lora+head", "lora+head+embeddings")
@@ -62,8 +64,12 @@ def detect_architecture(model_name: str) -> str:
     return "encoder" if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "decoder"
 
 
-def load_model(model_name: str, task: TaskSpec, architecture: str = "auto", load_in_4bit: bool = False) -> LoadedModel:
-    """The base model with the head for `task`: sequence classification or QA for encoders, the LM for decoders."""
+def load_model(
+    model_name: str, task: TaskSpec, architecture: str = "auto", load_in_4bit: bool = False, pooling: str | None = None
+) -> LoadedModel:
+    """The base model with the head for `task`: sequence classification or QA for encoders, the LM for decoders.
+    `pooling` (resolved, see pooling.py) is how an encoder's classification head reads the sequence: None or cls,
+    the architecture's own head; mean or last, a PooledEncoderForSequenceClassification around the bare encoder."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"Unknown architecture {architecture!r}; valid choices: {', '.join(ARCHITECTURES)}.")
     if architecture == "auto":
@@ -88,7 +94,17 @@ def load_model(model_name: str, task: TaskSpec, architecture: str = "auto", load
         )
     if architecture == "encoder":
         tokenizer.padding_side = "right"
-        if task.kind == "classification":
+        if task.kind == "classification" and pooling in ("mean", "last"):
+            encoder, missing = _without_load_report(AutoModel, model_name, **kwargs)
+            model = PooledEncoderForSequenceClassification(encoder, len(task.label_names), pooling)
+            # The head reads the final hidden states, never the encoder's pooler (BERT's dense + tanh over [CLS]):
+            # pooler weights the checkpoint lacks (e5 has none) are no untrained part of this model.
+            unread = [key for key in missing if key.startswith("pooler.")]
+            missing = [f"backbone.{key}" for key in missing if key not in unread] + [
+                "classifier.weight",
+                "classifier.bias",
+            ]
+        elif task.kind == "classification":
             model, missing = _without_load_report(
                 AutoModelForSequenceClassification, model_name, num_labels=len(task.label_names), **kwargs
             )

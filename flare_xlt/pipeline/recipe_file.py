@@ -13,7 +13,7 @@ from ..methods import METHODS, TRAINING_METHODS, get_method
 from ..mt.backends import backend_type
 from ..mt.translator import DEFAULT_MT_MODEL
 from ..tasks import get_task
-from .settings import STAGE1_MODES, AdapterConfig, TrainConfig, resolve_stage1_mode
+from .settings import POOLINGS, STAGE1_MODES, AdapterConfig, TrainConfig, resolve_stage1_mode
 
 
 @dataclass
@@ -56,8 +56,25 @@ class Recipe:
         },
     )
     load_in_4bit: bool = field(default=False, metadata={"help": "Load the base in 4-bit NF4 (bitsandbytes, GPU)."})
+    pooling: str = field(
+        default="auto",
+        metadata={
+            "help": f"How an encoder's classification head reads the sequence: {', '.join(POOLINGS)}. cls is the "
+            "architecture's own head (the first token), mean averages the real tokens, last takes the last one; auto "
+            "is what the model folder's sentence-transformers Pooling config names (mean for e5), else cls. Stage 1 "
+            "records it and every method reads it from there."
+        },
+    )
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    stage1_train: dict = field(
+        default_factory=dict,
+        metadata={
+            "help": "Training settings of stage 1 only, over train's: {epochs: 3, learning_rate: 1e-3, "
+            "max_train_samples: 2000}. Stage 1 is trained once per seed and shared by every method, so it can afford "
+            "more steps than each transfer; transfers keep train. The seed comes from seeds."
+        },
+    )
     variants: dict[str, dict] = field(
         default_factory=dict,
         metadata={
@@ -88,6 +105,18 @@ class Recipe:
         self.translator_options()  # the MT backend and its options, checked before anything runs
         if isinstance(self.train, dict):
             self.train = _build(TrainConfig, self.train, "train")
+        if self.pooling not in POOLINGS:  # resolved against the model by stage 1 (run_folder.finetune_pooling)
+            raise ValueError(f"Unknown pooling {self.pooling!r}; valid choices: {', '.join(POOLINGS)}.")
+        self.stage1_train = self.stage1_train or {}  # `stage1_train:` left empty in the YAML
+        if not isinstance(self.stage1_train, dict):
+            raise ValueError(f"stage1_train must be a mapping of training settings; got {self.stage1_train!r}.")
+        if "seed" in self.stage1_train:
+            raise ValueError("stage1_train cannot set seed: every seed of `seeds` trains its own stage 1.")
+        self.stage1_train_config(self.train.seed)  # unknown or invalid settings, refused before anything runs
+
+    def stage1_train_config(self, seed: int) -> TrainConfig:
+        """The training settings of the stage-1 run of `seed`: train's, with stage1_train's overrides."""
+        return _build(TrainConfig, {**asdict(self.train), **self.stage1_train, "seed": seed}, "stage1_train")
 
     def _check_variant(self, name: str, spec: dict) -> dict:
         if name in METHODS:

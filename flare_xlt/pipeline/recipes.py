@@ -63,8 +63,9 @@ def _stage1_settings(recipe: Recipe, seed: int) -> dict:
         "architecture": recipe.architecture,
         "trainable": recipe.trainable,
         "load_in_4bit": recipe.load_in_4bit,
+        "pooling": recipe.pooling,
         "adapter": recipe.adapter,
-        "train": replace(recipe.train, seed=seed),
+        "train": recipe.stage1_train_config(seed),
     }
 
 

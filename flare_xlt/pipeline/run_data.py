@@ -15,9 +15,12 @@ from .loading import check_max_length, load_model
 from .settings import TrainConfig
 
 
-def load(model: str, task: TaskSpec, architecture: str, load_in_4bit: bool, train: TrainConfig):
+def load(
+    model: str, task: TaskSpec, architecture: str, load_in_4bit: bool, train: TrainConfig, pooling: str | None = None
+):
+    """The model of a run, seeded by its training seed, with its (resolved) classification pooling."""
     set_seed(train.seed)
-    loaded = load_model(model, task, architecture, load_in_4bit)
+    loaded = load_model(model, task, architecture, load_in_4bit, pooling)
     check_max_length(loaded, train.max_length)
     if torch.cuda.is_available() and not load_in_4bit:  # 4-bit weights are placed on the GPU when loaded
         # Evaluation-only methods (zero-shot, translate-test) never pass through the Trainer, which moves models.

@@ -25,6 +25,8 @@ from ..tasks import get_task
 from .checkpoints import (
     latest_checkpoint,
 )
+from .loading import detect_architecture
+from .pooling import resolve_pooling
 from .settings import TrainConfig, resolve_stage1_mode
 
 CHECKPOINTS = "checkpoints"
@@ -195,19 +197,30 @@ def result_settings(train: TrainConfig, trains: bool = True) -> dict:
 
 
 def finetune_run(settings: Mapping[str, Any]) -> tuple[Path, dict]:
-    """The run folder `finetune` writes, and the config it records (nothing is read). `settings`: the arguments of
-    `finetune` by name (`resume` is not read)."""
+    """The run folder `finetune` writes, and the config it records (nothing is read but what `auto` pooling
+    resolves from). `settings`: the arguments of `finetune` by name (`resume` is not read)."""
     spec, train = get_task(settings["task"]), settings["train"]
     config = {
         "stage": "finetune",
         "model": settings["model"],
         "task": spec.name,
         **{name: settings[name] for name in ("data", "architecture", "trainable", "load_in_4bit")},
+        "pooling": finetune_pooling(settings),
         "adapter": {name: getattr(settings["adapter"], name) for name in STAGE1_ADAPTER_SETTINGS},
         "train": result_settings(train),
     }
     name = f"{spec.name}-{spec.source_language}-finetune-seed{train.seed}"
     return run_directory(settings["output"], name, config), config
+
+
+def finetune_pooling(settings: Mapping[str, Any]) -> str | None:
+    """The resolved pooling of a stage-1 run (pooling.py), from the arguments of `finetune`; transfers and
+    evaluations read it from the stage-1 run's config.json, never resolving it again."""
+    architecture, model = settings["architecture"], settings["model"]
+    kind = get_task(settings["task"]).kind
+    if architecture == "auto" and kind == "classification":  # only an encoder's classification head pools
+        architecture = detect_architecture(model)
+    return resolve_pooling(settings["pooling"], model, kind, architecture)
 
 
 def transfer_run(settings: Mapping[str, Any]) -> tuple[Path, dict]:

@@ -28,7 +28,7 @@ from .run_data import (
 from .run_folder import finetune_run, finished, link_latest, save_adapter, started, transfer_run
 from .scoring import evaluate_run, validation_callback
 from .settings import DEFAULT_ADAPTER, DEFAULT_TRAIN, AdapterConfig, TrainConfig, resolve_stage1_mode
-from .stage1 import check_stage1, check_target_modules, report_untrained, stage1_model
+from .stage1 import check_stage1, check_target_modules, recorded_pooling, report_untrained, stage1_model
 from .training import train_adapter
 
 
@@ -41,6 +41,7 @@ def finetune(
     architecture: str = "auto",
     trainable: str = "lora",
     load_in_4bit: bool = False,
+    pooling: str = "auto",
     adapter: AdapterConfig = DEFAULT_ADAPTER,
     train: TrainConfig = DEFAULT_TRAIN,
     resume: bool = True,
@@ -58,6 +59,10 @@ def finetune(
         trainable: lora, lora+head (decoders: also lm_head) or lora+head+embeddings (also embed_tokens). Encoders
             always train their task head.
         load_in_4bit: Load the base in 4-bit NF4 with bitsandbytes (GPU).
+        pooling: How an encoder's classification head reads the sequence: cls (the architecture's own head, which
+            reads the first token), mean (over the real tokens), last (the last real token), or auto: what the
+            model folder's sentence-transformers Pooling config names (mean for e5), else cls. Other tasks and
+            architectures take auto only. Transfers and evaluations read it from this run.
         adapter: The LoRA's settings; stage 1 reads r, lora_alpha, lora_dropout and target_modules.
         train: Training settings.
         resume: Continue an interrupted run from the newest checkpoint in its run folder (asking for the same run
@@ -69,7 +74,7 @@ def finetune(
     if finished(run_dir, config):
         link_latest(run_dir, "finetune")
         return run_dir
-    loaded = load(model, spec, architecture, load_in_4bit, train)
+    loaded = load(model, spec, architecture, load_in_4bit, train, config["pooling"])
     check_target_modules(loaded.model, adapter.target_modules, model)
     lora = LoraConfig(
         r=adapter.r,
@@ -186,7 +191,7 @@ def transfer(
         role: translation_file(Path(translations), spec, role, *((source, language) if out else (language, source)))
         for role, out in transfer_method.translation_roles(train.select_best_on_validation).items()
     }
-    loaded = load(model, spec, architecture, load_in_4bit, train)
+    loaded = load(model, spec, architecture, load_in_4bit, train, recorded_pooling(Path(stage1)))
     transfer_method.check_fit(spec.kind, loaded.architecture)
     trains_adapter = transfer_method.trains
     network = stage1_model(loaded, stage1_adapter, model, stage1_mode, trains_adapter)

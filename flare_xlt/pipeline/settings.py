@@ -196,6 +196,9 @@ DEFAULT_ADAPTER, DEFAULT_TRAIN = AdapterConfig(), TrainConfig()
 
 
 STAGE1_MODES = ("auto", "merge", "frozen")
+# How an encoder's classification head reads the sequence (pooling.py): auto, the first token through the
+# architecture's own head, the mean over the real tokens, or the last real token.
+POOLINGS = ("auto", "cls", "mean", "last")
 
 
 def resolve_stage1_mode(stage1_mode: str, load_in_4bit: bool) -> str:

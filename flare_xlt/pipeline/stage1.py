@@ -42,6 +42,16 @@ def check_stage1(stage1: Path, model: str, task: TaskSpec) -> Path:
     return adapter
 
 
+def recorded_pooling(stage1: Path) -> str | None:
+    """The classification pooling the stage-1 run resolved and recorded (pooling.py), which every method of a
+    transfer reads; None (the architecture's own head) for an adapter folder laid out by hand or a run recorded
+    before pooling was a setting."""
+    config_path = Path(stage1) / "config.json"
+    if not config_path.is_file():
+        return None
+    return json.loads(config_path.read_text(encoding="utf-8")).get("pooling")
+
+
 def stage1_model(
     loaded: LoadedModel, adapter: Path, model_name: str, stage1_mode: str, trains_adapter: bool
 ) -> PeftModel | torch.nn.Module:
