@@ -210,3 +210,20 @@ def test_bench_real_tiny_taxi1500_end_to_end(tmp_path, monkeypatch):
     runs = {(run["method"], run["language"]) for run in real.collect_runs(tmp_path / "work" / "taxi1500" / "runs")}
     assert runs == {("finetune", "en"), *((method, "es") for method in real.METHODS)}
     assert size.taxi_per_split["test"] == 6
+
+
+def test_e5_folder_declares_mean_pooling(tmp_path):
+    """The e5 folder carries sentence-transformers' pooling declaration, so the recipes' `pooling: auto` heads pool by
+    the mean, as e5 was trained; a folder converted before the declaration gets it on use, once."""
+    import json
+
+    from flare_xlt.pipeline.pooling import resolve_pooling
+
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 384}))
+    assert resolve_pooling("auto", str(tmp_path), "classification", "encoder") == "cls"
+    assert assets.declare_mean_pooling(tmp_path) == tmp_path
+    assert resolve_pooling("auto", str(tmp_path), "classification", "encoder") == "mean"
+    assert json.loads((tmp_path / "1_Pooling" / "config.json").read_text())["word_embedding_dimension"] == 384
+    written = (tmp_path / "modules.json").stat().st_mtime_ns
+    assets.declare_mean_pooling(tmp_path)
+    assert (tmp_path / "modules.json").stat().st_mtime_ns == written
