@@ -44,7 +44,7 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 DEFAULT_REPORT = REPOSITORY / "benchmarks" / "REAL.md"
 # The linear probe: the frozen base encoder's pooled features with a logistic regression fitted on English, the floor
 # below which a fine-tuned number means a broken setup.
-PROBE = "probe"
+PROBE = "linear-probe"
 # Every table's methods (the ensemble reuses the LoRA run and costs two evaluations); the evaluation-only ones also run
 # on every language bible.db holds for Taxi1500. Input fusion and X-Mixup (each about 1.5x a FLARE run) run on two
 # languages only: Spanish (the real MT) and Hindi (the script whose verses tokenise furthest from the English ones).
