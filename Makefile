@@ -8,7 +8,7 @@ LOCK := requirements.lock
 TORCH_VERSION := 2.13.0
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: install apertium real-assets test test-latest lock lint clean bench bench-real demo
+.PHONY: install apertium real-assets test test-latest lock lint clean bench bench-real demo smoke
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -48,7 +48,7 @@ test-latest:
 	python3 -m venv .venv-latest
 	.venv-latest/bin/python -m pip install --quiet --upgrade pip
 	.venv-latest/bin/python -m pip install --quiet torch==$(TORCH_VERSION)
-	.venv-latest/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]"
+	.venv-latest/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev,lm-eval]"
 	.venv-latest/bin/python -m pip list 2>/dev/null | grep -E "^(torch|transformers|peft|accelerate|datasets) "
 	$(OFFLINE) .venv-latest/bin/python -m pytest
 
@@ -59,7 +59,7 @@ lock:
 	python3 -m venv .venv-lock
 	.venv-lock/bin/python -m pip install --quiet --upgrade pip
 	.venv-lock/bin/python -m pip install --quiet torch==$(TORCH_VERSION)
-	.venv-lock/bin/python -m pip install --quiet -e ".[dev]"
+	.venv-lock/bin/python -m pip install --quiet -e ".[dev,lm-eval]"
 	echo "# Exact versions of every package \`make install\` puts in .venv (python 3.11, CPU torch). Refresh: make lock." > $(LOCK)
 	.venv-lock/bin/python -m pip freeze --exclude-editable | grep -v "^-e " | sed "s/^torch==.*/torch==$(TORCH_VERSION)/" >> $(LOCK)
 	rm -rf .venv-lock
@@ -68,6 +68,11 @@ lock:
 # 3 seeds on the CPU (about 5 minutes on 2 cores); prints the table, writes the report under demo/.
 demo: $(STAMP)
 	$(OFFLINE) $(VENV)/bin/flare-xlt demo
+
+# The first thing to run: configs/smoke.yaml, the whole workflow on a tiny local decoder (under a minute on a CPU).
+smoke: $(STAMP)
+	$(OFFLINE) $(PYTHON) -m flare_xlt.demo.smoke
+	$(OFFLINE) $(VENV)/bin/flare-xlt run --recipe configs/smoke.yaml
 
 # Benchmarks of LoRA, FLARE and the MT pipeline side by side (about 5-8 minutes on 2 cores): benchmarks/RESULTS.md.
 bench: $(STAMP) apertium

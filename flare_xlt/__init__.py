@@ -9,5 +9,6 @@ __getattr__, __all__ = lazy_attributes(
         ".adapter.config": ("FUSION_NAMES", "FlareConfig"),
         ".adapter.layer": ("FlareLinear",),
         ".adapter.model": ("FlareModel", "get_flare_model", "keep_trainables_in_float32"),
+        ".predictor": ("FlarePredictor",),
     },
 )

@@ -295,8 +295,9 @@ def run(recipe: Path, set: dict[str, Any] | None = None, dry_run: bool = False) 
         set: Recipe values to override, by name: --set.seeds '[1]' --set.train.epochs 1 --set.languages '[id, sw]'.
         dry_run: Print the plan, one line per step, and stop.
     """
+    from .pipeline.plans import describe_plan
     from .pipeline.recipe_file import load_recipe
-    from .pipeline.recipes import describe_plan, run_recipe, step_status
+    from .pipeline.recipes import run_recipe, step_status
     from .report import write_report
 
     recipe_settings = load_recipe(recipe, set)
@@ -407,6 +408,7 @@ COMMANDS = {
     "finetune": lazy_command("flare_xlt.pipeline.runs", "finetune", PIPELINE_NAMES),
     "transfer": lazy_command("flare_xlt.pipeline.runs", "transfer", PIPELINE_NAMES),
     "evaluate": lazy_command("flare_xlt.pipeline.finished_runs", "evaluate", PIPELINE_NAMES),
+    "predict": lazy_command("flare_xlt.predictor", "predict", PIPELINE_NAMES),
     "run": run,
     "report": report,
     "demo": demo,
@@ -576,7 +578,7 @@ def main(argv: list[str] | None = None) -> None:
             as_positional=False,
             parser_class=FlareParser,
             version=__version__,
-            description="FLARE cross-lingual transfer: translate, fine-tune, transfer, evaluate and report. "
+            description="FLARE cross-lingual transfer: translate, fine-tune, transfer, evaluate, predict and report. "
             "--debug (or FLARE_XLT_DEBUG=1) shows tracebacks.",
         )
     except KeyboardInterrupt as interrupt:

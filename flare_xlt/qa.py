@@ -170,22 +170,39 @@ def _label_window(offsets: list[tuple[int, int] | None], span: tuple[int, int] |
     return overlapping[0], overlapping[-1]
 
 
-def postprocess_qa_predictions(
+@dataclass(frozen=True)
+class AnswerSpan:
+    """An example's best answer: its characters [start, end) in the context, and start_logit + end_logit."""
+
+    text: str
+    start: int
+    end: int
+    score: float
+
+
+def postprocess_qa_predictions(*arguments, **limits) -> list[str]:
+    """The best answer text of each example, cut from its original context by character offsets: the texts of
+    `best_answer_spans` (same arguments: contexts, features, start_logits, end_logits, n_best, max_answer_length),
+    "" for an example without a valid span."""
+    return [span.text if span is not None else "" for span in best_answer_spans(*arguments, **limits)]
+
+
+def best_answer_spans(
     contexts: Sequence[str],
     features: QAFeatures,
     start_logits: torch.Tensor | np.ndarray | Sequence[Sequence[float]],
     end_logits: torch.Tensor | np.ndarray | Sequence[Sequence[float]],
     n_best: int = 20,
     max_answer_length: int = 30,
-) -> list[str]:
-    """The best answer text of each example, cut from its original context by character offsets.
+) -> list[AnswerSpan | None]:
+    """The best answer span of each example, cut from its original context by character offsets.
 
     start_logits/end_logits have one row per feature; rows may be longer than their feature (batch padding), and
     positions past the feature's tokens or outside the context (question, special tokens) are never chosen. For each
     window, the n_best start and n_best end positions among its context tokens are paired; a pair is kept if
     start <= end and it spans at most max_answer_length tokens, and scored start_logit + end_logit. The best pair over
-    all windows of an example wins (the earlier one on ties). An example with no valid pair gets "", which is what
-    gets scored: nothing is dropped from the evaluation.
+    all windows of an example wins (the earlier one on ties). An example with no valid pair gets None, which
+    `postprocess_qa_predictions` scores as "": nothing is dropped from the evaluation.
     """
     if n_best < 1 or max_answer_length < 1:
         raise ValueError(f"n_best and max_answer_length must be >= 1, got {n_best} and {max_answer_length}")
@@ -199,8 +216,7 @@ def postprocess_qa_predictions(
             f"features refer to example {max(features.example_index)} but only {len(contexts)} contexts were given"
         )
 
-    best_scores: list[float | None] = [None] * len(contexts)
-    best_texts = [""] * len(contexts)
+    best: list[AnswerSpan | None] = [None] * len(contexts)
     for feature, (example, offsets) in enumerate(zip(features.example_index, features.offset_mapping, strict=True)):
         context_tokens = torch.tensor([i for i, offset in enumerate(offsets) if offset is not None], dtype=torch.long)
         if len(context_tokens) == 0:
@@ -210,15 +226,15 @@ def postprocess_qa_predictions(
         lengths = ends[None, :] - starts[:, None] + 1
         scores = start_scores[:, None] + end_scores[None, :]
         scores[(lengths < 1) | (lengths > max_answer_length)] = -torch.inf
-        best = int(scores.argmax())
-        score = float(scores.flatten()[best])
+        pair = int(scores.argmax())
+        score = float(scores.flatten()[pair])
         if score == -torch.inf:
             continue
-        if best_scores[example] is None or score > best_scores[example]:
-            start, end = int(starts[best // len(ends)]), int(ends[best % len(ends)])
-            best_scores[example] = score
-            best_texts[example] = contexts[example][offsets[start][0] : offsets[end][1]]
-    return best_texts
+        if best[example] is None or score > best[example].score:
+            start, end = int(starts[pair // len(ends)]), int(ends[pair % len(ends)])
+            first, last = offsets[start][0], offsets[end][1]
+            best[example] = AnswerSpan(contexts[example][first:last], first, last, score)
+    return best
 
 
 def _top_positions(

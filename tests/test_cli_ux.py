@@ -440,6 +440,56 @@ def test_run_prints_the_plan_and_dry_run_stops_there(workspace, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_finetune_and_transfer_dry_runs_say_what_is_done_resumable_or_to_make(tmp_path):
+    """A dry run reads the disk only: no model is loaded (the model name is no model) and nothing is written."""
+    runs, translations = tmp_path / "runs", tmp_path / "translations"
+    stage1_args = ["finetune", "--model", "m", "--task", "nusax", "--output", runs, "--train.seed", "4"]
+
+    def dry(*argv) -> list[str]:
+        code, printed, errors = call(*argv, "--dry_run")
+        assert code == 0, errors
+        return printed.splitlines()
+
+    stage1_dir = Path(dry(*stage1_args)[-1])
+    assert dry(*stage1_args) == [
+        "plan: 1 stage-1 runs (0 done, 1 to make)",
+        "  to do  finetune en seed 4",
+        str(stage1_dir),
+    ]
+    assert not runs.exists()
+    # An interrupted run resumes from its newest complete checkpoint, unless --resume false starts it over.
+    for step in (2, 6):
+        (stage1_dir / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+    (stage1_dir / "checkpoints" / ".checkpoint-8.staging").mkdir()
+    assert dry(*stage1_args)[:2] == [
+        "plan: 1 stage-1 runs (0 done, 1 to make, 1 resuming from a checkpoint)",
+        "  to do  finetune en seed 4 (resumes from checkpoint-6)",
+    ]
+    assert dry(*stage1_args, "--resume", "false")[1] == (
+        "  to do  finetune en seed 4 (starts over: --resume false discards checkpoint-6)"
+    )
+    # A finished stage 1 (the files transfer checks); the ensemble lists the lora run it reads first.
+    (stage1_dir / "adapter").mkdir()
+    (stage1_dir / "adapter" / "adapter_config.json").write_text("{}")
+    (stage1_dir / "config.json").write_text(json.dumps({"stage": "finetune", "model": "m", "task": "nusax"}))
+    (stage1_dir / "metrics.json").write_text("{}")
+    assert dry(*stage1_args)[:2] == ["plan: 1 stage-1 runs (1 done, 0 to make)", "  done   finetune en seed 4"]
+    transfer_args = ["transfer", "--model", "m", "--task", "nusax", "--language", "id", "--method", "ensemble"]
+    transfer_args += ["--stage1", stage1_dir, "--translations", translations, "--output", runs, "--train.seed", "4"]
+    code, printed, errors = call(*transfer_args, "--dry_run")
+    assert code == 2 and "nusax_test_id-en.jsonl not found. Write it with: flare-xlt translate" in errors
+    assert printed.splitlines() == [
+        "plan: 2 transfer runs (0 done, 2 to make)",
+        "  to do  transfer id lora seed 4",
+        "  to do  transfer id ensemble seed 4",
+    ]
+    translations.mkdir()
+    (translations / "nusax_test_id-en.jsonl").write_text("")
+    ensemble_dir = Path(dry(*transfer_args)[-1])
+    assert ensemble_dir.parent == runs and ensemble_dir.name.startswith("nusax-id-ensemble-seed4-")
+    assert sorted(path.name for path in runs.iterdir()) == [stage1_dir.name]  # nothing written beside stage 1
+
+
 # ------------------------------------------------------------------------------------------ 7: workflow features
 def test_evaluate_reproduces_a_runs_score_and_scores_other_data(workspace, tmp_path):
     # A decoder: its predictions are generated text, which any change to the model it scores would change.

@@ -81,6 +81,8 @@ def test_the_ensemble_run_reuses_the_lora_run_and_averages_it_with_translate_tes
     lora = runs / config["reuses"]
     assert json.loads((lora / "config.json").read_text())["method"] == "lora"  # made first, as it was missing
     assert (lora / "metrics.json").is_file()
+    made_inside = json.loads((ensemble / "timings.json").read_text())["wall_seconds"]["reused run"]
+    assert made_inside >= json.loads((lora / "timings.json").read_text())["total_wall_seconds"] > 0
     assert transfer(model, "nusax", "id", "lora", stage1, workspace / "translations", **common) == lora
     metrics, predictions = read_metrics(ensemble)
     assert evaluate(ensemble)["scores"] == metrics["scores"]

@@ -312,8 +312,8 @@ FAULTS = {
     ),
     "unknown-method": (
         ValueError,
-        r"Unknown method 'mixup'; valid choices: zero-shot, translate-test, lora, input-fusion, x-mixup, ensemble, "
-        r"flare, flare-mt",
+        r"Unknown method 'mixup'; valid choices: linear-probe, zero-shot, translate-test, lora, input-fusion, x-mixup, "
+        r"ensemble, flare, flare-mt",
         lambda c: c.transfer("mixup"),
     ),
     "unknown-fusion": (

@@ -98,7 +98,9 @@ def test_every_method_runs_end_to_end(workspace, kind, capsys, one_thread):
 
 
 def test_transfer_errors_name_the_choices(workspace):
-    with pytest.raises(ValueError, match="Unknown method 'mixup'; valid choices: zero-shot, translate-test"):
+    with pytest.raises(
+        ValueError, match="Unknown method 'mixup'; valid choices: linear-probe, zero-shot, translate-test"
+    ):
         transfer(str(workspace / "encoder"), "nusax", "id", "mixup", workspace)
     with pytest.raises(ValueError, match="has no language 'xx'"):
         transfer(str(workspace / "encoder"), "nusax", "xx", "flare", workspace)
@@ -161,6 +163,13 @@ def test_selection_on_validation_is_recorded_and_refused_without_a_validation_se
         train=select,
     )
     assert len(json.loads((run_dir / "metrics.json").read_text())["validation_history"]) == 2
+    for run in (stage1, run_dir):  # where the run's time went, phase by phase, adding up to the whole
+        timings = json.loads((run / "timings.json").read_text())
+        wall = timings["wall_seconds"]
+        assert {"load", "train", "validate", "evaluate", "save", "other"} <= set(wall) and min(wall.values()) >= 0
+        assert wall["train"] > 0 and wall["validate"] > 0
+        assert sum(wall.values()) == pytest.approx(timings["total_wall_seconds"], abs=0.01)
+    assert "build" in json.loads((run_dir / "timings.json").read_text())["wall_seconds"]
     with pytest.raises(ValueError, match="tydiqa uses its 'validation' split as the test set"):
         finetune(str(workspace / "encoder"), "tydiqa", data=str(FIXTURES / "tydiqa"), train=select)
 

@@ -1,6 +1,7 @@
-"""The classification pooling of encoder heads (pipeline/pooling.py) and stage 1's own training settings: mean and
-last pooling read the real tokens only, `auto` follows the model folder, a stage-1 run records its pooling and every
-later load reads it, and a recipe's stage1_train reaches stage 1 alone."""
+"""The classification pooling of encoder heads (pipeline/pooling.py), the linear probe that reads the pooled
+features, and stage 1's own training settings: mean and last pooling read the real tokens only, `auto` follows the
+model folder, a stage-1 run records its pooling and every later load reads it, the probe equals a logistic
+regression fitted by hand on the base encoder's features, and a recipe's stage1_train reaches stage 1 alone."""
 
 from __future__ import annotations
 
@@ -165,3 +166,73 @@ def test_stage1_train_reaches_stage1_only_and_makes_another_stage1(tmp_path):
     with pytest.raises(ValueError, match="stage1_train cannot set seed"):
         load_recipe(path, {"stage1_train.seed": 3})
     assert asdict(shared.stage1_train_config(1)) == {**asdict(shared.train), "seed": 1}
+
+
+def test_the_linear_probe_is_a_logistic_regression_on_the_base_encoders_pooled_features(pooled_workspace, one_thread):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    from transformers import AutoModel, AutoTokenizer
+
+    from flare_xlt.report import write_report
+    from flare_xlt.tasks import NUSAX, load_original_view
+
+    model, runs = str(pooled_workspace / "encoder"), pooled_workspace / "runs-probe"
+    # A stage 1 that moves the encoder well away from the base, which the probe must not read.
+    strong = TrainConfig(batch_size=2, max_steps=4, learning_rate=0.05, max_length=48, seed=3)
+    stage1 = finetune(model, "nusax", output=runs, data=NUSAX_DATA, train=strong)
+    probe = transfer(model, "nusax", "id", "linear-probe", stage1, output=runs, data=NUSAX_DATA, train=QUICK)
+    config = json.loads((probe / "config.json").read_text())
+    assert config["translations"] is None and config["adapter"] is None and config["trainable"] is None
+    assert set(config["train"]) == {"seed", "max_length", "max_eval_samples", "max_train_samples"}
+
+    # By hand: the base checkpoint (no stage-1 adapter), mean-pooled over the real tokens, standardised, fitted.
+    tokenizer, encoder = AutoTokenizer.from_pretrained(model), AutoModel.from_pretrained(model).eval()
+
+    def features(records: list[dict]) -> torch.Tensor:
+        batch = tokenizer([record["text"] for record in records], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            hidden = encoder(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        return ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+
+    english = load_original_view(NUSAX, "en", "train", NUSAX_DATA)
+    indonesian = load_original_view(NUSAX, "id", "test", NUSAX_DATA)
+    scaler = StandardScaler().fit(features(english))
+    regression = LogisticRegression(C=1.0, max_iter=2000).fit(
+        scaler.transform(features(english)), [record["label"] for record in english]
+    )
+    expected = regression.predict_log_proba(scaler.transform(features(indonesian)))
+    predictions = [json.loads(line)["prediction"] for line in (probe / "predictions.jsonl").read_text().splitlines()]
+    assert predictions == expected.argmax(-1).tolist()
+    scored = rebuilt(probe)  # as `evaluate` fits it again
+    batch = tokenizer([record["text"] for record in indonesian], padding=True, return_tensors="pt")
+    logits = scored(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(logits, torch.as_tensor(expected, dtype=logits.dtype), atol=1e-4, rtol=0)
+    assert evaluate(probe)["scores"] == json.loads((probe / "metrics.json").read_text())["scores"]
+    table = next(path for path in write_report(runs) if path.name == "report_nusax.md").read_text()
+    assert "| linear-probe |" in table
+
+
+def test_the_linear_probe_is_refused_where_there_is_no_encoder_classifier_and_planned_without_translations(tmp_path):
+    from flare_xlt.methods import get_method
+    from flare_xlt.pipeline.recipe_file import load_recipe
+    from flare_xlt.pipeline.recipes import plan
+
+    probe = get_method("linear-probe")
+    for architecture in ("decoder", "seq2seq"):
+        with pytest.raises(ValueError, match=f"linear-probe does not run on {architecture} models: .*encoder models"):
+            probe.check_fit("classification", architecture)
+    with pytest.raises(ValueError, match="linear-probe does not run for extractive QA tasks"):
+        probe.check_fit("extractive_qa", "encoder")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE.replace("[zero-shot, lora]", "[linear-probe]"))
+    steps = plan(load_recipe(path))
+    assert [(step.kind, step.method, step.seed) for step in steps] == [
+        ("finetune", None, 1),
+        ("transfer", "linear-probe", 1),
+        ("finetune", None, 2),
+        ("transfer", "linear-probe", 2),
+    ]
+    with pytest.raises(ValueError, match="linear-probe does not run for extractive QA tasks"):
+        path.write_text(RECIPE.replace("[zero-shot, lora]", "[linear-probe]").replace("nusax", "tydiqa"))
+        load_recipe(path)

@@ -1,15 +1,18 @@
-"""The deterministic source pass and the training source cache: cache off, in memory and on disk train alike, later
-epochs run no source pass, a resumed run reads the disk cache, and the size check refuses before training."""
+"""The deterministic source pass, the training source cache and its pre-pass: cache off, in memory and on disk, filled
+in the first epoch or by the pre-pass, train alike; later epochs (with the pre-pass, all of training) run no source
+pass; a resumed run, or a resumed pre-pass, reads the disk cache; and the size check refuses before training."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ENCODER_SIZES, batch_for, randomize_lora
+from conftest import ADAPTER_SETTINGS, DECODERS, ENCODER_SIZES, ENCODERS, batch_for, build, randomize_lora
 from transformers import TrainerCallback, XLMRobertaConfig, XLMRobertaForSequenceClassification
 
 from flare_xlt import FlareConfig, get_flare_model
-from flare_xlt.adapter.source_cache import SourceCache, open_source_cache
+from flare_xlt.adapter import source_prepass
+from flare_xlt.adapter.config import KEY_FIELD
+from flare_xlt.adapter.source_cache import SourceCache, open_source_cache, source_key
 from flare_xlt.pipeline.run_folder import SOURCE_CACHE
 from flare_xlt.pipeline.settings import TrainConfig
 from flare_xlt.pipeline.training import train_adapter
@@ -78,52 +81,202 @@ class Recorder(TrainerCallback):
         self.gradients.append({name: p.grad.clone() for name, p in self.flare.named_parameters() if p.grad is not None})
 
 
-def train(tmp_path, mode: str, stop_at_step: int | None = None, save_steps: int = 100) -> Recorder:
-    flare = noisy_flare()
+def train(
+    tmp_path,
+    mode: str,
+    stop_at_step: int | None = None,
+    save_steps: int = 100,
+    flare=None,
+    rows: list[dict] | None = None,
+    padding_side: str = "right",
+    **settings,
+) -> Recorder:
+    flare = flare if flare is not None else noisy_flare()
     recorder = Recorder(flare, stop_at_step)
     config = TrainConfig(
-        batch_size=2, epochs=3, learning_rate=1e-2, warmup_ratio=0.0, seed=0, save_steps=save_steps, source_cache=mode
+        batch_size=2,
+        epochs=3,
+        learning_rate=1e-2,
+        warmup_ratio=0.0,
+        seed=0,
+        save_steps=save_steps,
+        source_cache=mode,
+        **settings,
     )
-    train_adapter(flare, features(), config, tmp_path / "run", PairedCollator(pad_token_id=0), [recorder])
+    collator = PairedCollator(pad_token_id=0, padding_side=padding_side)
+    train_adapter(flare, rows if rows is not None else features(), config, tmp_path / "run", collator, [recorder])
     return recorder
 
 
+# Source passes before training: the size probe, and the padding check's two (a half source alone, and padded).
+OPENING = [0] * 3
+# The pre-pass's batches at 8 padded tokens, source lengths 8, 7, 6, 5 and 3 + 2: other company and other padding
+# than any training batch's.
+PREPASS_TOKENS, PREPASS_BATCHES = 8, 5
+
+
+def assert_trains_alike(run: Recorder, reference: Recorder) -> None:
+    """Equal losses and gradients, up to float32 rounding: the cached rows were computed in another batch."""
+    torch.testing.assert_close(torch.stack(run.losses), torch.stack(reference.losses), rtol=1e-5, atol=1e-6)
+    assert len(run.gradients) == len(reference.gradients)
+    for mine, theirs in zip(run.gradients, reference.gradients, strict=True):
+        assert mine.keys() == theirs.keys() and any("lora_A" in name for name in mine)
+        for name in mine:
+            torch.testing.assert_close(mine[name], theirs[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_cache_in_memory_and_on_disk_trains_like_no_cache(tmp_path):
-    runs = {mode: train(tmp_path / mode, mode) for mode in ("off", "memory", "disk")}
+    runs = {"off": train(tmp_path / "off", "off")}
+    for mode in ("memory", "disk"):
+        runs[mode] = train(tmp_path / mode, mode, source_prepass=False)
+        runs[f"{mode}-prepass"] = train(tmp_path / f"{mode}-prepass", mode, source_prepass_tokens=PREPASS_TOKENS)
     reference = runs["off"]
     assert len(reference.losses) == 3 * STEPS_PER_EPOCH
     assert reference.source_passes == list(range(3 * STEPS_PER_EPOCH))  # one per step without the cache
     for mode in ("memory", "disk"):
+        # The cache's opening passes, then the pre-pass's batches before the first step and none in training.
+        assert runs[f"{mode}-prepass"].source_passes == OPENING + [0] * PREPASS_BATCHES
+        assert_trains_alike(runs[f"{mode}-prepass"], reference)
         run = runs[mode]
-        assert run.source_passes == [0, *range(STEPS_PER_EPOCH)]  # the size probe, then the first epoch only
-        # Later epochs read tensors computed in another batch (other padding): equal up to float32 rounding.
-        torch.testing.assert_close(torch.stack(run.losses), torch.stack(reference.losses), rtol=1e-5, atol=1e-6)
-        assert len(run.gradients) == len(reference.gradients)
-        for mine, theirs in zip(run.gradients, reference.gradients, strict=True):
-            assert mine.keys() == theirs.keys() and any("lora_A" in name for name in mine)
-            for name in mine:
-                torch.testing.assert_close(mine[name], theirs[name], rtol=1e-5, atol=1e-6, msg=name)
+        assert run.source_passes == [*OPENING, *range(STEPS_PER_EPOCH)]  # opening, then the first epoch only
+        assert_trains_alike(run, reference)  # later epochs read rows computed in another batch
     assert not (tmp_path / "disk" / "run" / SOURCE_CACHE).exists()  # removed once training is over
 
 
 @pytest.mark.parametrize(
-    ("save_steps", "killed_at", "steps_left", "source_passes"),
+    ("save_steps", "killed_at", "steps_left", "source_passes", "prepass"),
     [
         # Checkpoints every step: killed in the first epoch, resumed from step 2; the rows of steps 1-2 were written
         # with their checkpoints, so only step 3 (the rest of the first epoch) runs the source pass.
-        (1, 2, 3 * STEPS_PER_EPOCH - 2, [0, 0]),
+        (1, 2, 3 * STEPS_PER_EPOCH - 2, [*OPENING, 0], False),
         # No checkpoints: killed in the second epoch, the run starts again and finds the first epoch's rows.
-        (0, STEPS_PER_EPOCH + 1, 3 * STEPS_PER_EPOCH, [0]),
+        (0, STEPS_PER_EPOCH + 1, 3 * STEPS_PER_EPOCH, OPENING, False),
+        # The pre-pass wrote every row before the first step: the resumed run runs only the opening passes.
+        (1, 2, 3 * STEPS_PER_EPOCH - 2, OPENING, True),
     ],
-    ids=["resumed-from-a-checkpoint", "started-again"],
+    ids=["resumed-from-a-checkpoint", "started-again", "after-the-prepass"],
 )
-def test_a_killed_run_reads_the_disk_cache_again(tmp_path, save_steps, killed_at, steps_left, source_passes):
+def test_a_killed_run_reads_the_disk_cache_again(tmp_path, save_steps, killed_at, steps_left, source_passes, prepass):
     with pytest.raises(KeyboardInterrupt):
-        train(tmp_path, "disk", stop_at_step=killed_at, save_steps=save_steps)
+        train(tmp_path, "disk", stop_at_step=killed_at, save_steps=save_steps, source_prepass=prepass)
     assert list((tmp_path / "run" / SOURCE_CACHE).glob("rank0-*.safetensors"))
-    again = train(tmp_path, "disk", save_steps=save_steps)
+    again = train(tmp_path, "disk", save_steps=save_steps, source_prepass=prepass)
     assert len(again.losses) == steps_left
-    assert again.source_passes == source_passes  # the size probe, then what was not written before the kill
+    assert again.source_passes == source_passes  # the opening passes, then what was not written before the kill
+
+
+def test_a_killed_prepass_computes_only_the_sources_it_had_not_flushed(tmp_path, monkeypatch):
+    """Killed in its third batch, the pre-pass had flushed the first two (a shard every FLUSH_SECONDS, here after
+    every batch); started again, it computes exactly the other sources, and training runs no source pass."""
+    monkeypatch.setattr(source_prepass, "FLUSH_SECONDS", 0.0)
+    run_batch, batches, on_disk_when_killed = source_prepass.run_batch, [], []
+
+    def killed_in_batch(number: int):
+        def batch(model, sources, *args):
+            if len(batches) + 1 == number:  # what a kill now would leave: the shards in the folder
+                on_disk = SourceCache(model.source_cache.fingerprint, tmp_path / "run" / SOURCE_CACHE)
+                on_disk_when_killed.extend(key for keys in batches for key in keys if key in on_disk)
+                raise KeyboardInterrupt("killed")
+            batches.append([source[KEY_FIELD] for source in sources])
+            return run_batch(model, sources, *args)
+
+        return batch
+
+    monkeypatch.setattr(source_prepass, "run_batch", killed_in_batch(3))
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path, "disk", source_prepass_tokens=PREPASS_TOKENS)
+    before = [key for keys in batches for key in keys]
+    assert len(batches) == 2 and sorted(on_disk_when_killed) == sorted(before)
+    batches.clear()
+    monkeypatch.setattr(source_prepass, "run_batch", killed_in_batch(0))  # never killed
+    again = train(tmp_path, "disk", source_prepass_tokens=PREPASS_TOKENS)
+    after = [key for keys in batches for key in keys]
+    everything = {source_key(row) for row in features()}
+    assert len(after) == len(set(after)) == len(everything) - len(before) and set(after) == everything - set(before)
+    assert again.source_passes == OPENING + [0] * len(batches)  # opening, the pre-pass, nothing in training
+    assert len(again.losses) == 3 * STEPS_PER_EPOCH
+
+
+def padding_case(kind: str, padding_side: str):
+    torch.manual_seed(0)
+    flare = get_flare_model(build(kind), FlareConfig(source_dropout=False, **ADAPTER_SETTINGS.get(kind, {})))
+    return flare, features(), PairedCollator(pad_token_id=0, padding_side=padding_side)
+
+
+@pytest.mark.parametrize(
+    ("kind", "padding_side"),
+    [(kind, "left") for kind in DECODERS if kind != "xglm"] + [(kind, "right") for kind in (*ENCODERS, "mt5", "xglm")],
+)
+def test_padding_does_not_change_the_rows_the_cache_keeps(kind, padding_side):
+    """Every source alone in its batch, or all six padded to the longest on the model's padding side: the same rows,
+    up to float32 rounding, so rows kept from one batch serve every other."""
+    flare, rows, collate = padding_case(kind, padding_side)
+    batch = collate([{name: value for name, value in row.items() if name.startswith("source_")} for row in rows])
+    masks = flare._source_masks(batch["source_input_ids"], batch["source_attention_mask"])
+    sources = []
+    for max_tokens in (1, 10**6):  # one source per batch; all in one batch
+        open_source_cache(flare, rows, "memory", 1.0, announce=False, collate=collate)  # its padding check passes
+        assert source_prepass.fill_source_cache(flare, rows, collate, max_tokens, progress=False) == len(rows)
+        sources.append(flare.source_cache.bound([row[KEY_FIELD] for row in rows], masks))
+    alone, together = sources
+    assert alone.inputs.keys() == together.inputs.keys() == flare.fused_modules.keys()
+    for name in alone.inputs:
+        torch.testing.assert_close(alone.inputs[name], together.inputs[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_model_whose_states_move_with_left_padding_is_refused_a_cache():
+    """XGLM counts its sinusoidal positions from the first token of the row, pads included: padded on the left, a
+    source's states depend on its batch, so no cached row can stand for another batch's."""
+    flare, rows, collate = padding_case("xglm", "left")
+    with pytest.raises(ValueError, match=r"change with the padding of their batch .*Pad on the right"):
+        open_source_cache(flare, rows, "memory", 1.0, announce=False, collate=collate)
+    assert flare.source_cache is None
+
+
+def test_a_run_resumed_after_its_last_step_skips_the_prepass(tmp_path):
+    train(tmp_path, "memory", save_steps=1)
+    again = train(tmp_path, "memory", save_steps=1)  # resumes from its final checkpoint: nothing left to train
+    assert again.losses == [] and again.source_passes == OPENING
+
+
+def test_processes_share_the_prepass_and_run_as_many_passes(monkeypatch):
+    """Two processes: each computes every other batch of the five, the one with two repeats its last, so both run
+    three passes (a sharded model's forwards are collective); together they compute every source once."""
+    run_batch, passes = source_prepass.run_batch, {0: 0, 1: 0}
+    computed = {}
+    for rank in (0, 1):
+
+        def counted(model, sources, *args, rank=rank):
+            passes[rank] += 1
+            return run_batch(model, sources, *args)
+
+        monkeypatch.setattr(source_prepass, "run_batch", counted)
+        flare, rows = noisy_flare(), features()
+        cache = open_source_cache(flare, rows, "memory", 1.0, announce=False)
+        computed[rank] = source_prepass.fill_source_cache(
+            flare, rows, PairedCollator(pad_token_id=0), PREPASS_TOKENS, rank=rank, world_size=2, progress=False
+        )
+        computed[rank, "keys"] = {row[KEY_FIELD] for row in rows if row[KEY_FIELD] in cache}
+    assert passes == {0: 3, 1: 3} and computed[0] + computed[1] == len(features())
+    assert computed[0, "keys"].isdisjoint(computed[1, "keys"])
+    assert computed[0, "keys"] | computed[1, "keys"] == {source_key(row) for row in features()}
+
+
+def test_prepass_trains_like_no_cache_on_a_left_padded_decoder(tmp_path):
+    """A causal LM padded on the left (rotary positions count from the first pad): the pre-pass, padded by the
+    training collator in its own batches, gives the rows the training steps compute."""
+
+    def flare():
+        torch.manual_seed(0)
+        model = get_flare_model(build("llama"), FlareConfig(source_dropout=False))
+        randomize_lora(model)
+        return model.train()
+
+    rows = [{**row, "labels": row["input_ids"]} for row in features()]
+    reference = train(tmp_path / "off", "off", flare=flare(), rows=rows, padding_side="left")
+    run = train(tmp_path / "memory", "memory", flare=flare(), rows=rows, padding_side="left", source_prepass_tokens=8)
+    assert run.source_passes == OPENING + [0] * PREPASS_BATCHES
+    assert_trains_alike(run, reference)
 
 
 def test_size_check_and_settings_are_refused_before_training(tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""The training source cache: each example's captured source tensors, computed in its first epoch and read after.
+"""The training source cache: each example's captured source tensors, computed once (by the pre-pass before training,
+source_prepass.py, or in the example's first epoch) and read by every later step.
 
 The source pass runs a frozen network (the FLARE adapter off) on the English input. With a deterministic pass
 (FlareConfig.source_dropout=False) it gives the same tensors for an example in every epoch, so later epochs can
@@ -23,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ from transformers import TrainerCallback
 
 from ..io import TensorShards, save_tensors_atomic
 from .config import CACHE_MODES, KEY_FIELD
+from .source_prepass import bound_source
 from .state import INPUT_STREAM, BoundSource
 
 SHARD_BYTES = 256 * 2**20  # a disk shard is written once this much is pending (and at every epoch end and save)
@@ -223,12 +225,15 @@ def open_source_cache(
     world_size: int = 1,
     autocast: torch.dtype | None = None,
     announce: bool = True,
+    collate: Callable[[list[dict]], dict] | None = None,
 ) -> SourceCache:
     """Attach a training source cache to `model` (a FlareModel) for `features` and return it.
 
     Sets each feature's `source_key`, which PairedCollator hands to the model as `source_keys`. One source pass on
     the first feature measures the bytes per source token (under `autocast`, the dtype training will run in); the
-    estimate for all distinct sources is printed (with `announce`) and refused above `max_gb`.
+    estimate for all distinct sources is printed (with `announce`) and refused above `max_gb`. With `collate` (the
+    training collator), two more passes check that padding on its side leaves the rows of real tokens as they are:
+    rows kept from one batch serve any other only then.
     """
     if mode not in CACHE_MODES[1:]:
         raise ValueError(f"Unknown source_cache {mode!r}; valid choices: {', '.join(CACHE_MODES)}.")
@@ -261,6 +266,8 @@ def open_source_cache(
         mask = feature.get("source_attention_mask")
         lengths[feature[KEY_FIELD]] = sum(mask) if mask is not None else len(feature["source_input_ids"])
     probe = _probe(model, features[0], autocast)
+    if collate is not None:
+        _refuse_padding_dependence(model, features, collate, autocast)
     per_token = {stream: 0 for stream in probe.masks}  # bytes each real token of a stream adds
     for tensor in {id(t): t for t in probe.inputs.values()}.values():
         stream = next(model.fused_modules[name].flare_stream for name, t in probe.inputs.items() if t is tensor)
@@ -295,21 +302,38 @@ def _decimal_size(size: float) -> str:
     return f"{size:.0f} B"
 
 
+PADDING_TOLERANCE = 0.1  # of the largest state: rounding (bf16: about 1%) stays far below, moved positions do not
+
+
+def _refuse_padding_dependence(model, features: list[dict], collate, autocast: torch.dtype | None) -> None:
+    """Raise if the source rows of real tokens change with the padding of their batch: the first half of the longest
+    source, alone and padded (by `collate`, on the training side) next to the whole source. Absolute positions that
+    count from the first token of a left-padded row (XGLM) move every state."""
+    longest = max(features[:64], key=lambda feature: len(feature["source_input_ids"]))
+    whole = {name: list(value) for name, value in longest.items() if name.startswith("source_") and name != KEY_FIELD}
+    half = {name: value[: max(1, len(value) // 2)] for name, value in whole.items()}
+    if len(half["source_input_ids"]) == len(whole["source_input_ids"]):
+        return  # a one-token source has no padding to compare
+    alone, padded = (
+        bound_source(model, collate([half]), autocast),
+        bound_source(model, collate([half, whole]), autocast),
+    )
+    for name, tensor in alone.inputs.items():
+        stream = model.fused_modules[name].flare_stream
+        reference = tensor[0][alone.masks[stream][0]].float()  # (L, d)
+        moved = (padded.inputs[name][0][padded.masks[stream][0]].float() - reference).abs().max().item()
+        if moved > PADDING_TOLERANCE * reference.abs().max().item():
+            raise ValueError(
+                f"The source states of this model change with the padding of their batch ({name} moves by {moved:.3g} "
+                f"when a source is padded next to a longer one): rows cached from one batch are not what another "
+                "computes, e.g. absolute positions counted from the first pad of a left-padded row. Pad on the right "
+                "(the tokenizer's padding_side), or turn the cache off (source_cache=off)."
+            )
+
+
 def _probe(model, feature: dict, autocast: torch.dtype | None) -> BoundSource:
     """The source of one feature, as training will capture it."""
-    device = next(model.parameters()).device
     inputs = {
-        name.removeprefix("source_"): torch.tensor([feature[name]], device=device)
-        for name in feature
-        if name.startswith("source_") and name != KEY_FIELD
+        name: torch.tensor([feature[name]]) for name in feature if name.startswith("source_") and name != KEY_FIELD
     }
-    was_training = model.training
-    model.train()  # the source is bound in training even where fuse_at_inference is off
-    try:
-        with (
-            torch.autocast(device.type, dtype=autocast, enabled=autocast is not None),
-            model.source(inputs.pop("input_ids"), inputs.pop("attention_mask", None), **inputs),
-        ):
-            return model.flare_state.source
-    finally:
-        model.train(was_training)
+    return bound_source(model, inputs, autocast)

@@ -10,6 +10,7 @@ from .base import LORA_SETTINGS, Method
 from .ensemble import ENSEMBLE
 from .flare import FLARE, FLARE_MT
 from .input_fusion import INPUT_FUSION
+from .linear_probe import LINEAR_PROBE
 from .lora import LORA
 from .translate_test import TRANSLATE_TEST
 from .x_mixup import X_MIXUP
@@ -17,7 +18,7 @@ from .zero_shot import ZERO_SHOT
 
 REGISTRY: dict[str, Method] = {
     method.name: method
-    for method in (ZERO_SHOT, TRANSLATE_TEST, LORA, INPUT_FUSION, X_MIXUP, ENSEMBLE, FLARE, FLARE_MT)
+    for method in (LINEAR_PROBE, ZERO_SHOT, TRANSLATE_TEST, LORA, INPUT_FUSION, X_MIXUP, ENSEMBLE, FLARE, FLARE_MT)
 }
 METHODS = tuple(REGISTRY)
 TRAINING_METHODS = tuple(name for name, method in REGISTRY.items() if method.trains)

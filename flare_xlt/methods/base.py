@@ -41,6 +41,12 @@ class Method:
     task_kinds: tuple[str, ...] = TASK_KINDS
     unfit_reason: str = ""  # why it does not run outside its architectures or task kinds
     reuses: str | None = None  # the method whose finished run (same settings) this one reads, if any
+    # Fits a head of its own on the frozen base model's features of the English training split (`fit`), instead of
+    # reading the stage-1 model; it trains no adapter (the linear probe).
+    fits_source_probe: bool = False
+    # A method that trains no adapter reads the evaluation settings of TrainConfig (seed, max_length,
+    # max_eval_samples); these are the other fields its result depends on, which enter its run's hash too.
+    train_settings: tuple[str, ...] = ()
 
     @property
     def needs_translations(self) -> bool:
@@ -81,6 +87,11 @@ class Method:
     def restore(self, flare: nn.Module, adapter: Path) -> nn.Module:
         """The saved run's model, around its restored adapter, as `wrap` built it."""
         return flare
+
+    def fit(self, base: nn.Module, encoder, pairs: list[dict], pooling: str | None, batch_size: int):
+        """A method that `fits_source_probe`: the model it scores, fitted on the frozen `base` encoder's features of
+        `pairs` (English training examples) as `encoder` (the run's TaskEncoder) reads them."""
+        raise NotImplementedError(f"{self.name} fits no probe; only a method with fits_source_probe does.")
 
     def combine(self, stage1: nn.Module, reused: nn.Module, encoder):
         """A method that `reuses` another run: the model it scores, from the stage-1 model, the reused run's model

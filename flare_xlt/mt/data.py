@@ -38,6 +38,7 @@ def translate_splits(
     texts = [record[name] for records in plain_splits.values() for record in records for name in task.text_fields]
     translations, translation_report = translator.translate(texts, source, target)
     report["translation"] = _report_dict(translation_report)
+    report["mt"] = translation_settings(translator)
     translated_iter = iter(translations)
     output = {}
     for split, records in plain_splits.items():
@@ -70,6 +71,13 @@ def translate_splits(
             "translation": [_report_dict(call) for call in calls],
         }
     return {name: output[name] for name in splits}, report
+
+
+def translation_settings(translator: Translator) -> dict:
+    """What a report records of the MT that wrote it: the translator's options and its cache (an absolute path), so
+    that text arriving later is translated the same way, reading the same cache (flare-xlt predict)."""
+    cache = str(translator.cache_path.resolve()) if translator.cache_path is not None else None
+    return {**translator.options, "cache": cache}
 
 
 def _has_answers(task: TaskSpec, records: list[dict]) -> bool:

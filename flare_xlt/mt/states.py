@@ -208,11 +208,18 @@ class EncoderStateStore:
     def batch(self, ids: list[str], dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """`source_embeds` (B, S_max, d_model), right-padded with zeros, and `source_attention_mask` (B, S_max) long,
         ready for `FlareModel.forward`. The padding side does not matter: FLARE pairs the k-th real tokens."""
-        states = [self.get(example_id) for example_id in ids]
-        longest = max((state.shape[0] for state in states), default=0)
-        embeds = torch.zeros(len(states), longest, self.d_model, dtype=dtype)
-        mask = torch.zeros(len(states), longest, dtype=torch.long)
-        for row, state in enumerate(states):
-            embeds[row, : state.shape[0]] = state
-            mask[row, : state.shape[0]] = 1
-        return embeds, mask
+        return padded_states([self.get(example_id) for example_id in ids], self.d_model, dtype)
+
+
+def padded_states(
+    states: list[torch.Tensor], d_model: int, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(length_i, d_model) states as `source_embeds` (B, S_max, d_model), right-padded with zeros, and
+    `source_attention_mask` (B, S_max) long."""
+    longest = max((state.shape[0] for state in states), default=0)
+    embeds = torch.zeros(len(states), longest, d_model, dtype=dtype)
+    mask = torch.zeros(len(states), longest, dtype=torch.long)
+    for row, state in enumerate(states):
+        embeds[row, : state.shape[0]] = state
+        mask[row, : state.shape[0]] = 1
+    return embeds, mask

@@ -86,6 +86,13 @@ class Translator:
         options |= {"languages": languages, "converted": converted, "command": command}
         options |= {"command_timeout": command_timeout, "chunk_size": chunk_size}
         self.backend = make_backend(backend, self.settings, **options)
+        # What rebuilds this translator elsewhere (flare-xlt predict, for text that arrives after the run): the
+        # backend, the options it reads besides the device, and the generation settings. JSON-able.
+        self.options = {
+            "backend": self.backend.name,
+            **{name: _plain(options[name]) for name in self.backend.options if name != "device"},
+            **asdict(self.settings),
+        }
         self.model_name = self.backend.label
         # FLARE-MT encoder states and the benchmarks use the transformers model and tokenizer directly.
         self.model = getattr(self.backend, "model", None)
@@ -137,3 +144,7 @@ class Translator:
         warn_changed_inputs(vars(report), report.translated, self.settings.max_input_length)
         report.seconds = time.perf_counter() - started
         return [done[text] if text.strip() else "" for text in texts], report
+
+
+def _plain(value):
+    return str(value) if isinstance(value, Path) else value

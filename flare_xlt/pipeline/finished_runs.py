@@ -12,9 +12,10 @@ from ..adapter.model import FlareModel
 from ..io import replace_directory_atomically
 from ..methods import REGISTRY, get_method
 from ..mt.states import EncoderStateStore
-from ..tasks import TaskEncoder, TaskSpec, get_task
+from ..tasks import TaskEncoder, TaskSpec, get_task, load_task_splits
 from .expected_warnings import without_expected_warnings
-from .run_data import check_states, load, target_pairs, translation_file
+from .phases import phase
+from .run_data import check_states, load, self_pairs, target_pairs, translation_file
 from .scoring import evaluation, write_evaluation
 from .settings import DEFAULT_TRAIN, TrainConfig
 from .stage1 import check_stage1, load_stage1, recorded_pooling, report_untrained, stage1_model
@@ -67,7 +68,7 @@ def evaluate(
         max_samples: Score the first N examples only; default: the run's train.max_eval_samples (all).
         batch_size: Examples per batch; default: the run's training batch size (32 where it has none).
     """
-    run_dir, config = _recorded_run(Path(run), model, task, stage1)
+    run_dir, config = recorded_run(Path(run), model, task, stage1)
     model = model or config["model"]
     spec = get_task(task or config["task"])
     method = config["method"]
@@ -83,15 +84,7 @@ def evaluate(
         if translations is None:
             raise ValueError(f"A {method} run reads the split's translation into English: give --translations.")
         translated = translation_file(Path(translations), spec, split, language, spec.source_language)
-    recorded = config.get("train", {})
-    train = TrainConfig(
-        **{
-            **recorded,
-            "max_length": max_length or recorded.get("max_length", DEFAULT_TRAIN.max_length),
-            "max_eval_samples": max_samples or recorded.get("max_eval_samples"),
-            "eval_batch_size": batch_size,
-        }
-    )
+    train = scoring_settings(config, max_length, max_samples, batch_size)
     pairs = target_pairs(spec, language, split, data, translated, train.max_eval_samples)
     states = None
     loaded = load(model, spec, config["architecture"], config["load_in_4bit"], train, run_pooling(config))
@@ -122,7 +115,23 @@ def evaluate(
     return metrics
 
 
-def _recorded_run(path: Path, model: str | None, task: str | None, stage1: Path | None) -> tuple[Path, dict]:
+def scoring_settings(
+    config: dict, max_length: int | None, max_samples: int | None = None, batch_size: int | None = None
+) -> TrainConfig:
+    """The run's recorded training settings, with the scoring overrides of evaluate and predict: tokens per input
+    (default: the run's), examples scored and examples per batch."""
+    recorded = config.get("train", {})
+    return TrainConfig(
+        **{
+            **recorded,
+            "max_length": max_length or recorded.get("max_length", DEFAULT_TRAIN.max_length),
+            "max_eval_samples": max_samples or recorded.get("max_eval_samples"),
+            "eval_batch_size": batch_size,
+        }
+    )
+
+
+def recorded_run(path: Path, model: str | None, task: str | None, stage1: Path | None) -> tuple[Path, dict]:
     """(the run folder, the config it recorded) of a run folder or its adapter/; for an adapter saved outside a run,
     (its folder, the settings of a FLARE adapter on `model`, merged onto `stage1` if given)."""
     for folder in (path, path.parent) if path.name == "adapter" else (path,):
@@ -172,6 +181,9 @@ def run_model(loaded, run_dir: Path, config: dict, model_name: str, task: TaskSp
     if config["stage"] == "finetune":
         return load_stage1(loaded, adapter, model_name)
     scored_method = get_method(config["method"])
+    if scored_method.fits_source_probe:  # the frozen base model: no stage-1 adapter goes on it
+        train = TrainConfig(**config["train"])
+        return fitted_probe(scored_method, loaded, task, config["data"], train, run_pooling(config))
     trained = scored_method.trains
     network = loaded.model
     if config["stage1"] is not None:
@@ -188,6 +200,7 @@ def run_model(loaded, run_dir: Path, config: dict, model_name: str, task: TaskSp
     return scored_method.restore(flare, adapter)
 
 
+@phase("load")
 def combined_with_reused_run(method, reused_dir: Path, stage1, loaded, model_name: str, task: TaskSpec, train):
     """A method that reads another finished run (the ensemble): the model it scores, from the stage-1 model and that
     run's model, rebuilt on a base of its own."""
@@ -203,6 +216,16 @@ def combined_with_reused_run(method, reused_dir: Path, stage1, loaded, model_nam
     reused = run_model(reused_loaded, reused_dir, reused_config, model_name, task)
     encoder = TaskEncoder(task, loaded.tokenizer, loaded.architecture, method.view, train.max_length)
     return method.combine(stage1, reused, encoder)
+
+
+def fitted_probe(method, loaded, task: TaskSpec, data: str, train: TrainConfig, pooling: str | None):
+    """A method that fits a probe (the linear probe): its model, fitted on the frozen base model's features of the
+    first train.max_train_samples English training examples. Fitting is deterministic, so `evaluate` fits again
+    the head the run scored with."""
+    english = load_task_splits(task, task.source_language, ["train"], data)["train"][: train.max_train_samples]
+    reader = TaskEncoder(task, loaded.tokenizer, loaded.architecture, method.view, train.max_length)
+    base = loaded.model.base_model  # the encoder without its (untrained) head
+    return method.fit(base, reader, self_pairs(task, english), pooling, train.eval_batch_size or train.batch_size)
 
 
 def _check_evaluation_folder(output: Path) -> None:

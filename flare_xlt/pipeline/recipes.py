@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,18 +20,10 @@ from ..mt.data import output_name, translate_task, write_encoder_states
 from ..mt.translator import Translator
 from ..tasks import get_task, load_record_file, load_task_splits
 from .loading import load_state_reader
+from .plans import PlannedStep, StepStatus, describe_plan, describe_step, run_status
 from .recipe_file import Recipe
 from .run_folder import finetune_run, transfer_run
 from .runs import finetune, transfer
-
-
-@dataclass(frozen=True)
-class PlannedStep:
-    kind: str  # translate, mt-states, finetune, transfer
-    language: str
-    method: str | None = None
-    seed: int | None = None
-    split: str | None = None  # translate / mt-states: train or validation (English -> target), test (target -> English)
 
 
 def plan(recipe: Recipe) -> list[PlannedStep]:
@@ -97,51 +89,29 @@ def _translation_languages(recipe: Recipe, step: PlannedStep) -> tuple[str, str]
     return (step.language, source) if step.split == "test" else (source, step.language)
 
 
-def step_status(recipe: Recipe) -> list[tuple[PlannedStep, bool]]:
+def step_status(recipe: Recipe) -> list[StepStatus]:
     """Every planned step with whether its output exists already (a finished run, a translated file, a state
-    store), read from the disk without loading anything."""
+    store) and, for an unfinished run, the checkpoint it resumes from; read from the disk without loading
+    anything."""
     task = get_task(recipe.task)
     stage1: dict[int, Path] = {}
     status = []
     for step in plan(recipe):
         if step.kind == "translate":
-            done = (
-                Path(recipe.translations) / output_name(task, step.split, *_translation_languages(recipe, step))
-            ).exists()
+            languages = _translation_languages(recipe, step)
+            status.append(
+                StepStatus(step, (Path(recipe.translations) / output_name(task, step.split, *languages)).exists())
+            )
         elif step.kind == "mt-states":
-            done = (Path(recipe.mt_states) / step.language / step.split / "index.json").exists()
+            status.append(
+                StepStatus(step, (Path(recipe.mt_states) / step.language / step.split / "index.json").exists())
+            )
         elif step.kind == "finetune":
             stage1[step.seed] = finetune_run(_stage1_settings(recipe, step.seed))[0]
-            done = (stage1[step.seed] / "metrics.json").exists()
+            status.append(run_status(step, stage1[step.seed]))
         else:
-            done = (transfer_run(_transfer_settings(recipe, step, stage1[step.seed]))[0] / "metrics.json").exists()
-        status.append((step, done))
+            status.append(run_status(step, transfer_run(_transfer_settings(recipe, step, stage1[step.seed]))[0]))
     return status
-
-
-def describe_plan(status: list[tuple[PlannedStep, bool]], every_step: bool = False) -> str:
-    """What a recipe will do: per kind of step, how many there are and how many exist already; with `every_step`
-    also one line per step."""
-    kinds = {
-        "translate": "translations",
-        "mt-states": "FLARE-MT state stores",
-        "finetune": "stage-1 runs",
-        "transfer": "transfer runs",
-    }
-    counts = []
-    for kind, noun in kinds.items():
-        steps = [done for step, done in status if step.kind == kind]
-        if steps:
-            counts.append(f"{len(steps)} {noun} ({sum(steps)} done, {len(steps) - sum(steps)} to make)")
-    lines = [f"plan: {'; '.join(counts)}"]
-    if every_step:
-        lines += [f"  {'done ' if done else 'to do'}  {_describe(step)}" for step, done in status]
-    return "\n".join(lines)
-
-
-def _describe(step: PlannedStep) -> str:
-    details = [step.method, step.split, f"seed {step.seed}" if step.seed is not None else None]
-    return " ".join([step.kind, step.language, *(detail for detail in details if detail is not None)])
 
 
 def run_recipe(recipe: Recipe, workers: int = 1) -> list[Path]:
@@ -157,7 +127,7 @@ def run_recipe(recipe: Recipe, workers: int = 1) -> list[Path]:
     translations, states_root = Path(recipe.translations), Path(recipe.mt_states)
     status = step_status(recipe)
     print(describe_plan(status))
-    runs = [(step, done) for step, done in status if step.kind in ("finetune", "transfer")]
+    runs = [(entry.step, entry.done) for entry in status if entry.step.kind in ("finetune", "transfer")]
     runs_to_make = sum(not done for _, done in runs)
     progress = GridProgress(runs_to_make)
     translators: dict[str, Translator] = {}  # made when first needed, one per backend and model
@@ -175,7 +145,7 @@ def run_recipe(recipe: Recipe, workers: int = 1) -> list[Path]:
             translators[key] = Translator(**options, cache=cache)
         return translators[key]
 
-    for step, done in status:
+    for step, done in ((entry.step, entry.done) for entry in status):
         if step.kind not in ("translate", "mt-states") or done:
             continue
         translator = translator_for(step.kind)
@@ -201,7 +171,7 @@ def run_recipe(recipe: Recipe, workers: int = 1) -> list[Path]:
     stage1: dict[int, Path] = {}
     run_dirs = []
     for step, done in runs:
-        with progress.run(_describe(step), done):
+        with progress.run(describe_step(step), done):
             if step.kind == "finetune":
                 stage1[step.seed] = finetune(**_stage1_settings(recipe, step.seed))
             else:
@@ -262,7 +232,7 @@ def _run_in_processes(recipe: Recipe, runs: list, workers: int, progress: GridPr
             for future in finished:
                 step, done = pending.pop(future)
                 made[step] = future.result()
-                progress.finished(_describe(step), done)
+                progress.finished(describe_step(step), done)
                 if step.kind == "finetune":
                     for transfer_step, transfer_done in transfers.get(step.seed, []):
                         submit(transfer_step, transfer_done)

@@ -12,9 +12,11 @@ from ..mt.data import output_name
 from ..mt.states import EncoderStateStore
 from ..tasks import PairedCollator, TaskEncoder, TaskSpec, load_record_file, load_task_splits, pair_views
 from .loading import check_max_length, load_model
+from .phases import phase
 from .settings import TrainConfig
 
 
+@phase("load")
 def load(
     model: str, task: TaskSpec, architecture: str, load_in_4bit: bool, train: TrainConfig, pooling: str | None = None
 ):

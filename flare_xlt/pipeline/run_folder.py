@@ -26,6 +26,7 @@ from .checkpoints import (
     latest_checkpoint,
 )
 from .loading import detect_architecture
+from .phases import phase
 from .pooling import resolve_pooling
 from .settings import TrainConfig, resolve_stage1_mode
 
@@ -149,6 +150,7 @@ def started(run_dir: Path, config: dict) -> Iterator[None]:
         raise
 
 
+@phase("save")
 def save_adapter(model: torch.nn.Module, run_dir: Path) -> None:
     if is_main_process():
         replace_directory_atomically(run_dir / "adapter", model.save_pretrained)
@@ -181,6 +183,8 @@ NOT_RESULT_SETTINGS = (
     "dataloader_num_workers",
     "source_cache",  # the same source tensors, computed once (up to the rounding of another batch's shapes)
     "source_cache_max_gb",
+    "source_prepass",  # the same rows as the first epoch would compute, only sooner and in other batches
+    "source_prepass_tokens",
 )
 
 
@@ -188,11 +192,11 @@ NOT_RESULT_SETTINGS = (
 EVALUATION_SETTINGS = ("seed", "max_length", "max_eval_samples")
 
 
-def result_settings(train: TrainConfig, trains: bool = True) -> dict:
-    """The training settings that enter a run's config and hash."""
-    kept = [
-        name for name in asdict(train) if name not in NOT_RESULT_SETTINGS and (trains or name in EVALUATION_SETTINGS)
-    ]
+def result_settings(train: TrainConfig, trains: bool = True, also: tuple[str, ...] = ()) -> dict:
+    """The training settings that enter a run's config and hash: all that change a result for a run that trains,
+    else the evaluation settings and `also` (those a method that trains no adapter reads besides)."""
+    read = (*EVALUATION_SETTINGS, *also)
+    kept = [name for name in asdict(train) if name not in NOT_RESULT_SETTINGS and (trains or name in read)]
     return {name: getattr(train, name) for name in kept}
 
 
@@ -243,7 +247,7 @@ def transfer_run(settings: Mapping[str, Any]) -> tuple[Path, dict]:
         "trainable": settings["trainable"] if trains_adapter else None,
         "load_in_4bit": settings["load_in_4bit"],
         "adapter": transfer_method.hashed_adapter(asdict(settings["adapter"])),
-        "train": result_settings(train, trains_adapter),
+        "train": result_settings(train, trains_adapter, transfer_method.train_settings),
     }
     if transfer_method.reuses is not None:  # the run it reads: its folder name holds that run's settings
         config["reuses"] = transfer_run({**settings, "method": transfer_method.reuses, "name": None})[0].name

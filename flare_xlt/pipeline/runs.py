@@ -15,7 +15,9 @@ from ..methods import get_method
 from ..mt.states import EncoderStateStore
 from ..tasks import PairedCollator, TaskEncoder, get_task, load_record_file, load_task_splits, pair_views
 from .expected_warnings import without_expected_warnings
-from .finished_runs import combined_with_reused_run
+from .finished_runs import combined_with_reused_run, fitted_probe
+from .phases import phase, recorded_run, write_timings
+from .plans import PlannedStep, describe_plan, run_status
 from .run_data import (
     check_states,
     check_validation_role,
@@ -33,6 +35,7 @@ from .training import train_adapter
 
 
 @without_expected_warnings
+@recorded_run
 def finetune(
     model: str,
     task: str,
@@ -41,10 +44,11 @@ def finetune(
     architecture: str = "auto",
     trainable: str = "lora",
     load_in_4bit: bool = False,
-    pooling: str = "auto",
     adapter: AdapterConfig = DEFAULT_ADAPTER,
     train: TrainConfig = DEFAULT_TRAIN,
     resume: bool = True,
+    pooling: str = "auto",
+    dry_run: bool = False,
 ) -> Path:
     """Stage 1: train a LoRA and the task head on English and score it on the English test set.
 
@@ -59,18 +63,24 @@ def finetune(
         trainable: lora, lora+head (decoders: also lm_head) or lora+head+embeddings (also embed_tokens). Encoders
             always train their task head.
         load_in_4bit: Load the base in 4-bit NF4 with bitsandbytes (GPU).
-        pooling: How an encoder's classification head reads the sequence: cls (the architecture's own head, which
-            reads the first token), mean (over the real tokens), last (the last real token), or auto: what the
-            model folder's sentence-transformers Pooling config names (mean for e5), else cls. Other tasks and
-            architectures take auto only. Transfers and evaluations read it from this run.
         adapter: The LoRA's settings; stage 1 reads r, lora_alpha, lora_dropout and target_modules.
         train: Training settings.
         resume: Continue an interrupted run from the newest checkpoint in its run folder (asking for the same run
             again does this); false discards the run's checkpoints and trains from the start.
+        pooling: How an encoder's classification head reads the sequence: cls (the architecture's own head, which
+            reads the first token), mean (over the real tokens), last (the last real token), or auto: what the
+            model folder's sentence-transformers Pooling config names (mean for e5), else cls. Other tasks and
+            architectures take auto only. Transfers and evaluations read it from this run.
+        dry_run: Print whether the run is done, to make, or resumable and from which checkpoint, and its folder;
+            change nothing.
     """
     settings = dict(locals())  # the arguments, by name: the run folder's settings
     spec = get_task(task)
     run_dir, config = finetune_run(settings)
+    if dry_run:
+        step = PlannedStep("finetune", spec.source_language, seed=train.seed)
+        print(describe_plan([run_status(step, run_dir, resume)], every_step=True))
+        return run_dir
     if finished(run_dir, config):
         link_latest(run_dir, "finetune")
         return run_dir
@@ -111,11 +121,13 @@ def finetune(
             "config_hash": run_dir.name.rsplit("-", 1)[1],
         }
         evaluate_run(network, loaded, spec, test_pairs, "target", train, run_dir, summary)
+        write_timings(run_dir)
     link_latest(run_dir, "finetune")
     return run_dir
 
 
 @without_expected_warnings
+@recorded_run
 def transfer(
     model: str,
     task: str,
@@ -134,10 +146,12 @@ def transfer(
     train: TrainConfig = DEFAULT_TRAIN,
     resume: bool = True,
     name: str | None = None,
+    dry_run: bool = False,
 ) -> Path:
     """Stage 2: transfer the stage-1 model to one target language with one method and score it on its test set.
 
-    zero-shot and translate-test evaluate the stage-1 model; lora, input-fusion, flare, flare-mt and x-mixup train
+    zero-shot and translate-test evaluate the stage-1 model; linear-probe fits a logistic regression on the frozen
+    base encoder's English features (the table's floor); lora, input-fusion, flare, flare-mt and x-mixup train
     a new adapter on translated data first; ensemble averages the lora run (made first if missing) with
     translate-test. Prints the run folder last; <output>/latest-transfer links to it.
 
@@ -145,8 +159,9 @@ def transfer(
         model: The base model of the stage-1 run (a hub name or a local folder).
         task: A built-in task (xnli, tydiqa, nusax) or a task spec file (.yaml/.json).
         language: Target language; one of the task's languages.
-        method: zero-shot, translate-test, lora, input-fusion, x-mixup, ensemble, flare or flare-mt
-            (translate-test and ensemble: classification tasks only; x-mixup: encoders only).
+        method: zero-shot, translate-test, lora, input-fusion, x-mixup, ensemble, flare, flare-mt or linear-probe
+            (translate-test and ensemble: classification tasks only; x-mixup: encoders only; linear-probe: encoder
+            classification only).
         stage1: The stage-1 run folder that flare-xlt finetune wrote, e.g. runs/latest-finetune.
         output: Folder that receives the run folder.
         data: Where the target test set and the English splits come from: hub, or a folder of the original release
@@ -167,6 +182,8 @@ def transfer(
             again does this); false discards the run's checkpoints and trains from the start.
         name: The run's name in folders and reports, for a variant of a method (e.g. flare-end, a FLARE adapter
             with pairing=end); default: the method.
+        dry_run: Print the runs this command would make (the ensemble's lora run too) and whether each is done, to
+            make, or resumable and from which checkpoint, then check the translated files it reads; change nothing.
     """
     settings = dict(locals())  # the arguments, by name: the run folder's settings
     spec = get_task(task)
@@ -180,10 +197,12 @@ def transfer(
         raise ValueError(f"Method {method!r} needs --mt_states (a folder with train/ and test/ state stores).")
     stage1_adapter = check_stage1(Path(stage1), model, spec)
     run_dir, config = transfer_run(settings)
-    if finished(run_dir, config):
+    if dry_run:
+        _print_transfer_plan(settings, run_dir)
+    elif finished(run_dir, config):
         link_latest(run_dir, "transfer")
         return run_dir
-    if transfer_method.reuses is not None:  # the run it reads, made first if missing (skipped when finished)
+    if transfer_method.reuses is not None and not dry_run:  # the run it reads, made first if missing
         transfer(**{**settings, "method": transfer_method.reuses, "name": None})
     # The translated files this method reads, each checked here, before any model loads.
     source = spec.source_language
@@ -191,10 +210,15 @@ def transfer(
         role: translation_file(Path(translations), spec, role, *((source, language) if out else (language, source)))
         for role, out in transfer_method.translation_roles(train.select_best_on_validation).items()
     }
+    if dry_run:
+        return run_dir
     loaded = load(model, spec, architecture, load_in_4bit, train, recorded_pooling(Path(stage1)))
     transfer_method.check_fit(spec.kind, loaded.architecture)
     trains_adapter = transfer_method.trains
-    network = stage1_model(loaded, stage1_adapter, model, stage1_mode, trains_adapter)
+    if transfer_method.fits_source_probe:  # the frozen base model, read by a head fitted on English
+        network = fitted_probe(transfer_method, loaded, spec, data, train, recorded_pooling(Path(stage1)))
+    else:
+        network = stage1_model(loaded, stage1_adapter, model, stage1_mode, trains_adapter)
     view = transfer_method.view
     test_pairs = target_pairs(spec, language, "test", data, translated.get("test"), train.max_eval_samples)
     if transfer_method.reuses is not None:
@@ -218,8 +242,27 @@ def transfer(
             summary = {**(training.callbacks[0].summary() if training.callbacks else {}), **summary}
         states = training.test_states if training is not None else None
         evaluate_run(network, loaded, spec, test_pairs, view, train, run_dir, summary, states)
+        write_timings(run_dir)
     link_latest(run_dir, "transfer")
     return run_dir
+
+
+def _print_transfer_plan(settings: dict, run_dir: Path) -> None:
+    """The plan of one transfer command: the run a method reads (made first if missing), then its own run."""
+    reused = get_method(settings["method"]).reuses
+    status = []
+    if reused is not None:
+        reused_dir = transfer_run({**settings, "method": reused, "name": None})[0]
+        status.append(
+            run_status(
+                PlannedStep("transfer", settings["language"], reused, settings["train"].seed),
+                reused_dir,
+                settings["resume"],
+            )
+        )
+    step = PlannedStep("transfer", settings["language"], settings["name"] or settings["method"], settings["train"].seed)
+    status.append(run_status(step, run_dir, settings["resume"]))
+    print(describe_plan(status, every_step=True))
 
 
 @dataclass
@@ -234,6 +277,7 @@ class Training:
     test_states: EncoderStateStore | None
 
 
+@phase("build")
 def _training(transfer_method, settings: dict, spec, loaded, network, translated: dict, test_pairs) -> Training:
     """The new adapter on the stage-1 model (merged or kept frozen) and the translated data it trains on."""
     adapter, train, data, mt_states = (settings[name] for name in ("adapter", "train", "data", "mt_states"))

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..io import write_text_atomic
 from ..metrics import task_scores
 from ..tasks import TaskSpec
+from .phases import phase
 from .predict import predict
 from .run_folder import CHECKPOINTS, is_main_process, write_json
 from .settings import TrainConfig
@@ -47,6 +48,7 @@ def headline(task: TaskSpec) -> str:
 
 
 def validation_callback(model, loaded, task: TaskSpec, pairs, view, config: TrainConfig, states=None):
+    @phase("validate")
     def score() -> float:
         return score_pairs(model, loaded, task, pairs, view, config, states)[3]["average"][headline(task)]
 
@@ -76,6 +78,7 @@ def write_evaluation(directory: Path, rows: list[dict], metrics: dict, metrics_n
     print(f"{metrics['run']}: {metrics['metric']} {headline:.4f} on {metrics['scores']['average']['count']} examples")
 
 
+@phase("evaluate")
 def evaluate_run(
     model, loaded, task: TaskSpec, pairs, view, config: TrainConfig, run_dir: Path, summary: dict, states=None
 ):

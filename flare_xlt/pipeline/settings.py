@@ -100,6 +100,25 @@ class TrainConfig:
             "help": "Refuse a source cache whose size estimate (printed first) is larger. Not in the run's hash."
         },
     )
+    source_prepass: bool = field(
+        default=True,
+        metadata={
+            "help": "With a source_cache: fill it before training, in one pass over the English side under inference "
+            "mode, batches of similar length (source_prepass_tokens); false: fill it in the first epoch, at the "
+            "training batches. A killed pass resumes from the disk cache's shards. Not in the run's hash."
+        },
+    )
+    source_prepass_tokens: int = field(
+        default=8192,
+        metadata={"help": "Padded source tokens per batch of the source pre-pass. Not in the run's hash."},
+    )
+    group_by_length: bool = field(
+        default=False,
+        metadata={
+            "help": "Batch training examples of similar length (the longer of target and source), in a random order "
+            "of batches that changes every epoch: less padding, but batches are no longer random samples."
+        },
+    )
 
     def __post_init__(self) -> None:
         """Settings that would train nothing or fail inside the Trainer are refused before any run folder exists."""
@@ -114,6 +133,7 @@ class TrainConfig:
             "eval_batch_size",
             "max_train_samples",
             "max_eval_samples",
+            "source_prepass_tokens",
         )
         wrong = [f"{name}={value!r}" for name in counts if (value := getattr(self, name)) is not None and value < 1]
         if wrong:

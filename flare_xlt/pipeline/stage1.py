@@ -11,6 +11,7 @@ from peft import PeftModel
 
 from ..tasks import TaskSpec
 from .loading import LoadedModel
+from .phases import phase
 from .run_folder import canonical_settings
 
 
@@ -52,6 +53,7 @@ def recorded_pooling(stage1: Path) -> str | None:
     return json.loads(config_path.read_text(encoding="utf-8")).get("pooling")
 
 
+@phase("build")
 def stage1_model(
     loaded: LoadedModel, adapter: Path, model_name: str, stage1_mode: str, trains_adapter: bool
 ) -> PeftModel | torch.nn.Module:

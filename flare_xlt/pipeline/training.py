@@ -1,5 +1,5 @@
-"""Training a run's adapter with the HF Trainer: checkpoints and resume, the source cache, best-on-validation
-selection, loggers and the progress bar."""
+"""Training a run's adapter with the HF Trainer: checkpoints and resume, the source cache and its pre-pass,
+length-grouped batches, best-on-validation selection, loggers and the progress bar."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import PrinterCallback, TrainerCallback, TrainingArguments
 
 from ..adapter.model import FlareModel
 from ..adapter.source_cache import FlushSourceCache, SourceCache, open_source_cache
+from ..adapter.source_prepass import fill_source_cache, paired_length
 from ..xmixup import XMixupModel
 from .checkpoints import (
     TRAINER_STATE_NAME,
@@ -26,6 +28,7 @@ from .checkpoints import (
     ResumableTrainer,
     latest_checkpoint,
 )
+from .phases import phase
 from .run_folder import CHECKPOINTS, LOGS, SOURCE_CACHE, is_main_process, write_json
 from .settings import TrainConfig
 
@@ -84,6 +87,7 @@ class BestOnValidation(CheckpointedCallback):
             self.best_weights = {name: weight.to(devices[name]) for name, weight in load_file(best_path).items()}
 
 
+@phase("train")
 def train_adapter(
     model, features: list[dict], config: TrainConfig, run_dir: Path, collator, callbacks=(), resume: bool = True
 ) -> None:
@@ -118,12 +122,15 @@ def train_adapter(
         use_cpu=not torch.cuda.is_available(),
     )
     schedule = [CheckpointSchedule(config.save_steps)] if config.save_steps > 0 else []
-    cache = _source_cache(model, features, config, run_dir, arguments)
+    cache = _source_cache(model, features, config, run_dir, arguments, collator)
     if cache is not None:
         schedule.append(FlushSourceCache(cache))
+        if config.source_prepass:
+            schedule.append(SourcePrepass(model, features, collator, config, _run_label(run_dir)))
     logs.mkdir(parents=True, exist_ok=True)
     with _loggers_writing_into(logs):  # TensorBoard's callback reads its folder when the Trainer builds it
-        trainer = ResumableTrainer(
+        trainer = GroupedTrainer(
+            lengths=[paired_length(feature) for feature in features] if config.group_by_length else None,
             model=model,
             args=arguments,
             train_dataset=features,
@@ -148,7 +155,7 @@ def train_adapter(
 
 
 def _source_cache(
-    model, features: list[dict], config: TrainConfig, run_dir: Path, arguments: TrainingArguments
+    model, features: list[dict], config: TrainConfig, run_dir: Path, arguments: TrainingArguments, collator
 ) -> SourceCache | None:
     """The source cache `config` asks for, attached to a FLARE model; None when off or when the method runs no
     source pass (LoRA, input-level fusion, FLARE-MT, X-Mixup: said once, as a recipe sets it for every method)."""
@@ -168,7 +175,94 @@ def _source_cache(
         world_size=arguments.world_size,
         autocast=torch.bfloat16 if config.bf16 else None,
         announce=is_main_process(),
+        collate=collator,
     )
+
+
+class SourcePrepass(TrainerCallback):
+    """Fill the source cache before the first step (adapter/source_prepass.py), once the Trainer has placed the model
+    where it trains. A run resumed after its last step trains nothing and skips it."""
+
+    def __init__(self, model, features: list[dict], collator, config: TrainConfig, label: str) -> None:
+        self.model, self.features, self.collator, self.config, self.label = model, features, collator, config, label
+
+    @phase("source pre-pass")
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step < state.max_steps:
+            fill_source_cache(
+                self.model,
+                self.features,
+                self.collator,
+                self.config.source_prepass_tokens,
+                autocast=torch.bfloat16 if self.config.bf16 else None,
+                rank=args.process_index,
+                world_size=args.world_size,
+                label=f"{self.label}: source pre-pass",
+                progress=state.is_world_process_zero,
+            )
+        return control
+
+
+GROUP_WINDOW_BATCHES = 50  # batches whose examples are sorted by length together (the HF Trainer's megabatch)
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """An epoch's indices in batches of similar length, in a random order of batches.
+
+    A permutation of the examples, seeded by (seed, epoch), is cut into windows of GROUP_WINDOW_BATCHES batches; each
+    window is sorted by length and cut into batches of `batch_size`; the full batches are shuffled, and a short last
+    batch stays last, so that a DataLoader with this batch size cuts the same batches. Every epoch holds each example
+    once. The order depends on the epoch (set_epoch, which the Trainer calls) and not on any random state, so a
+    resumed run skips exactly the batches it trained.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
+        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        window = self.batch_size * GROUP_WINDOW_BATCHES
+        batches = []
+        for start in range(0, len(order), window):
+            grouped = sorted(order[start : start + window], key=self.lengths.__getitem__)
+            batches += [grouped[i : i + self.batch_size] for i in range(0, len(grouped), self.batch_size)]
+        short = batches.pop() if batches and len(batches[-1]) < self.batch_size else []
+        shuffled = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        return iter([index for batch in [*shuffled, short] for index in batch])
+
+
+class GroupedTrainer(ResumableTrainer):
+    """ResumableTrainer whose training batches group examples of similar `lengths` (LengthGroupedSampler); None:
+    the Trainer's random batches.
+
+    The Trainer's own group_by_length reads lengths from a datasets column or from input_ids alone, and draws its
+    order from the global random state, which a resumed run restores at its checkpoint, not at the epoch's start."""
+
+    def __init__(self, *args, lengths: list[int] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lengths = lengths
+
+    def get_train_dataloader(self) -> DataLoader:
+        if self.lengths is None:
+            return super().get_train_dataloader()
+        batch_size = self.args.train_batch_size
+        loader = DataLoader(
+            self.train_dataset,
+            batch_size=batch_size,
+            sampler=LengthGroupedSampler(self.lengths, batch_size, self.args.seed),
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            drop_last=self.args.dataloader_drop_last,
+        )
+        return self.accelerator.prepare(loader)
 
 
 @contextmanager

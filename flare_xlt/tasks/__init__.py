@@ -15,6 +15,7 @@ __getattr__, __all__ = lazy_attributes(
             "load_record_file",
             "load_task_splits",
             "read_rows",
+            "read_stream_rows",
         ),
         ".spec": ("NUSAX", "TASKS", "TYDIQA", "XNLI", "TaskSpec", "get_task", "load_task_spec"),
     },

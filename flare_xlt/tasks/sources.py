@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 from datasets import load_dataset
 
@@ -260,17 +261,8 @@ def load_record_file(task: TaskSpec, path: str | Path, language: str | None = No
 def read_rows(path: Path) -> Iterable[tuple[int, dict]]:
     """(line number, row) of a JSONL/JSON/CSV/TSV file; malformed lines raise ValueError naming the line."""
     with _open(path) as stream:
-        if path.suffix == ".jsonl":
-            for line, text in enumerate(stream, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path} line {line}: malformed JSON ({error.msg}).") from error
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path} line {line}: expected a JSON object, got {type(row).__name__}.")
-                yield line, row
+        if path.suffix in (".jsonl", ".csv", ".tsv"):
+            yield from read_stream_rows(stream, path.suffix.lstrip("."), str(path))
         elif path.suffix == ".json":
             try:
                 rows = json.load(stream)
@@ -279,22 +271,38 @@ def read_rows(path: Path) -> Iterable[tuple[int, dict]]:
             if not isinstance(rows, list):
                 raise ValueError(f"{path}: expected a JSON list of records.")
             yield from ((index + 1, row) for index, row in enumerate(rows))
-        elif path.suffix in (".csv", ".tsv"):
-            reader = csv.DictReader(stream, delimiter="\t" if path.suffix == ".tsv" else ",", strict=True)
-            header_width = None
-            for row in reader:
-                header_width = header_width or len(reader.fieldnames)
-                if None in row or None in row.values():
-                    # DictReader puts extra values under the key None and fills missing ones with None.
-                    extra = len(row.get(None, []))
-                    missing = sum(value is None for key, value in row.items() if key is not None)
-                    raise ValueError(
-                        f"{path} line {reader.line_num}: {header_width + extra - missing} columns, expected "
-                        f"{header_width} ({', '.join(reader.fieldnames)})."
-                    )
-                yield reader.line_num, row
         else:
             raise ValueError(f"{path}: unsupported record file type {path.suffix!r}; valid: .jsonl, .json, .csv, .tsv.")
+
+
+def read_stream_rows(stream: TextIO, kind: str, name: str) -> Iterator[tuple[int, dict]]:
+    """(line number, row) of JSONL, CSV or TSV text (`kind`) as it is read, so that a pipe is read as it arrives;
+    malformed lines raise ValueError naming `name` and the line. Blank JSONL lines are skipped."""
+    if kind == "jsonl":
+        for line, text in enumerate(stream, start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{name} line {line}: malformed JSON ({error.msg}).") from error
+            if not isinstance(row, dict):
+                raise ValueError(f"{name} line {line}: expected a JSON object, got {type(row).__name__}.")
+            yield line, row
+        return
+    reader = csv.DictReader(stream, delimiter="\t" if kind == "tsv" else ",", strict=True)
+    header_width = None
+    for row in reader:
+        header_width = header_width or len(reader.fieldnames)
+        if None in row or None in row.values():
+            # DictReader puts extra values under the key None and fills missing ones with None.
+            extra = len(row.get(None, []))
+            missing = sum(value is None for key, value in row.items() if key is not None)
+            raise ValueError(
+                f"{name} line {reader.line_num}: {header_width + extra - missing} columns, expected "
+                f"{header_width} ({', '.join(reader.fieldnames)})."
+            )
+        yield reader.line_num, row
 
 
 def _release_file(path: Path, files: dict[str, str], split: str, release: str) -> Path:
