@@ -65,7 +65,7 @@ def test_taxi1500_text_is_bible_db_by_verse_id(reader, tmp_path):
     published = {
         line.split("\t")[0]: line.split("\t")[1]
         for name in ("train", "test")
-        for line in (taxi1500.DATA / f"{name}.tsv").read_text().splitlines()[:6]
+        for line in (taxi1500.DATA / f"{name}.tsv").read_text().splitlines()
     }
     connection = sqlite3.connect(reader.path)
     for language in ("en", "sw"):

