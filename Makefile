@@ -79,7 +79,7 @@ bench: $(STAMP) apertium
 	$(OFFLINE) $(PYTHON) -m benchmarks.run
 
 # Every transfer method on multilingual-e5-small over two Bible tasks (bible-canon, Taxi1500) and 3 seeds, real MT
-# (Apertium) for Spanish, gemma-3-270m at a reduced size: benchmarks/REAL.md. About 150 minutes on 2 cores (an
+# (Apertium) for Spanish, gemma-3-270m at a reduced size: benchmarks/REAL.md. About 145 minutes on 2 cores (an
 # estimate); sizes and cuts: docs/real.md.
 bench-real: $(STAMP) apertium real-assets
 	$(OFFLINE) $(PYTHON) -m benchmarks.real.run
