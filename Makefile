@@ -78,9 +78,9 @@ smoke: $(STAMP)
 bench: $(STAMP) apertium
 	$(OFFLINE) $(PYTHON) -m benchmarks.run
 
-# Every transfer method on multilingual-e5-small over real Bible text and 3 seeds (LoRA, FLARE, zero-shot and
-# translate-test in 5 languages, input fusion and X-Mixup in 2), real MT (Apertium) for Spanish, FLARE's pairings on
-# Hindi and gemma-3-270m at a reduced size: benchmarks/REAL.md. About 110 minutes on 2 cores; sizes: docs/real.md.
+# Every transfer method on multilingual-e5-small over two Bible tasks (bible-canon, Taxi1500) and 3 seeds, real MT
+# (Apertium) for Spanish, gemma-3-270m at a reduced size: benchmarks/REAL.md. About 145 minutes on 2 cores (an
+# estimate); sizes and cuts: docs/real.md.
 bench-real: $(STAMP) apertium real-assets
 	$(OFFLINE) $(PYTHON) -m benchmarks.real.run
 

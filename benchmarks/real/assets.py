@@ -379,7 +379,31 @@ def e5_folder(install: bool = False) -> Path:
         staging.replace(folder)
         return folder
 
-    return converted_folder(E5_NAME, install, convert)
+    return declare_mean_pooling(converted_folder(E5_NAME, install, convert))
+
+
+# What multilingual-e5-small's own repository declares (sentence-transformers layout): the Transformer module at the
+# folder's root, then mean pooling. The library's `pooling: auto` reads it, so the benchmark's heads pool as e5 was
+# trained. The Normalize module that follows in e5's repository changes no classification and is not declared.
+E5_MODULES = [
+    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+]
+
+
+def declare_mean_pooling(folder: Path) -> Path:
+    """Write the e5 folder's sentence-transformers pooling declaration when missing (folders converted before it
+    existed get it on their next use); each file is written atomically."""
+    from flare_xlt.io import write_text_atomic
+
+    pooling = folder / "1_Pooling" / "config.json"
+    if not pooling.is_file():
+        hidden = json.loads((folder / "config.json").read_text(encoding="utf-8"))["hidden_size"]
+        flags = {"pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False}
+        write_text_atomic(pooling, json.dumps({"word_embedding_dimension": hidden, **flags}, indent=2))
+    if not (folder / "modules.json").is_file():
+        write_text_atomic(folder / "modules.json", json.dumps(E5_MODULES, indent=2))
+    return folder
 
 
 def gemma_folder(install: bool = False) -> Path:

@@ -5,9 +5,11 @@ verse) in the same versification, so equal keys are translations of each other. 
 table below was read from the data (each translation's name of Genesis and of John 3:16) and every code is checked
 against its Genesis name when opened, so a renumbered database fails loudly instead of mixing up languages.
 
-The task (decided before any method was run; docs/real.md gives the reasons): classify a verse into its section of the
-Protestant canon, six balanced classes, English train and validation, test in every target language on the same
-verses, split by chapter so that no test verse shares a chapter with a training verse.
+The task (docs/real.md gives the design and the reasons): classify a verse into its section of the Protestant canon.
+Which books make which class is data, in the task's design file (configs/tasks/bible-canon.yaml): balanced classes,
+English train and validation, test in every target language on the same verses, split by chapter so that no test
+verse shares a chapter with a training verse, each split sampled with its own generator so that changing one split's
+size never changes another's verses.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hashlib
 import random
 import re
 import sqlite3
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,23 +53,76 @@ TRANSLATIONS = {
     "it": ("1", "Genesi", "Italian"),
     "tl": ("g", "Genesis", "Tagalog"),
 }
-# The six sections of the 66-book canon by book number; Revelation (66), a single book of its own genre, is left out.
-SECTIONS = {
-    "law": range(1, 6),  # Genesis - Deuteronomy
-    "history": range(6, 18),  # Joshua - Esther
-    "wisdom": range(18, 23),  # Job - Song of Songs
-    "prophets": range(23, 40),  # Isaiah - Malachi
-    "gospels": range(40, 44),  # Matthew - John
-    "apostolic": range(44, 66),  # Acts - Jude
-}
-LABELS = list(SECTIONS)
 TASK_NAME = "bible-canon"
-TASK_SPEC = Path(__file__).resolve().parents[2] / "configs" / "tasks" / "bible-canon.yaml"
+CANON_DESIGN = Path(__file__).resolve().parents[2] / "configs" / "tasks" / "bible-canon.yaml"
 CROSS_REFERENCE = re.compile(r"\s*\([^()]*\d+\s*:\s*\d+[^()]*\)")  # "(यह. 40:11)": an inline cross-reference
+BOOKS_IN_CANON = range(1, 67)  # bNumber: Genesis 1 ... Revelation 66
 
 
-def section_of(book: int) -> str | None:
-    return next((name for name, books in SECTIONS.items() if book in books), None)
+@dataclass(frozen=True)
+class CanonDesign:
+    """A task file for the library (`spec`, written out with its `languages` set by the build) and the label map it
+    is built with: label -> the books (bNumber) whose verses carry that label; books of no label are left out."""
+
+    spec: dict
+    books: dict[str, tuple[int, ...]]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.books)
+
+    def label_of(self, book: int) -> str | None:
+        return next((label for label, books in self.books.items() if book in books), None)
+
+
+def load_canon_design(path: str | Path = CANON_DESIGN) -> CanonDesign:
+    """The task file with a `books` mapping (label -> inclusive [first, last] book ranges) beside the library's task
+    fields; the labels' order is label_names (given only here, so the two cannot disagree)."""
+    path = Path(path)
+    values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(values, dict) or not isinstance(values.get("books"), dict) or not values["books"]:
+        raise ValueError(f"{path}: a canon design is a task spec with a `books` mapping (label -> book ranges).")
+    if "label_names" in values:
+        raise ValueError(f"{path}: label_names come from the `books` mapping's labels; remove label_names.")
+    books, owner = {}, {}
+    for label, ranges in values.pop("books").items():
+        numbers = []
+        for bounds in ranges or []:
+            if not (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, int) for b in bounds)):
+                raise ValueError(
+                    f"{path}: books of {label!r}: each range is [first, last] book numbers, got {bounds!r}."
+                )
+            first, last = bounds
+            if not (BOOKS_IN_CANON.start <= first <= last < BOOKS_IN_CANON.stop):
+                raise ValueError(f"{path}: books of {label!r}: {bounds} is not a range within 1-66.")
+            numbers += range(first, last + 1)
+        if not numbers:
+            raise ValueError(f"{path}: label {label!r} has no books.")
+        for book in numbers:
+            if book in owner:
+                raise ValueError(f"{path}: book {book} is in both {owner[book]!r} and {label!r}.")
+            owner[book] = label
+        books[str(label)] = tuple(numbers)
+    if len(books) < 2:
+        raise ValueError(f"{path}: a classification task needs at least two labels, got {list(books)}.")
+    values["label_names"] = list(books)
+    return CanonDesign(values, books)
+
+
+def write_spec(spec: dict, languages: list[str], path: str | Path) -> Path:
+    """The library's task file: `spec` with its `languages` set to the languages built."""
+    path = Path(path)
+    write_text_atomic(path, yaml.safe_dump({**spec, "languages": list(languages)}, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def library_task(spec: dict, languages: list[str]):
+    """The TaskSpec the library reads from the task file of `spec` (through its own loader, so it is validated as a
+    built task's would be)."""
+    from flare_xlt.tasks import get_task
+
+    with tempfile.TemporaryDirectory() as folder:
+        return get_task(write_spec(spec, languages, Path(folder) / "task.yaml"))
 
 
 def clean(text: str) -> str:
@@ -118,15 +174,18 @@ class Bible:
 class TaskSizes:
     """Verses per class in each split (balanced), and the English length window a verse must fall in."""
 
-    train_per_class: int = 100
-    validation_per_class: int = 20
-    test_per_class: int = 50
+    train_per_class: int = 500
+    validation_per_class: int = 50
+    test_per_class: int = 300
     min_words: int = 6
     max_words: int = 40
     # Chapters go to test / validation / train by a hash of (book, chapter): these are the shares.
     test_share: float = 0.25
     validation_share: float = 0.1
     data_seed: int = 0
+
+    def per_class(self) -> dict[str, int]:
+        return {"train": self.train_per_class, "validation": self.validation_per_class, "test": self.test_per_class}
 
 
 @dataclass(frozen=True)
@@ -161,28 +220,29 @@ def chapter_split(book: int, chapter: int, sizes: TaskSizes) -> str:
 
 
 def select_verses(
-    english: dict[tuple, str], others: list[dict[tuple, str]], sizes: TaskSizes
+    english: dict[tuple, str], others: list[dict[tuple, str]], sizes: TaskSizes, design: CanonDesign
 ) -> dict[str, list[tuple[tuple, str]]]:
     """Per split, (key, label) of a balanced sample: verses present in every language, within the English length
-    window, from chapters of that split; the same keys for every language."""
-    per_class = {"train": sizes.train_per_class, "validation": sizes.validation_per_class, "test": sizes.test_per_class}
+    window, from chapters of that split; the same keys for every language. Each (split, label) draws from its own
+    generator, so a split's verses depend only on its own pool and size: a larger training set leaves the test
+    verses as they were."""
     pools: dict[tuple[str, str], list[tuple]] = {}
     for key, text in english.items():
-        label = section_of(key[0])
+        label = design.label_of(key[0])
         words = len(text.split())
         if label is None or not sizes.min_words <= words <= sizes.max_words or any(key not in o for o in others):
             continue
         pools.setdefault((chapter_split(key[0], key[1], sizes), label), []).append(key)
-    rng = random.Random(f"bible-canon/{sizes.data_seed}")
     chosen = {}
-    for split, count in per_class.items():
+    for split, count in sizes.per_class().items():
         rows = []
-        for label in LABELS:
+        for label in design.labels:
             pool = sorted(pools.get((split, label), []))
             if len(pool) < count:
                 raise ValueError(f"{split}/{label}: {len(pool)} verses available, {count} asked for.")
+            rng = random.Random(f"{TASK_NAME}/{sizes.data_seed}/{split}/{label}")
             rows += [(key, label) for key in rng.sample(pool, count)]
-        rng.shuffle(rows)
+        random.Random(f"{TASK_NAME}/{sizes.data_seed}/{split}/order").shuffle(rows)
         chosen[split] = rows
     return chosen
 
@@ -198,31 +258,52 @@ class BuiltTask:
     data: Path
     chosen: dict[str, list[tuple[tuple, str]]]  # split -> (verse key, label)
     texts: dict[str, dict[tuple, str]] = field(repr=False)  # language -> verse key -> text
+    # language -> split -> ids of chosen verses that language lacks (left out of its files, and counted in reports)
+    missing: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, int]:
         return {split: len(rows) for split, rows in self.chosen.items()}
 
+    def missing_counts(self) -> dict[str, int]:
+        return {language: sum(map(len, splits.values())) for language, splits in self.missing.items()}
 
-def build_task(bible: Bible, languages: list[str], folder: str | Path, sizes: TaskSizes | None = None) -> BuiltTask:
-    """Write the spec (`task.yaml`, its languages set to English and `languages`) and the data
-    (`data/<language>/<split>.jsonl`, the same verses in every language) under `folder`."""
-    sizes = sizes or TaskSizes()
+
+def write_task(
+    spec: dict, languages: list[str], folder: str | Path, chosen: dict, texts: dict[str, dict[tuple, str]]
+) -> BuiltTask:
+    """The task file (`task.yaml`, languages English and `languages`) and the data (`data/<language>/<split>.jsonl`:
+    the chosen verses of every split, as far as that language has them) under `folder`. A verse a language lacks is
+    left out of its files and listed in the result's `missing`, never dropped silently."""
     folder = Path(folder)
-    texts = {language: bible.verses(language) for language in ["en", *languages]}
-    chosen = select_verses(texts["en"], [texts[language] for language in languages], sizes)
-    spec = yaml.safe_load(TASK_SPEC.read_text())
-    spec["languages"] = ["en", *languages]
-    task_file = folder / "task.yaml"
-    write_text_atomic(task_file, yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    task_file = write_spec(spec, ["en", *languages], folder / "task.yaml")
+    missing: dict[str, dict[str, list[str]]] = {}
     for language in ["en", *languages]:
         for split, rows in chosen.items():
+            present = [(key, label) for key, label in rows if key in texts[language]]
+            lacking = [verse_id(key) for key, _ in rows if key not in texts[language]]
+            if lacking:
+                missing.setdefault(language, {})[split] = lacking
             records = [
                 {"id": verse_id(key), "language": language, "text": texts[language][key], "label": label}
-                for key, label in rows
+                for key, label in present
             ]
             write_records(folder / "data" / language / f"{split}.jsonl", records)
-    return BuiltTask(folder, task_file, folder / "data", chosen, texts)
+    return BuiltTask(folder, task_file, folder / "data", chosen, texts, missing)
+
+
+def build_task(
+    bible: Bible,
+    languages: list[str],
+    folder: str | Path,
+    sizes: TaskSizes | None = None,
+    design: CanonDesign | None = None,
+) -> BuiltTask:
+    """bible-canon under `folder` (write_task), the label map from `design` (default: the repository's)."""
+    sizes, design = sizes or TaskSizes(), design or load_canon_design()
+    texts = {language: bible.verses(language) for language in ["en", *languages]}
+    chosen = select_verses(texts["en"], [texts[language] for language in languages], sizes, design)
+    return write_task(design.spec, languages, folder, chosen, texts)
 
 
 def write_translations(
@@ -252,6 +333,8 @@ def write_translations(
             vocabulary = sorted({word for text in built.texts[into].values() for word in text.split()})
             records = []
             for key, label in rows:
+                if key not in built.texts[source] or key not in built.texts[into]:
+                    continue  # in built.missing: the language lacks the verse, so it has no data record to match
                 text = built.texts[into][key]
                 if condition.kind == "degraded":
                     rng = random.Random(f"{data_seed}/{verse_id(key)}/{source}-{target}")

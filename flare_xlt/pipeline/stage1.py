@@ -94,7 +94,13 @@ def check_target_modules(model: torch.nn.Module, target_modules: list[str] | str
     """PEFT names only the missing targets; the linear layers the model does have are the valid choices."""
     if not isinstance(target_modules, list):  # None (PEFT's default), "all-linear" or a regex
         return
-    names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    # A transfer checks the stage-1 model, whose targets PEFT has already wrapped: a LoRA layer's linear layer is its
+    # base_layer, and the target names the wrapper.
+    names = [
+        name.removesuffix(".base_layer")
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    ]
     missing = [target for target in target_modules if not any(_is_suffix(target, name) for name in names)]
     if missing:
         leaves = sorted({name.rsplit(".", 1)[-1] for name in names})
