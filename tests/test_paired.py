@@ -155,6 +155,30 @@ def test_the_report_gives_each_method_minus_the_baseline_with_its_interval(tmp_p
     assert "| lora | 50.0 ± 0.0 | 50.0 ± 0.0 | 2.50 | -30.0 [-" in text and "] behind |" in text
 
 
+def test_macro_f1_counts_the_tasks_classes_when_a_test_set_lacks_one(tmp_path: Path) -> None:
+    """A 3-class task whose test items hold classes 0 and 1 only: metrics.json averages F1 over all three classes (the
+    absent one scores 0), and the paired recomputation must count them alike, not infer two from the ids it sees."""
+    spec = tmp_path / "three.yaml"
+    spec.write_text(
+        "name: three\nkind: classification\ntext_fields: [text]\nlanguages: [en, sw]\nmetric: macro_f1\n"
+        "label_names: [a, b, c]\n"
+    )
+    for method, right in (("lora", 5), ("flare", 8)):
+        correct = [item % 10 < right for item in range(100)]
+        write_predicted_run(tmp_path, method, 1, correct)
+        folder = tmp_path / f"{method}-sw-1"
+        rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+        metrics = json.loads((folder / "metrics.json").read_text())
+        value = macro_f1([row["prediction"] for row in rows], [row["reference"] for row in rows], 3)
+        metrics.update(task="three", metric="macro_f1", scores={"sw": {"macro_f1": value, "count": 100}})
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        (folder / "config.json").write_text(json.dumps({"task": str(spec)}))
+    write_report(tmp_path)
+    with (tmp_path / "report_three_differences.csv").open(encoding="utf-8", newline="") as stream:
+        (row,) = [row for row in csv.DictReader(stream) if row["language"] == "sw"]
+    assert row["method"] == "flare" and float(row["difference_percent"]) > 0
+
+
 def test_predictions_that_do_not_reproduce_the_metrics_are_refused(tmp_path: Path) -> None:
     write_predicted_run(tmp_path, "lora", 1, [True, False] * 10)
     write_predicted_run(tmp_path, "flare", 1, [True] * 20, reported=0.9)  # its predictions say 100 %
