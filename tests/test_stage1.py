@@ -100,3 +100,16 @@ def test_a_frozen_stage1_adapter_applies_no_dropout(tmp_path):
     with torch.no_grad():
         for _ in range(2):
             torch.testing.assert_close(flare(**inputs).logits, expected, atol=1e-5, rtol=0)
+
+
+def test_named_target_modules_are_found_on_a_stage1_model_that_peft_already_wrapped():
+    """A transfer checks its targets on the stage-1 model, where a frozen stage-1 LoRA has wrapped the same layers."""
+    from flare_xlt.pipeline.stage1 import check_target_modules
+
+    wrapped = get_peft_model(build("xlmr-cls"), LoraConfig(target_modules=["query", "value"]))
+    check_target_modules(wrapped, ["query", "value"], "m")
+    with pytest.raises(
+        ValueError, match=r"\['nope'\] match no linear layer of m; its linear layers are named: "
+    ) as error:
+        check_target_modules(wrapped, ["query", "nope"], "m")
+    assert "query" in str(error.value) and "default" not in str(error.value)  # the adapters' layers are no targets

@@ -95,11 +95,11 @@ def check_target_modules(model: torch.nn.Module, target_modules: list[str] | str
     if not isinstance(target_modules, list):  # None (PEFT's default), "all-linear" or a regex
         return
     # A transfer checks the stage-1 model, whose targets PEFT has already wrapped: a LoRA layer's linear layer is its
-    # base_layer, and the target names the wrapper.
+    # base_layer, and the target names the wrapper; the adapters' own lora_A/lora_B layers are no targets.
     names = [
         name.removesuffix(".base_layer")
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear)
+        if isinstance(module, torch.nn.Linear) and not any(part.startswith("lora_") for part in name.split("."))
     ]
     missing = [target for target in target_modules if not any(_is_suffix(target, name) for name in names)]
     if missing:
