@@ -135,3 +135,19 @@ def test_bench_real_oracle_grid_links_the_main_grids_stage1(tmp_path, monkeypatc
     assert link.is_symlink() and link.resolve() == (tmp_path / "a" / "xnli-en-finetune-seed2-0").resolve()
     real.share_stage1(oracle, [1, 2], workers=1, train=False)  # --no-run: links what exists, trains nothing
     assert len(calls) == 1
+
+
+def test_the_real_run_profile_table_gives_median_phases_and_paired_whole_run_ratios():
+    from benchmarks.real.profile import profile_table
+
+    def run(total: float, train: float, prepass: float = 0.0) -> dict:
+        wall = {"load": 1.0, "train": train, "other": total - 1.0 - train - prepass}
+        if prepass:
+            wall["source pre-pass"] = prepass
+        return {"wall_seconds": wall, "cpu_seconds": {k: 2 * v for k, v in wall.items()}, "total_wall_seconds": total}
+
+    table = profile_table({"LoRA": [run(10, 6), run(20, 12)], "FLARE": [run(15, 9, 2), run(40, 30, 2)]}, 2)
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert rows["train"] == "| train | 9.0 (18.0) | 19.5 (39.0) |"  # medians of 6, 12 and of 9, 30
+    assert rows["source pre-pass"] == "| source pre-pass | 0.0 (0.0) | 2.0 (4.0) |"
+    assert rows["× LoRA (whole run)"] == "| × LoRA (whole run) | 1.00× | 1.75× |"  # median of 15/10 and 40/20, paired
