@@ -3,6 +3,7 @@ and split sampling. The tests that read bible.db skip locally without it and fai
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import Counter
 
@@ -210,6 +211,12 @@ def test_bench_real_tiny_taxi1500_end_to_end(tmp_path, monkeypatch):
     runs = {(run["method"], run["language"]) for run in real.collect_runs(tmp_path / "work" / "taxi1500" / "runs")}
     assert runs == {("finetune", "en"), *((method, "es") for method in real.METHODS)}
     assert size.taxi_per_split["test"] == 6
+    # Each method's run time, from its run's own timings.json (one seed: the median is that run's).
+    times = text.split("Median wall minutes per run (runs timed): ", 1)[1].split("\n", 1)[0]
+    for run in real.collect_runs(tmp_path / "work" / "taxi1500" / "runs"):
+        if run["method"] in real.METHODS:
+            seconds = json.loads((run["path"].parent / "timings.json").read_text())["total_wall_seconds"]
+            assert f"{run['method']} {seconds / 60:.1f} (1)" in times
 
 
 def test_e5_folder_declares_mean_pooling(tmp_path):

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -32,6 +33,7 @@ from flare_xlt.io import write_text_atomic
 from flare_xlt.mt.data import translate_task
 from flare_xlt.mt.translator import Translator
 from flare_xlt.paired import AVERAGE, summary_differences
+from flare_xlt.pipeline.phases import read_timings
 from flare_xlt.pipeline.recipe_file import Recipe
 from flare_xlt.pipeline.recipes import default_workers, plan, run_recipe
 from flare_xlt.pipeline.settings import AdapterConfig, TrainConfig
@@ -571,6 +573,9 @@ def grid_section(grid: Grid, paths: list[Path], path: Path, size_name: str) -> l
         lines += ["", *(difference_line(summary, "flare", baseline) for baseline in TWO_LANGUAGE_METHODS)]
     if grid.name == "taxi1500":
         lines += ["", TAXI1500_PUBLISHED]
+    times = run_times(runs)
+    if times:
+        lines += ["", times]
     if grid.missing:
         lacking = ", ".join(f"{language} {count}" for language, count in sorted(grid.missing.items()))
         lines += ["", f"Verses of the task that bible.db lacks, left out of that language's files: {lacking}."]
@@ -583,6 +588,20 @@ def grid_section(grid: Grid, paths: list[Path], path: Path, size_name: str) -> l
             f"![{grid.name}: {summary['metric']} per language and method]({os.path.relpath(figure, path.parent)})",
         ]
     return lines
+
+
+def run_times(runs: list[dict]) -> str:
+    """Median wall minutes per run of each method, from the runs' timings.json (runs made before runs recorded their
+    timings are left out, and a method with none gets no entry): what each row of the table cost."""
+    minutes: dict[str, list[float]] = {}
+    for run in runs:
+        timings = read_timings(Path(run["path"]).parent)
+        if timings is not None:
+            minutes.setdefault(run["method"], []).append(timings["total_wall_seconds"] / 60)
+    if not minutes:
+        return ""
+    cells = [f"{method} {statistics.median(values):.1f} ({len(values)})" for method, values in minutes.items()]
+    return "Median wall minutes per run (runs timed): " + ", ".join(cells) + "."
 
 
 def write_markdown(
