@@ -36,15 +36,13 @@ from tqdm.auto import tqdm
 
 from .adapter.model import FlareModel
 from .methods import get_method
-from .mt.translator import GenerationSettings, Translator
-from .pipeline.finished_runs import recorded_run, run_model
+from .pipeline.finished_runs import recorded_run, run_model, scoring_settings
 from .pipeline.run_data import load
-from .pipeline.settings import DEFAULT_TRAIN, TrainConfig
+from .predictor import translator_from_options
 from .tasks import PairedCollator, get_task
 from .tasks.formatting import IGNORE_INDEX
 
 # The MT generation settings a --model_args may name (mt_num_beams=1, mt_max_input_length=512, ...).
-GENERATION_SETTINGS = ("num_beams", "max_input_length", "max_new_tokens")
 # lm-eval's options for generate_until that greedy FLARE generation honours; any other one is refused.
 GENERATION_OPTIONS = ("until", "max_gen_toks", "do_sample", "temperature")
 
@@ -74,9 +72,10 @@ class FlareLM(LM):
         language: The target language of the requests (its code for the MT backend); default: the run's.
         source_language: The language the contexts are translated into; default: the task's (en).
         backend, model, command, languages, ...: the MT backend, as `flare-xlt translate` takes it (transformers with
-            an NLLB or MADLAD model, ctranslate2, or command), and other Translator keywords and generation settings
-            (num_beams, max_input_length, max_new_tokens); mt_<name> is <name>, e.g. mt_device, the MT model's
-            device apart from `device`, the scored model's.
+            an NLLB or MADLAD model, ctranslate2, or command), the backend's own options and the generation settings
+            (num_beams, max_input_length, max_new_tokens), as `flare-xlt predict --mt.*` reads them (an option the
+            backend does not read is refused, naming those it does); mt_<name> is <name>, e.g. mt_device, the MT
+            model's device apart from `device`, the scored model's.
         cache: SQLite translation cache, reused across runs.
         max_length: Tokens per sequence (context and continuation); longer contexts are cut from the left, BOS kept,
             and counted. Default: the run's train.max_length.
@@ -120,10 +119,7 @@ class FlareLM(LM):
                 "adapter fuses the English translation of each context."
             )
         spec = get_task(task or config["task"])
-        recorded = config.get("train", {})
-        train = TrainConfig(
-            **{**recorded, "max_length": max_length or recorded.get("max_length", DEFAULT_TRAIN.max_length)}
-        )
+        train = scoring_settings(config, max_length)
         self.loaded = load(config["model"], spec, config["architecture"], config["load_in_4bit"], train)
         if self.loaded.architecture != "decoder":
             raise ValueError(
@@ -147,17 +143,9 @@ class FlareLM(LM):
             raise ValueError(f"{run_dir} records no target language: give language=<the requests' language>.")
         self.source_language = source_language or spec.source_language
         options = {key.removeprefix("mt_"): value for key, value in mt_options.items()}
-        generation = {name: options.pop(name) for name in GENERATION_SETTINGS if name in options}
-        self.translator = Translator(
-            **({"model": model} if model is not None else {}),
-            settings=GenerationSettings(**generation),
-            backend=backend,
-            command=command,
-            languages=languages,
-            cache=cache,
-            progress=False,
-            **options,
-        )
+        named = {"model": model, "command": command, "languages": None if languages == "auto" else languages}
+        options.update({name: value for name, value in named.items() if value is not None})
+        self.translator = translator_from_options({"backend": backend, **options}, cache)
         self.translations: dict[str, str] = {}  # context -> English, across every call
         self.report = HarnessReport()
         self.collate = PairedCollator.for_tokenizer(self.tokenizer)
