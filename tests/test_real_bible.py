@@ -190,6 +190,18 @@ def test_bench_real_keeps_the_two_tasks_stage1_apart(tmp_path):
     assert [key[0] for key in finished] == ["m / bible-canon"]
 
 
+def test_bench_real_seeds_option_runs_only_a_grids_own_seeds():
+    """`--seeds 2` runs seed 2 where a grid plans it and nothing in a grid that plans only seed 1 (taxi1500-wide,
+    the decoder table): a seed-by-seed full run trains no run that no table shows."""
+    from benchmarks.real import run as real
+
+    assert real.grid_seeds([2], [1, 2, 3]) == [2]
+    assert real.grid_seeds([2], [1]) == []
+    assert real.grid_seeds([3, 1], [1, 2]) == [1]
+    assert real.grid_seeds(None, [1, 2, 3]) == [1, 2, 3]
+    assert real.SIZES["full"].taxi_wide_seeds == (1,) and real.DECODER_SIZES["full"].seeds == (1, 2)
+
+
 def test_bench_real_tiny_taxi1500_end_to_end(tmp_path, monkeypatch):
     """`--size tiny` through the real recipes on Taxi1500 (one seed, Spanish with Apertium): every method of the table
     runs on multilingual-e5-small, and the report shows its macro-F1 table with accuracy beside it."""

@@ -272,6 +272,12 @@ def run_grid(recipe: Recipe, description: str, workers: int) -> None:
         run_recipe(replace(recipe, seeds=[seed], languages=[language]))
 
 
+def grid_seeds(requested: list[int] | None, planned: list[int]) -> list[int]:
+    """The seeds to run now: `--seeds` picks among the grid's own (the decoder and taxi1500-wide tables plan fewer
+    than the others, and a seed they do not plan is not run for them); no `--seeds`, all of them."""
+    return list(planned) if requested is None else [seed for seed in requested if seed in planned]
+
+
 def share_stage1(grid: Grid, seeds: list[int], workers: int, train: bool) -> None:
     """A grid with `stage1_from` (the oracle grid) starts from that recipe's stage-1 runs, made first if missing:
     links to them make the pipeline skip stage 1 in the grid's own folder (which would train the same runs again)."""
@@ -504,6 +510,7 @@ def main(argv: list[str] | None = None) -> Path:
         parser.error(f"--grids: unknown {unknown or 'empty list'}; valid choices: {', '.join(GRIDS)}.")
     if arguments.workers < 1:
         parser.error(f"--workers must be at least 1, got {arguments.workers}.")
+    requested_seeds = [int(seed) for seed in arguments.seeds.split(",")] if arguments.seeds else None
     size = SIZES[arguments.size]
     started, share = time.perf_counter(), CpuShare()
     work = workspace(arguments.size, size)
@@ -516,10 +523,10 @@ def main(argv: list[str] | None = None) -> Path:
     reports = {}
     for grid in grids:
         write_text_atomic(work / grid.name / "recipe.json", json.dumps(asdict(grid.recipe), indent=2, default=str))
-        seeds = [int(seed) for seed in arguments.seeds.split(",")] if arguments.seeds else grid.recipe.seeds
-        if grid.stage1_from is not None:
+        seeds = grid_seeds(requested_seeds, grid.recipe.seeds)
+        if grid.stage1_from is not None and seeds:
             share_stage1(grid, seeds, arguments.workers, train=not arguments.no_run)
-        if not arguments.no_run:
+        if not arguments.no_run and seeds:
             run_grid(replace(grid.recipe, seeds=seeds), f"{grid.name}: {grid.model_name}", arguments.workers)
         reports[grid.name] = write_report(grid.recipe.output, work / grid.name, grid.select, grid.baseline)
     seconds = time.perf_counter() - started
