@@ -177,13 +177,16 @@ def test_the_linear_probe_is_a_logistic_regression_on_the_base_encoders_pooled_f
     from flare_xlt.tasks import NUSAX, load_original_view
 
     model, runs = str(pooled_workspace / "encoder"), pooled_workspace / "runs-probe"
-    # A stage 1 that moves the encoder well away from the base, which the probe must not read.
-    strong = TrainConfig(batch_size=2, max_steps=4, learning_rate=0.05, max_length=48, seed=3)
+    # A stage 1 that moves the encoder well away from the base, which the probe must not read. It reads the first
+    # two of the three English training examples; the probe, its floor, fits on the same two, whatever the
+    # transfer's own max_train_samples (QUICK: all).
+    strong = TrainConfig(batch_size=2, max_steps=4, learning_rate=0.05, max_length=48, seed=3, max_train_samples=2)
     stage1 = finetune(model, "nusax", output=runs, data=NUSAX_DATA, train=strong)
     probe = transfer(model, "nusax", "id", "linear-probe", stage1, output=runs, data=NUSAX_DATA, train=QUICK)
     config = json.loads((probe / "config.json").read_text())
     assert config["translations"] is None and config["adapter"] is None and config["trainable"] is None
     assert set(config["train"]) == {"seed", "max_length", "max_eval_samples", "max_train_samples"}
+    assert config["train"]["max_train_samples"] == 2 and QUICK.max_train_samples is None
 
     # By hand: the base checkpoint (no stage-1 adapter), mean-pooled over the real tokens, standardised, fitted.
     tokenizer, encoder = AutoTokenizer.from_pretrained(model), AutoModel.from_pretrained(model).eval()
@@ -195,7 +198,8 @@ def test_the_linear_probe_is_a_logistic_regression_on_the_base_encoders_pooled_f
         mask = batch["attention_mask"].unsqueeze(-1).float()
         return ((hidden * mask).sum(1) / mask.sum(1)).numpy()
 
-    english = load_original_view(NUSAX, "en", "train", NUSAX_DATA)
+    english = load_original_view(NUSAX, "en", "train", NUSAX_DATA)[:2]
+    assert len({record["label"] for record in english}) == 2
     indonesian = load_original_view(NUSAX, "id", "test", NUSAX_DATA)
     scaler = StandardScaler().fit(features(english))
     regression = LogisticRegression(C=1.0, max_iter=2000).fit(
@@ -207,7 +211,10 @@ def test_the_linear_probe_is_a_logistic_regression_on_the_base_encoders_pooled_f
     scored = rebuilt(probe)  # as `evaluate` fits it again
     batch = tokenizer([record["text"] for record in indonesian], padding=True, return_tensors="pt")
     logits = scored(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    torch.testing.assert_close(logits, torch.as_tensor(expected, dtype=logits.dtype), atol=1e-4, rtol=0)
+    seen = torch.as_tensor(regression.classes_)  # the class the two English examples lack scores -inf
+    torch.testing.assert_close(logits[:, seen], torch.as_tensor(expected, dtype=logits.dtype), atol=1e-4, rtol=0)
+    unseen = [label for label in range(logits.shape[1]) if label not in regression.classes_]
+    assert len(unseen) == 1 and torch.isneginf(logits[:, unseen]).all()
     assert evaluate(probe)["scores"] == json.loads((probe / "metrics.json").read_text())["scores"]
     table = next(path for path in write_report(runs) if path.name == "report_nusax.md").read_text()
     assert "| linear-probe |" in table

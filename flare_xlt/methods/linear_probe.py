@@ -1,5 +1,7 @@
 """Linear probe: the frozen base encoder, read with the stage-1 run's pooling, and a logistic regression fitted on
-the English training split's features, scoring the target-language test set zero-shot.
+the English training split's features, scoring the target-language test set zero-shot. It fits on the English
+examples its stage-1 run read (that run's recorded max_train_samples, not the transfer's), so that the floor and
+stage 1 see the same data.
 
 It fine-tunes nothing and reads no translation: it is the floor of a table, the score that features the encoder
 already has give. A fine-tuned number below it means a broken setup (too few steps, a head that reads the encoder

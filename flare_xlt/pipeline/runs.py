@@ -4,7 +4,7 @@ target language with one method; each writes one run folder (run_folder.py)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -30,7 +30,14 @@ from .run_data import (
 from .run_folder import finetune_run, finished, link_latest, save_adapter, started, transfer_run
 from .scoring import evaluate_run, validation_callback
 from .settings import DEFAULT_ADAPTER, DEFAULT_TRAIN, AdapterConfig, TrainConfig, resolve_stage1_mode
-from .stage1 import check_stage1, check_target_modules, recorded_pooling, report_untrained, stage1_model
+from .stage1 import (
+    check_stage1,
+    check_target_modules,
+    recorded_pooling,
+    recorded_train_samples,
+    report_untrained,
+    stage1_model,
+)
 from .training import train_adapter
 
 
@@ -151,9 +158,9 @@ def transfer(
     """Stage 2: transfer the stage-1 model to one target language with one method and score it on its test set.
 
     zero-shot and translate-test evaluate the stage-1 model; linear-probe fits a logistic regression on the frozen
-    base encoder's English features (the table's floor); lora, input-fusion, flare, flare-mt and x-mixup train
-    a new adapter on translated data first; ensemble averages the lora run (made first if missing) with
-    translate-test. Prints the run folder last; <output>/latest-transfer links to it.
+    base encoder's features of the English examples stage 1 read (the table's floor); lora, input-fusion, flare,
+    flare-mt and x-mixup train a new adapter on translated data first; ensemble averages the lora run (made first
+    if missing) with translate-test. Prints the run folder last; <output>/latest-transfer links to it.
 
     Args:
         model: The base model of the stage-1 run (a hub name or a local folder).
@@ -196,6 +203,9 @@ def transfer(
     if transfer_method.needs_mt_states and mt_states is None:
         raise ValueError(f"Method {method!r} needs --mt_states (a folder with train/ and test/ state stores).")
     stage1_adapter = check_stage1(Path(stage1), model, spec)
+    if transfer_method.fits_source_probe:  # the floor of stage 1: fitted on the English examples stage 1 read
+        samples = recorded_train_samples(Path(stage1), train.max_train_samples)
+        train = settings["train"] = replace(train, max_train_samples=samples)
     run_dir, config = transfer_run(settings)
     if dry_run:
         _print_transfer_plan(settings, run_dir)
