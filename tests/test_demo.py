@@ -3,6 +3,8 @@ whole `flare-xlt demo` code path at reduced sizes."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import random
 import re
@@ -157,39 +159,73 @@ def test_encoder_stage1_learns_english_beyond_chance(tmp_path):
     assert english > 0.55, english
 
 
-@pytest.mark.parametrize(("model_type", "seeds"), [("decoder", (1, 2)), ("encoder", (1,))])
-def test_demo_runs_every_method_and_reuses_its_runs(tmp_path, capsys, model_type, seeds):
-    """The tiny demo from the command line (`demo --size tiny`, the tiny world and not the full one) runs every
-    method; its table holds each method's mean ± std over two seeds, or the score alone for one seed; a second run
-    reuses every run."""
+DEMO_METHODS = ["zero-shot", "translate-test", "lora", "input-fusion", "ensemble", "flare", "flare-mt"]
+
+
+def demo_arguments(config: DemoConfig) -> list[str]:
+    seed_list = f"[{', '.join(map(str, config.seeds))}]"
+    arguments = ["demo", "--size", "tiny", "--model_type", config.model_type, "--mt_error_rate"]
+    arguments += [f"{config.mt_error_rate:g}", "--seeds", seed_list, "--output", str(config.output)]
+    return arguments + ([] if config.workers is None else ["--workers", str(config.workers)])
+
+
+@pytest.fixture(scope="module")
+def decoder_demo(tmp_path_factory) -> tuple[DemoConfig, str]:
+    """The tiny decoder demo from the command line, two seeds, two runs side by side (`--workers 2`), and what it
+    printed. Made once: the every-method test reads it, the side-by-side test compares one process with it, and the
+    sweep starts from its setting (the runs of a finished point are reused)."""
     from flare_xlt import cli
 
-    config = DemoConfig(output=tmp_path, model_type=model_type, mt_error_rate=0.2, seeds=seeds, sizes=TINY)
-    seed_list = f"[{', '.join(map(str, seeds))}]"
-    argv = ["demo", "--size", "tiny", "--model_type", model_type, "--mt_error_rate", "0.2", "--seeds", seed_list]
-    cli.main([*argv, "--output", str(tmp_path)])
-    printed = capsys.readouterr().out
-    folder = tmp_path / setting_name(config)
+    config = DemoConfig(
+        output=tmp_path_factory.mktemp("decoder-demo"), mt_error_rate=0.2, seeds=(1, 2), sizes=TINY, workers=2
+    )
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        cli.main(demo_arguments(config))
+    return config, printed.getvalue()
+
+
+def check_every_method_demo(config: DemoConfig, printed: str, capsys) -> None:
+    """The demo of `config` ran every method; its table holds each method's mean ± std over the seeds, or the score
+    alone for one seed; a second run reuses every run."""
+    folder = config.output / setting_name(config)
     runs = [json.loads(path.read_text()) for path in sorted((folder / "runs").rglob("metrics.json"))]
-    methods = ["zero-shot", "translate-test", "lora", "input-fusion", "ensemble", "flare", "flare-mt"]
     assert sorted((run["method"], run["seed"]) for run in runs) == sorted(
-        [("finetune", seed) for seed in seeds] + [(method, seed) for method in methods for seed in seeds]
+        [("finetune", seed) for seed in config.seeds]
+        + [(method, seed) for method in DEMO_METHODS for seed in config.seeds]
     )
 
     def cell(method: str) -> str:
         scores = [100 * run["scores"]["average"]["macro_f1"] for run in runs if run["method"] == method]
-        return f"{statistics.mean(scores):.1f}" + (f" ± {statistics.stdev(scores):.1f}" if len(seeds) > 1 else "")
+        return f"{statistics.mean(scores):.1f}" + (
+            f" ± {statistics.stdev(scores):.1f}" if len(config.seeds) > 1 else ""
+        )
 
     # Each row: the stage-1 English score every method starts from, then tol and Avg.
-    for method in methods:
+    for method in DEMO_METHODS:
         assert f"| {method} | {cell('finetune')} | {cell(method)} | {cell(method)} |" in printed
     assert (folder / "report_tolan_sentiment.png").stat().st_size > 0
     states = json.loads((folder / "mt_states" / TARGET / "test" / "index.json").read_text())
     assert sorted(states["ids"]) == sorted(f"test-{i}" for i in range(24))
     assert states["d_model"] == TINY_PRETRAINING.hidden_size
 
+    capsys.readouterr()
     assert run_demo(config).split("Wall time")[0] in printed
     assert capsys.readouterr().out.count("finished earlier, skipped") == len(runs)
+
+
+def test_the_decoder_demo_runs_every_method_and_reuses_its_runs(decoder_demo, capsys):
+    """The tiny demo from the command line (`demo --size tiny`, the tiny world and not the full one), two seeds."""
+    check_every_method_demo(*decoder_demo, capsys)
+
+
+def test_the_encoder_demo_runs_every_method_and_reuses_its_runs(tmp_path, capsys):
+    """The same on the encoder, one seed: the one-seed table format."""
+    from flare_xlt import cli
+
+    config = DemoConfig(output=tmp_path, model_type="encoder", mt_error_rate=0.2, seeds=(1,), sizes=TINY)
+    cli.main(demo_arguments(config))
+    check_every_method_demo(config, capsys.readouterr().out, capsys)
 
 
 def test_an_unknown_demo_size_is_one_line(capsys):
@@ -231,15 +267,18 @@ def test_the_two_error_knobs_change_only_their_own_direction(tmp_path):
         DemoConfig(mt_error_rate_test=1.5)
 
 
-def test_a_sweep_of_two_points_writes_its_table_and_plot(tmp_path, capsys):
+def test_a_sweep_of_two_points_writes_its_table_and_plot(decoder_demo, capsys):
     from flare_xlt.demo.sweep import parse_sweep, run_sweep, sweep_scores
 
-    name, values = parse_sweep("mt_error_rate_test=0.3,0")
-    assert (name, values) == ("mt_error_rate_test", [0.0, 0.3])
-    config = DemoConfig(output=tmp_path, flare_mt=False, seeds=(1,), sizes=TINY)
+    # From the decoder demo's setting (MT error 0.2 both ways), whose seed-1 runs the point 0.2 reuses.
+    demo_config, _ = decoder_demo
+    name, values = parse_sweep("mt_error_rate_test=0.3,0.2")
+    assert (name, values) == ("mt_error_rate_test", [0.2, 0.3])
+    config = replace(demo_config, seeds=(1,), workers=None)
     table = run_sweep(config, name, values)
+    assert capsys.readouterr().out.count("finished earlier, skipped") == len(DEMO_METHODS) + 1  # and stage 1
     scores = sweep_scores(config, name, values)
-    assert set(scores) == {"zero-shot", "translate-test", "lora", "input-fusion", "ensemble", "flare"}
+    assert set(scores) == set(DEMO_METHODS)
     for method, per_value in scores.items():
         # One seed: its score alone, no "± 0.0".
         cells = " | ".join(f"{100 * per_value[value][0]:.1f}" for value in values)
@@ -250,32 +289,33 @@ def test_a_sweep_of_two_points_writes_its_table_and_plot(tmp_path, capsys):
         row = next(line for line in differences if line.startswith(f"| {method} | "))
         assert len(re.findall(r"[+-]\d+\.\d \[[^]]+\] (?:ahead|behind|level) \|", row)) == len(values)
     # zero-shot reads no translation: the test-side error cannot move it; translate-test reads only that
-    assert scores["zero-shot"][0.0] == scores["zero-shot"][0.3]
+    assert scores["zero-shot"][0.2] == scores["zero-shot"][0.3]
     for suffix in ("md", "csv", "png", "pdf"):
-        assert (tmp_path / f"sweep-decoder-mt_error_rate_test.{suffix}").stat().st_size > 0
-    rows = (tmp_path / "sweep-decoder-mt_error_rate_test.csv").read_text().splitlines()
-    assert rows[0] == "method,mt_error_rate_test,seed_index,macro_f1_percent" and len(rows) == 1 + 6 * 2
+        assert (config.output / f"sweep-decoder-mt_error_rate_test.{suffix}").stat().st_size > 0
+    rows = (config.output / "sweep-decoder-mt_error_rate_test.csv").read_text().splitlines()
+    assert rows[0] == "method,mt_error_rate_test,seed_index,macro_f1_percent" and len(rows) == 1 + len(DEMO_METHODS) * 2
     for bad in ("colour=1,2", "mt_error_rate_test=", "mt_error_rate_test=a,b", "mt_error_rate_test=0.1,0.1"):
         with pytest.raises(ValueError, match="--sweep"):
             parse_sweep(bad)
 
 
-def test_runs_side_by_side_equal_runs_one_after_another(tmp_path):
-    """workers=2 (two processes, one thread each) trains the same weights, scores and predictions as one process
-    with one thread; the world is shared, so only the scheduling differs (a transfer given another seed's stage 1,
-    or a seed's runs mixed up, would change the weights)."""
+def test_runs_side_by_side_equal_runs_one_after_another(decoder_demo, tmp_path):
+    """workers=2 (two processes, one thread each: the decoder demo) trains the same weights, scores and predictions
+    as one process with one thread; the world is shared, so only the scheduling differs (a transfer given another
+    seed's stage 1, or a seed's runs mixed up, would change the weights)."""
     import torch
     from safetensors.torch import load_file
 
-    config = DemoConfig(output=tmp_path / "one", flare_mt=False, seeds=(1, 2), sizes=TINY, workers=1)
+    two_config, _ = decoder_demo
+    config = replace(two_config, output=tmp_path / "one", workers=1)
+    shutil.copytree(two_config.output / "pretrained", tmp_path / "one" / "pretrained")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         printed = run_demo(config)
     finally:
         torch.set_num_threads(threads)
-    shutil.copytree(tmp_path / "one" / "pretrained", tmp_path / "two" / "pretrained")
-    side_by_side = run_demo(replace(config, output=tmp_path / "two", workers=2))
+    side_by_side = run_demo(two_config)  # every run reused: its table as the two processes made it
     assert side_by_side.split("Report")[0] == printed.split("Report")[0]
 
     def runs(output):  # by run name without the hash, which covers the (different) paths
@@ -289,12 +329,12 @@ def test_runs_side_by_side_equal_runs_one_after_another(tmp_path):
             )
         return made
 
-    one, two = runs(tmp_path / "one"), runs(tmp_path / "two")
-    assert sorted(one) == sorted(two) and len(one) == 2 * 7  # stage 1 and six transfer methods per seed
+    one, two = runs(tmp_path / "one"), runs(two_config.output)
+    assert sorted(one) == sorted(two) and len(one) == 2 * 8  # stage 1 and seven transfer methods per seed
     trained = [name for name in one if one[name][2] is not None]
-    assert len(trained) == 2 * 4  # stage 1, lora, input-fusion, flare
+    assert len(trained) == 2 * 5  # stage 1, lora, input-fusion, flare, flare-mt
     # The ensemble reads its seed's lora run: it starts only once that run is made, in the other process or not.
-    folder = tmp_path / "two" / setting_name(config) / "runs"
+    folder = two_config.output / setting_name(config) / "runs"
     for seed in config.seeds:
         (lora,) = folder.glob(f"*-lora-seed{seed}-*/metrics.json")
         (ensemble,) = folder.glob(f"*-ensemble-seed{seed}-*/config.json")
