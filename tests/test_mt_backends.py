@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import FIXTURES, build_nllb
 from test_distributed import free_port
-from test_resume import cached_rows, kill_when, run
+from test_resume import cached_rows, kill_when, run_again
 
 from flare_xlt import cli
 from flare_xlt.mt import GenerationSettings, TranslationInputWarning, Translator
@@ -280,7 +280,7 @@ def command_line(options: dict) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ctranslate2", "command"])
-def test_killed_translation_resumes_through_the_backend(models, backend, tmp_path):
+def test_killed_translation_resumes_through_the_backend(models, backend, tmp_path, capsys):
     """SIGKILL part-way, run again: the cache is reused and the output is that of an uninterrupted run. (The
     transformers backend: test_resume.py.)"""
     rows = [
@@ -295,7 +295,7 @@ def test_killed_translation_resumes_through_the_backend(models, backend, tmp_pat
     kill_when(command_line(options), lambda: cached_rows(cache) >= 6)
     stored = cached_rows(cache)
     assert 6 <= stored < distinct and not output.exists()
-    printed = run(command_line(options))
+    printed = run_again(command_line(options), capsys)
     summary = json.loads(printed[printed.index("{") :])["translation"]
     from_cache = int(summary.split(" from the cache")[0].rsplit(" ", 1)[1])
     assert stored <= from_cache < distinct and cached_rows(cache) == distinct
