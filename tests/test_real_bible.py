@@ -202,6 +202,36 @@ def test_bench_real_seeds_option_runs_only_a_grids_own_seeds():
     assert real.SIZES["full"].taxi_wide_seeds == (1,) and real.DECODER_SIZES["full"].seeds == (1,)
 
 
+def test_the_floor_section_compares_stage1_with_the_english_probe(tmp_path):
+    """REAL.md's floor: stage 1's English accuracy over the grid's seeds against the English probe, and per language
+    the probe on the MT training text against the one on the human translation, from the runs and the probe rows."""
+    import json
+    from pathlib import Path
+
+    from benchmarks.real import run as real
+    from flare_xlt.pipeline.recipe_file import Recipe
+
+    recipe = Recipe(model="m", task="xnli", languages=["hi"], methods=["lora"], seeds=[1, 2], output=str(tmp_path))
+    for seed, accuracy in ((1, 0.75), (2, 0.79), (3, 0.10)):  # seed 3 is not the grid's
+        folder = Path(recipe.output) / f"bible-canon-en-finetune-seed{seed}-0"
+        folder.mkdir()
+        metrics = {"task": "bible-canon", "method": "finetune", "seed": seed, "language": "en", "metric": "accuracy"}
+        metrics |= {"scores": {"en": {"accuracy": accuracy}}, "run": folder.name, "config_hash": "0"}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    grid = real.Grid("canon", "canon", recipe, {}, "m", ("lora",), ("hi",))
+    probes = [
+        {"trained_on": "English train", "scored_on": "English test", "accuracy": 0.64},
+        {"trained_on": "English train", "scored_on": "hi test", "accuracy": 0.49},
+        {"trained_on": "hi human train", "scored_on": "hi test", "accuracy": 0.60},
+        {"trained_on": "hi MT train", "scored_on": "hi test", "accuracy": 0.58},
+    ]
+    text = "\n".join(real.floor_section(probes, grid))
+    assert "| hi MT train | hi test | 58.0 |" in text
+    assert "2 seed(s): 75.0, 79.0; mean 77.0 %) against the linear probe on English (64.0 %): stage 1 is +13.0" in text
+    assert "hi: a probe trained on the MT training text scores 58.0 %, on the human translation 60.0 % (-2.0), " in text
+    assert "on English (zero-shot) 49.0 %." in text
+
+
 def test_bench_real_tiny_taxi1500_end_to_end(tmp_path, monkeypatch):
     """`--size tiny` through the real recipes on Taxi1500 (one seed, Spanish with Apertium): every method of the table
     runs on multilingual-e5-small, and the report shows its macro-F1 table with accuracy beside it."""
