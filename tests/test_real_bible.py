@@ -232,6 +232,17 @@ def test_the_floor_section_compares_stage1_with_the_english_probe(tmp_path):
     assert "on English (zero-shot) 49.0 %." in text
 
 
+def test_the_report_measures_its_wall_time_from_the_empty_workspace(tmp_path):
+    import datetime
+
+    from benchmarks.real import run as real
+
+    assert real.since_started(tmp_path) == ""  # a workspace made before starts were recorded
+    (tmp_path / real.STARTED).write_text("2026-12-08T00:42:32+00:00")
+    now = datetime.datetime(2026, 12, 8, 3, 7, 2, tzinfo=datetime.UTC)
+    assert real.since_started(tmp_path, now) == "; 144 min since the workspace was started empty (2026-12-08 00:42 UTC)"
+
+
 def test_bench_real_tiny_taxi1500_end_to_end(tmp_path, monkeypatch):
     """`--size tiny` through the real recipes on Taxi1500 (one seed, Spanish with Apertium): every method of the table
     runs on multilingual-e5-small, and the report shows its macro-F1 table with accuracy beside it."""
@@ -244,6 +255,7 @@ def test_bench_real_tiny_taxi1500_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(real, "workspace", lambda size_name, size: tmp_path / "work")
     report = real.main(["--size", "tiny", "--grids", "taxi1500", "--seeds", "1", "--workers", "1"])
     text = report.read_text()
+    assert " min since the workspace was started empty (" in text  # this run began in an empty workspace
     assert "## Taxi1500, every method" in text and "Accuracy (%, mean over seeds) beside it" in text
     assert real.TAXI1500_PUBLISHED in text
     table = text.split("## Taxi1500, every method", 1)[1].split("Accuracy (%", 1)[0]

@@ -515,6 +515,8 @@ def main(argv: list[str] | None = None) -> Path:
     started, share = time.perf_counter(), CpuShare()
     work = workspace(arguments.size, size)
     print(f"bench-real ({arguments.size}): workspace {work}", flush=True)
+    if not work.exists():  # a fresh workspace: its start, which every later report measures its wall time from
+        write_text_atomic(work / STARTED, datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
     grids = encoder_grids(size, work, names)
     if "decoder" in names:
         grids.append(decoder_grid(arguments.size, size, work))
@@ -536,12 +538,28 @@ def main(argv: list[str] | None = None) -> Path:
     total, made = len(finished), len(finished - finished_before)
     # The wall time covers only the runs this invocation made; the others were reused from an earlier one.
     timing = f"wall time {seconds / 60:.1f} min, in which {made} of its {total} runs were made (the rest reused)"
+    timing += since_started(work)
     if total < len(planned):
         timing += f". PARTIAL: {total} of the {len(planned)} planned runs are finished, and the tables show only those"
     report = arguments.report or (DEFAULT_REPORT if arguments.size == "full" else work / "REAL-tiny.md")
     write_markdown(report, arguments.size, size, work, grids, reports, timing, share.summary(), probes)
     print(f"wrote {report} ({timing})", flush=True)
     return report
+
+
+STARTED = "started_at"  # the UTC time a run began in an empty workspace
+
+
+def since_started(work: Path, now: datetime.datetime | None = None) -> str:
+    """The wall time from the workspace's start (an empty workspace, every run to make) to now, pauses between
+    invocations included: the time of a fresh full run when the report is the last one's."""
+    path = work / STARTED
+    if not path.is_file():
+        return ""
+    started = datetime.datetime.fromisoformat(path.read_text(encoding="utf-8").strip())
+    now = now or datetime.datetime.now(datetime.UTC)
+    minutes = (now - started).total_seconds() / 60
+    return f"; {minutes:.0f} min since the workspace was started empty ({started:%Y-%m-%d %H:%M} UTC)"
 
 
 def difference_line(summary: dict, row: str, baseline: str) -> str:
