@@ -23,8 +23,7 @@ from pathlib import Path
 
 import torch
 
-from flare_xlt.methods.linear_probe import PROBE_C, PROBE_MAX_ITER
-from flare_xlt.pipeline.pooling import pool
+from flare_xlt.methods.linear_probe import PROBE_C, PROBE_MAX_ITER, probe_features
 from flare_xlt.tasks import load_record_file
 from flare_xlt.tasks.spec import load_task_spec
 
@@ -42,8 +41,7 @@ def pooled_features(model, tokenizer, texts: list[str], max_length: int) -> torc
         batch = tokenizer([texts[i] for i in indices], padding=True, truncation=True, max_length=max_length)
         batch = {name: torch.tensor(values) for name, values in batch.items()}
         with torch.inference_mode():
-            hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        rows[indices] = pool(hidden, batch["attention_mask"], "mean").float()
+            rows[indices] = probe_features(model, batch["input_ids"], batch["attention_mask"], "mean")
     return rows
 
 
