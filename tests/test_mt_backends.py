@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import FIXTURES, build_nllb
 from test_distributed import free_port
-from test_resume import cached_rows, kill_when, run_again
+from test_resume import cached_rows, kill_at_cached_rows, run_again
 
 from flare_xlt import cli
 from flare_xlt.mt import GenerationSettings, TranslationInputWarning, Translator
@@ -292,8 +292,7 @@ def test_killed_translation_resumes_through_the_backend(models, backend, tmp_pat
     distinct = len({row[field] for row in rows for field in ("premise", "hypothesis")})
     output, cache = tmp_path / "killed" / "train_en-es.jsonl", tmp_path / "killed" / "cache.sqlite"
     options = translate_options(backend, models, source, output, cache)
-    kill_when(command_line(options), lambda: cached_rows(cache) >= 6)
-    stored = cached_rows(cache)
+    stored = kill_at_cached_rows(command_line(options), cache, 6)
     assert 6 <= stored < distinct and not output.exists()
     printed = run_again(command_line(options), capsys)
     summary = json.loads(printed[printed.index("{") :])["translation"]

@@ -42,6 +42,43 @@ def kill_when(command: list[str], ready: Callable[[], bool], timeout: float = 18
         process.wait()
 
 
+def kill_at_cached_rows(command: list[str], cache: Path, rows: int, timeout: float = 180) -> int:
+    """Start a `translate` command, SIGKILL it once its translation cache holds `rows` translations, and return how
+    many it holds then. Every look at the cache is made under the cache's write lock, which is held through the kill
+    and for most of the time between looks; the command's stores wait on it (the cache's busy timeout). So the command
+    stores only in short gaps and cannot race from below `rows` to the last text between a look and the kill, however
+    the two processes are scheduled."""
+    process = subprocess.Popen(command, env=ENVIRONMENT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while not cache.exists():
+            assert process.poll() is None, "the command ended before it made its cache"
+            assert time.monotonic() < deadline, "the command never made its cache"
+            time.sleep(0.02)
+        database = sqlite3.connect(cache, timeout=60, isolation_level=None)
+        try:
+            while True:
+                database.execute("BEGIN IMMEDIATE")  # the write lock: the command's next store waits
+                try:
+                    stored = database.execute("SELECT count(*) FROM translations").fetchone()[0]
+                except sqlite3.OperationalError:  # the table is still being created
+                    stored = 0
+                if stored >= rows:
+                    process.send_signal(signal.SIGKILL)  # still under the lock
+                    process.wait()
+                    return stored
+                assert process.poll() is None, "the command ended before it could be killed part-way"
+                assert time.monotonic() < deadline, "the command never stored enough to kill it at"
+                time.sleep(0.005)  # holding the lock
+                database.execute("ROLLBACK")
+                time.sleep(0.005)  # the gap in which the command may store
+        finally:
+            database.close()
+    finally:
+        process.kill()
+        process.wait()
+
+
 def run_again(command: list[str], capsys) -> str:
     """`command` (a flare-xlt command line) run again after the killed one, in this process, and what it printed:
     the kill needs a process of its own, the run after it does not (and is spared a Python start with torch)."""
@@ -85,8 +122,7 @@ def test_killed_translation_resumes_without_loss_or_duplicates(workspace, tmp_pa
         return [*CLI, "translate", *(item for key, value in options.items() for item in (f"--{key}", str(value)))]
 
     output, cache = tmp_path / "killed" / "train_en-es.jsonl", tmp_path / "killed" / "cache.sqlite"
-    kill_when(command(output, cache), lambda: cached_rows(cache) >= 10)
-    stored = cached_rows(cache)
+    stored = kill_at_cached_rows(command(output, cache), cache, 10)
     assert 10 <= stored < distinct and not output.exists()  # killed part-way, no partial output file
 
     printed = run_again(command(output, cache), capsys)
