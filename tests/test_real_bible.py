@@ -288,3 +288,57 @@ def test_e5_folder_declares_mean_pooling(tmp_path):
     written = (tmp_path / "modules.json").stat().st_mtime_ns
     assets.declare_mean_pooling(tmp_path)
     assert (tmp_path / "modules.json").stat().st_mtime_ns == written
+
+
+def test_near_gold_probes_match_probes_fitted_on_one_verse_at_a_time(reader, tmp_path):
+    """near_gold.py's frozen-feature probes on a small bible-canon equal probes fitted here on features computed one
+    verse at a time (no batching, no padding, pooled by hand); an MT file that holds the human translation probes
+    exactly as the human text does; an MT file out of the English order fails loudly, before any feature."""
+    import shutil
+
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from transformers import AutoModel, AutoTokenizer
+
+    from benchmarks.real import near_gold
+    from flare_xlt.methods.linear_probe import PROBE_C, PROBE_MAX_ITER
+
+    folder = require(assets.e5_folder)
+    sizes = bible.TaskSizes(train_per_class=4, validation_per_class=1, test_per_class=3)
+    built = bible.build_task(reader, ["hi"], tmp_path, sizes)
+    assert not built.missing, built.missing  # every chosen verse in both languages: the MT file can be the human one
+    mt_file = tmp_path / "main" / "translations" / f"{get_task(built.task_file).name}_train_en-hi.jsonl"
+    mt_file.parent.mkdir(parents=True)
+    lines = (tmp_path / "data" / "hi" / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    mt_file.write_text("\n".join(lines[1:] + lines[:1]) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="The hi MT training file does not hold the English training verses in order"):
+        near_gold.probe_scores(tmp_path, ["hi"], max_length=48)
+    shutil.copy(tmp_path / "data" / "hi" / "train.jsonl", mt_file)
+
+    rows = near_gold.probe_scores(tmp_path, ["hi"], max_length=48)
+    accuracy = {(row["trained_on"], row["scored_on"]): row["accuracy"] for row in rows}
+    assert len(rows) == len(accuracy) == 4
+    assert accuracy[("hi MT train", "hi test")] == accuracy[("hi human train", "hi test")]
+
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    verses, features = {}, {}
+    for language, split in (("en", "train"), ("en", "test"), ("hi", "train"), ("hi", "test")):
+        lines = (tmp_path / "data" / language / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+        verses[language, split] = [json.loads(line) for line in lines]
+        pooled = []
+        for record in verses[language, split]:
+            encoded = tokenizer(record["text"], truncation=True, max_length=48, return_tensors="pt")
+            with torch.no_grad():
+                pooled.append(model(**encoded).last_hidden_state[0].mean(dim=0))  # one verse: every token is real
+        features[language, split] = torch.stack(pooled).numpy()
+
+    def score(train: tuple[str, str], test: tuple[str, str]) -> float:
+        probe = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=PROBE_MAX_ITER))
+        probe.fit(features[train], [record["label"] for record in verses[train]])
+        return float((probe.predict(features[test]) == [record["label"] for record in verses[test]]).mean())
+
+    assert accuracy[("English train", "English test")] == score(("en", "train"), ("en", "test"))
+    assert accuracy[("English train", "hi test")] == score(("en", "train"), ("hi", "test"))
+    assert accuracy[("hi human train", "hi test")] == score(("hi", "train"), ("hi", "test"))

@@ -55,11 +55,19 @@ def probe_scores(canon: Path, languages, max_length: int) -> list[dict]:
 
     task = load_task_spec(canon / "task.yaml")
     translations = canon / "main" / "translations"
-    folder = assets.e5_folder()
-    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
 
     def split(language: str, name: str) -> list[dict]:
         return load_record_file(task, canon / "data" / language / f"{name}.jsonl", language)
+
+    english_train = split("en", "train")
+    mt_train = {}  # checked before the model is loaded: a misaligned file fails before minutes of features
+    for language in languages:
+        mt_train[language] = load_record_file(task, translations / f"{task.name}_train_en-{language}.jsonl", language)
+        if [record["id"] for record in mt_train[language]] != [record["id"] for record in english_train]:
+            raise ValueError(f"The {language} MT training file does not hold the English training verses in order.")
+
+    folder = assets.e5_folder()
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
 
     def features(records: list[dict]) -> torch.Tensor:
         return pooled_features(model, tokenizer, [record["text"] for record in records], max_length)
@@ -75,18 +83,14 @@ def probe_scores(canon: Path, languages, max_length: int) -> list[dict]:
         correct = (classifier.predict(features(test).numpy()) == labels(test)).mean()
         return {"trained_on": trained_on, "scored_on": scored_on, "accuracy": float(correct)}
 
-    english_train = split("en", "train")
     english = probe(english_train)
     rows = [row("English train", english, "English test", split("en", "test"))]
     for language in languages:
         test = split(language, "test")
-        mt = load_record_file(task, translations / f"{task.name}_train_en-{language}.jsonl", language)
-        if [record["id"] for record in mt] != [record["id"] for record in english_train]:
-            raise ValueError(f"The {language} MT training file does not hold the English training verses in order.")
         rows += [
             row("English train", english, f"{language} test", test),
             row(f"{language} human train", probe(split(language, "train")), f"{language} test", test),
-            row(f"{language} MT train", probe(mt), f"{language} test", test),
+            row(f"{language} MT train", probe(mt_train[language]), f"{language} test", test),
         ]
     return rows
 
