@@ -5,6 +5,7 @@ regression fitted by hand on the base encoder's features, and a recipe's stage1_
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -16,6 +17,7 @@ from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM, XLMRobertaMode
 
 from flare_xlt.pipeline import TrainConfig, evaluate, finetune, transfer
 from flare_xlt.pipeline.pooling import PooledEncoderForSequenceClassification, resolve_pooling
+from flare_xlt.pipeline.run_folder import transfer_run
 
 QUICK = TrainConfig(batch_size=2, max_steps=2, learning_rate=1e-3, max_length=48, seed=3)
 
@@ -187,6 +189,11 @@ def test_the_linear_probe_is_a_logistic_regression_on_the_base_encoders_pooled_f
     assert config["translations"] is None and config["adapter"] is None and config["trainable"] is None
     assert set(config["train"]) == {"seed", "max_length", "max_eval_samples", "max_train_samples"}
     assert config["train"]["max_train_samples"] == 2 and QUICK.max_train_samples is None
+    # The folder is the one the recipe planner and --dry_run compute from transfer's arguments (transfer_run), so a
+    # finished probe run is found there, not planned again.
+    arguments = {name: parameter.default for name, parameter in inspect.signature(transfer).parameters.items()}
+    arguments |= dict(model=model, task="nusax", language="id", method="linear-probe", stage1=stage1, output=runs)
+    assert transfer_run(arguments | dict(data=NUSAX_DATA, train=QUICK))[0] == probe
 
     # By hand: the base checkpoint (no stage-1 adapter), mean-pooled over the real tokens, standardised, fitted.
     tokenizer, encoder = AutoTokenizer.from_pretrained(model), AutoModel.from_pretrained(model).eval()

@@ -10,7 +10,7 @@ import platform
 import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -227,11 +227,33 @@ def finetune_pooling(settings: Mapping[str, Any]) -> str | None:
     return resolve_pooling(settings["pooling"], model, kind, architecture)
 
 
+def recorded_train_samples(stage1: Path, default: int | None) -> int | None:
+    """The English training examples the stage-1 run read (its recorded train.max_train_samples; None: all of
+    them), which the linear probe fits on, so that the floor and stage 1 see the same data; `default` for an adapter
+    folder laid out by hand, which records none."""
+    config_path = Path(stage1) / "config.json"
+    if not config_path.is_file():
+        return default
+    train = json.loads(config_path.read_text(encoding="utf-8")).get("train")
+    if not isinstance(train, dict) or "max_train_samples" not in train:
+        return default
+    return train["max_train_samples"]
+
+
+def run_train_settings(transfer_method, stage1: Path, train: TrainConfig) -> TrainConfig:
+    """A transfer's training settings as its run records them: a method fitted on the English examples its stage-1
+    run read (the linear probe) takes that run's max_train_samples, whatever the transfer's own."""
+    if not transfer_method.fits_source_probe:
+        return train
+    return replace(train, max_train_samples=recorded_train_samples(Path(stage1), train.max_train_samples))
+
+
 def transfer_run(settings: Mapping[str, Any]) -> tuple[Path, dict]:
     """The run folder `transfer` writes, and the config it records (nothing is read). `settings`: the arguments of
     `transfer` by name (`resume` is not read). Only what changes the method's result enters the config (and its
     hash), so the same run asked for again is found."""
-    spec, transfer_method, train = get_task(settings["task"]), get_method(settings["method"]), settings["train"]
+    spec, transfer_method = get_task(settings["task"]), get_method(settings["method"])
+    train = run_train_settings(transfer_method, settings["stage1"], settings["train"])
     trains_adapter = transfer_method.trains
     paths = {"translations": transfer_method.needs_translations, "mt_states": transfer_method.needs_mt_states}
     config = {

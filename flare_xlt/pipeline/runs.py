@@ -4,7 +4,7 @@ target language with one method; each writes one run folder (run_folder.py)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,14 +27,21 @@ from .run_data import (
     translation_file,
     with_mt_states,
 )
-from .run_folder import finetune_run, finished, link_latest, save_adapter, started, transfer_run
+from .run_folder import (
+    finetune_run,
+    finished,
+    link_latest,
+    run_train_settings,
+    save_adapter,
+    started,
+    transfer_run,
+)
 from .scoring import evaluate_run, validation_callback
 from .settings import DEFAULT_ADAPTER, DEFAULT_TRAIN, AdapterConfig, TrainConfig, resolve_stage1_mode
 from .stage1 import (
     check_stage1,
     check_target_modules,
     recorded_pooling,
-    recorded_train_samples,
     report_untrained,
     stage1_model,
 )
@@ -203,9 +210,8 @@ def transfer(
     if transfer_method.needs_mt_states and mt_states is None:
         raise ValueError(f"Method {method!r} needs --mt_states (a folder with train/ and test/ state stores).")
     stage1_adapter = check_stage1(Path(stage1), model, spec)
-    if transfer_method.fits_source_probe:  # the floor of stage 1: fitted on the English examples stage 1 read
-        samples = recorded_train_samples(Path(stage1), train.max_train_samples)
-        train = settings["train"] = replace(train, max_train_samples=samples)
+    # The floor of stage 1 (linear-probe) fits on the English examples stage 1 read.
+    train = settings["train"] = run_train_settings(transfer_method, Path(stage1), train)
     run_dir, config = transfer_run(settings)
     if dry_run:
         _print_transfer_plan(settings, run_dir)

@@ -53,19 +53,6 @@ def recorded_pooling(stage1: Path) -> str | None:
     return json.loads(config_path.read_text(encoding="utf-8")).get("pooling")
 
 
-def recorded_train_samples(stage1: Path, default: int | None) -> int | None:
-    """The English training examples the stage-1 run read (its recorded train.max_train_samples; None: all of
-    them), which the linear probe fits on, so that the floor and stage 1 see the same data; `default` for an adapter
-    folder laid out by hand, which records none."""
-    config_path = Path(stage1) / "config.json"
-    if not config_path.is_file():
-        return default
-    train = json.loads(config_path.read_text(encoding="utf-8")).get("train")
-    if not isinstance(train, dict) or "max_train_samples" not in train:
-        return default
-    return train["max_train_samples"]
-
-
 @phase("build")
 def stage1_model(
     loaded: LoadedModel, adapter: Path, model_name: str, stage1_mode: str, trains_adapter: bool
