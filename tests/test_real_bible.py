@@ -237,10 +237,68 @@ def test_the_report_measures_its_wall_time_from_the_empty_workspace(tmp_path):
 
     from benchmarks.real import run as real
 
-    assert real.since_started(tmp_path) == ""  # a workspace made before starts were recorded
+    tables = ["canon", "taxi1500"]
+    assert real.since_started(tmp_path, tables) == ""  # a workspace made before starts were recorded
     (tmp_path / real.STARTED).write_text("2026-12-08T00:42:32+00:00")
     now = datetime.datetime(2026, 12, 8, 3, 7, 2, tzinfo=datetime.UTC)
-    assert real.since_started(tmp_path, now) == "; 144 min since the workspace was started empty (2026-12-08 00:42 UTC)"
+    since = "; 144 min since the workspace was started empty (2026-12-08 00:42 UTC)"
+    assert real.since_started(tmp_path, tables, now) == since
+    # Once every table was complete, the fresh run's time stays that, whenever a later report is written; a table
+    # added afterwards is named, its runs not being in it.
+    (tmp_path / real.FINISHED).write_text(json.dumps({"finished_at": "2026-12-08T03:01:25+00:00", "tables": tables}))
+    took = "; the full run from the empty workspace took 139 min (started 2026-12-08 00:42 UTC)"
+    assert real.since_started(tmp_path, tables, now + datetime.timedelta(days=1)) == took
+    assert real.since_started(tmp_path, [*tables, "canon-harsh"]) == took + (
+        ", tables added to the workspace after it: canon-harsh"
+    )
+
+
+def test_workspace_digest_leaves_out_only_the_fields_of_tables_with_their_own_folder():
+    """The harsher-MT table's settings name its own folder: changing them keeps the workspace (every other run stays
+    valid); changing any other field makes a new one."""
+    from dataclasses import replace
+
+    from benchmarks.real import run as real
+
+    size = real.SIZES["tiny"]
+    assert real.workspace("tiny", replace(size, harsh_error_rate=0.7, harsh_languages=("hi",))) == real.workspace(
+        "tiny", size
+    )
+    assert real.workspace("tiny", replace(size, degraded_error_rate=0.2)) != real.workspace("tiny", size)
+    for wrong, message in (
+        ({"harsh_languages": ("es",)}, "Spanish has real MT"),
+        ({"harsh_error_rate": 0.1}, "harsh_error_rate must be above degraded_error_rate"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            replace(size, **wrong)
+
+
+def test_the_harsh_table_reads_its_own_translations_and_the_main_stage1(reader, tmp_path):
+    """canon-harsh: its translations, in its own folder, are the human ones with its error rate's word errors (each
+    word dropped with probability rate / 2: about 1 - rate / 2 of the words remain, train and test side), and it
+    starts from the main table's stage-1 runs."""
+    from pathlib import Path
+
+    from benchmarks.real import run as real
+
+    require(assets.e5_folder)
+    size = real.SIZES["tiny"]
+    training = real.Training(size.train, size.stage1_train, size.adapter, size.pooling)
+    (grid,) = real.canon_grids(size, reader, tmp_path, training, ["canon-harsh"])
+    rate, language = size.harsh_error_rate, size.harsh_languages[0]
+    assert (grid.name, grid.methods, grid.languages) == ("canon-harsh", tuple(real.HARSH_METHODS), (language,))
+    assert grid.recipe.translations == str(tmp_path / f"harsh-{rate:g}" / "translations")
+    assert grid.stage1_from.output == str(tmp_path / "main" / "runs") != grid.recipe.output
+    assert grid.mt[language].describe() == bible.MTCondition("degraded", rate).describe()
+
+    def words(path: Path) -> int:
+        return sum(len(json.loads(line)["text"].split()) for line in path.read_text(encoding="utf-8").splitlines())
+
+    translations = Path(grid.recipe.translations)
+    for split, source, target in (("train", "en", language), ("validation", "en", language), ("test", language, "en")):
+        human = words(tmp_path / "data" / target / f"{split}.jsonl")
+        kept = words(translations / f"bible-canon_{split}_{source}-{target}.jsonl") / human
+        assert abs(kept - (1 - rate / 2)) < 0.1, (split, kept, human)
 
 
 def test_bench_real_tiny_taxi1500_end_to_end(tmp_path, monkeypatch):
