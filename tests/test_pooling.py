@@ -10,11 +10,14 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
 from conftest import ENCODER_SIZES, NUSAX_DATA, train_tokenizer
+from safetensors.torch import load_file, save_file
 from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM, XLMRobertaModel
 
+from flare_xlt.methods.linear_probe import PROBE_FEATURES, english_features_key
 from flare_xlt.pipeline import TrainConfig, evaluate, finetune, transfer
 from flare_xlt.pipeline.pooling import PooledEncoderForSequenceClassification, resolve_pooling
 from flare_xlt.pipeline.run_folder import transfer_run
@@ -225,6 +228,39 @@ def test_the_linear_probe_is_a_logistic_regression_on_the_base_encoders_pooled_f
     assert evaluate(probe)["scores"] == json.loads((probe / "metrics.json").read_text())["scores"]
     table = next(path for path in write_report(runs) if path.name == "report_nusax.md").read_text()
     assert "| linear-probe |" in table
+
+    # The English features are kept beside the runs, and a refit reads them there: with the cached rows swapped, the
+    # head is the one fitted by hand on the swapped rows.
+    (cached,) = (runs / PROBE_FEATURES).glob("*.safetensors")
+    stored = load_file(cached)["features"]
+    torch.testing.assert_close(stored, torch.as_tensor(features(english)), atol=1e-5, rtol=0)
+    save_file({"features": stored.flip(0).contiguous()}, cached)
+    swapped = LogisticRegression(C=1.0, max_iter=2000).fit(
+        scaler.transform(features(english)[::-1]), [record["label"] for record in english]
+    )
+    with numpy.errstate(divide="ignore"):  # two examples fit a head sure enough to give some classes probability 0
+        expected = swapped.predict_log_proba(scaler.transform(features(indonesian)))
+        logits = rebuilt(probe)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(logits[:, seen], torch.as_tensor(expected, dtype=logits.dtype), atol=1e-4, rtol=0)
+
+
+def test_the_probe_features_key_changes_with_everything_the_features_depend_on(pooled_workspace):
+    from transformers import AutoModel
+
+    base = AutoModel.from_pretrained(str(pooled_workspace / "encoder")).eval()
+    batches = [{"input_ids": torch.tensor([[0, 5, 6, 2]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}]
+    key = english_features_key(base, batches, "mean")
+    assert english_features_key(base, [dict(batch) for batch in batches], "mean") == key
+    assert english_features_key(base, batches, "cls") != key
+    other_ids = [{**batches[0], "input_ids": torch.tensor([[0, 5, 7, 2]])}]
+    assert english_features_key(base, other_ids, "mean") != key
+    padded = [{"input_ids": torch.tensor([[0, 5, 6, 2, 1]]), "attention_mask": torch.tensor([[1, 1, 1, 1, 0]])}]
+    assert english_features_key(base, padded, "mean") != key
+    with torch.no_grad():
+        next(base.parameters())[0, 0] += 1e-3
+    nudged = english_features_key(base, batches, "mean")
+    assert nudged != key
+    assert english_features_key(base.double(), batches, "mean") != nudged
 
 
 def test_the_linear_probe_is_refused_where_there_is_no_encoder_classifier_and_planned_without_translations(tmp_path):

@@ -196,7 +196,7 @@ def cache_fingerprint(model, dtypes: dict[str, str]) -> str:
     """What decides the captured tensors besides the input: the base model's config and frozen weights (a checksum),
     the FLARE capture points and source settings, and the dtypes recorded."""
     network = model.get_base_model()
-    frozen = [_checksum(p) for p in model.parameters() if not p.requires_grad and p.numel()]
+    frozen = [weight_checksum(p) for p in model.parameters() if not p.requires_grad and p.numel()]
     settings = {
         "config": network.config.to_dict(),
         "weights": torch.stack(frozen).tolist() if frozen else [],
@@ -208,7 +208,7 @@ def cache_fingerprint(model, dtypes: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _checksum(parameter: torch.Tensor) -> torch.Tensor:
+def weight_checksum(parameter: torch.Tensor) -> torch.Tensor:
     """The float64 sum of a weight, in chunks of 2^20 elements: a sum(dtype=float64) of the whole tensor would first
     make a float64 copy of it (733 MiB for e5-small's 250k x 384 embedding, measured as the cached runs' peak)."""
     chunks = parameter.detach().reshape(-1).split(CHECKSUM_CHUNK)

@@ -10,11 +10,18 @@ another way than it was trained). The features are the final hidden states poole
 BERT's pooler, which the checkpoint may lack). They are standardised (scikit-learn's StandardScaler, fitted on the
 English features) and read by LogisticRegression(C=PROBE_C, max_iter=PROBE_MAX_ITER), lbfgs, deterministic. A
 finished run is scored again (`evaluate`) by fitting the same probe again, which gives the same head.
+
+The English features are the same for every target language and seed of one base model, so they are kept in a
+cache folder beside the runs (PROBE_FEATURES), one safetensors file per key: the base encoder's config, dtypes,
+device and weights (checksums, as the source cache's fingerprint), the pooling, and every batch's token ids and mask.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
@@ -29,6 +36,7 @@ if TYPE_CHECKING:
 # dimensions without a ConvergenceWarning.
 PROBE_C = 1.0
 PROBE_MAX_ITER = 2000
+PROBE_FEATURES = ".probe-features"  # the English features' cache, a folder beside the runs that share it
 
 
 def probe_features(encoder: nn.Module, input_ids, attention_mask, pooling: str | None) -> torch.Tensor:
@@ -40,6 +48,26 @@ def probe_features(encoder: nn.Module, input_ids, attention_mask, pooling: str |
     if pooling in (None, "cls"):
         return hidden[:, 0].float()
     return pool(hidden, attention_mask, pooling).float()
+
+
+def english_features_key(base: nn.Module, batches: list[dict], pooling: str | None) -> str:
+    """The cache key of the English features: everything they are a function of (module docstring)."""
+    from ..adapter.source_cache import weight_checksum
+
+    parameters = list(base.parameters())
+    identity = {
+        "config": base.config.to_dict(),
+        "dtypes": sorted({str(parameter.dtype) for parameter in parameters}),
+        "device": parameters[0].device.type,
+        "weights": [weight_checksum(parameter).item() for parameter in parameters],
+        "pooling": pooling,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
+    for batch in batches:
+        for name in ("input_ids", "attention_mask"):
+            digest.update(f"{name}{tuple(batch[name].shape)}".encode())
+            digest.update(batch[name].contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
 
 
 class LinearProbeClassifier:
@@ -71,29 +99,47 @@ class LinearProbeClassifier:
 
 @dataclass(frozen=True)
 class LinearProbe(Method):
-    def fit(self, base: nn.Module, encoder, pairs: list[dict], pooling: str | None, batch_size: int):
+    def fit(
+        self,
+        base: nn.Module,
+        encoder,
+        pairs: list[dict],
+        pooling: str | None,
+        batch_size: int,
+        cache: Path | None = None,
+    ):
         """The probe fitted on `pairs` (English training examples, their target view) as `encoder` (a TaskEncoder)
-        reads them, on the frozen `base` encoder."""
+        reads them, on the frozen `base` encoder; their features read from and written to the folder `cache` when
+        given (module docstring)."""
         import numpy
         import torch
+        from safetensors.torch import load_file
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
+        from ..io import save_tensors_atomic
         from ..tasks import PairedCollator
 
         features, _, _ = encoder.encode(pairs)
         collate = PairedCollator.for_tokenizer(encoder.tokenizer)
-        device = next(base.parameters()).device
-        base.eval()
-        rows = []
-        for start in range(0, len(features), batch_size):
-            batch = collate(features[start : start + batch_size])
+        batches = [collate(features[start : start + batch_size]) for start in range(0, len(features), batch_size)]
+        stored = None if cache is None else Path(cache) / f"{english_features_key(base, batches, pooling)}.safetensors"
+        if stored is not None and stored.is_file():
+            pooled = load_file(stored)["features"]  # (N, D)
+        else:
+            device = next(base.parameters()).device
+            base.eval()
             with torch.no_grad():
-                rows.append(
-                    probe_features(base, batch["input_ids"].to(device), batch["attention_mask"].to(device), pooling)
-                )
-        inputs = torch.cat(rows).cpu().numpy()  # (N, D)
+                pooled = torch.cat(
+                    [
+                        probe_features(base, batch["input_ids"].to(device), batch["attention_mask"].to(device), pooling)
+                        for batch in batches
+                    ]
+                ).cpu()  # (N, D)
+            if stored is not None:
+                save_tensors_atomic(stored, {"features": pooled.contiguous()})
+        inputs = pooled.numpy()
         labels = numpy.array([pair["label"] for pair in pairs])
         classifier = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=PROBE_MAX_ITER))
         classifier.fit(inputs, labels)

@@ -11,6 +11,7 @@ from ..adapter.config import FlareConfig
 from ..adapter.model import FlareModel
 from ..io import replace_directory_atomically
 from ..methods import REGISTRY, get_method
+from ..methods.linear_probe import PROBE_FEATURES
 from ..mt.states import EncoderStateStore
 from ..tasks import TaskEncoder, TaskSpec, get_task, load_task_splits
 from .expected_warnings import without_expected_warnings
@@ -183,7 +184,7 @@ def run_model(loaded, run_dir: Path, config: dict, model_name: str, task: TaskSp
     scored_method = get_method(config["method"])
     if scored_method.fits_source_probe:  # the frozen base model: no stage-1 adapter goes on it
         train = TrainConfig(**config["train"])
-        return fitted_probe(scored_method, loaded, task, config["data"], train, run_pooling(config))
+        return fitted_probe(scored_method, loaded, task, config["data"], train, run_pooling(config), run_dir.parent)
     trained = scored_method.trains
     network = loaded.model
     if config["stage1"] is not None:
@@ -218,14 +219,17 @@ def combined_with_reused_run(method, reused_dir: Path, stage1, loaded, model_nam
     return method.combine(stage1, reused, encoder)
 
 
-def fitted_probe(method, loaded, task: TaskSpec, data: str, train: TrainConfig, pooling: str | None):
+def fitted_probe(
+    method, loaded, task: TaskSpec, data: str, train: TrainConfig, pooling: str | None, runs: Path
+) -> torch.nn.Module:
     """A method that fits a probe (the linear probe): its model, fitted on the frozen base model's features of the
-    first train.max_train_samples English training examples. Fitting is deterministic, so `evaluate` fits again
-    the head the run scored with."""
+    first train.max_train_samples English training examples, kept in `runs`/PROBE_FEATURES for the other probe runs
+    there. Fitting is deterministic, so `evaluate` fits again the head the run scored with."""
     english = load_task_splits(task, task.source_language, ["train"], data)["train"][: train.max_train_samples]
     reader = TaskEncoder(task, loaded.tokenizer, loaded.architecture, method.view, train.max_length)
     base = loaded.model.base_model  # the encoder without its (untrained) head
-    return method.fit(base, reader, self_pairs(task, english), pooling, train.eval_batch_size or train.batch_size)
+    batch_size = train.eval_batch_size or train.batch_size
+    return method.fit(base, reader, self_pairs(task, english), pooling, batch_size, Path(runs) / PROBE_FEATURES)
 
 
 def _check_evaluation_folder(output: Path) -> None:

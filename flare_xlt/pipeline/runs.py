@@ -232,7 +232,8 @@ def transfer(
     transfer_method.check_fit(spec.kind, loaded.architecture)
     trains_adapter = transfer_method.trains
     if transfer_method.fits_source_probe:  # the frozen base model, read by a head fitted on English
-        network = fitted_probe(transfer_method, loaded, spec, data, train, recorded_pooling(Path(stage1)))
+        pooling = recorded_pooling(Path(stage1))
+        network = fitted_probe(transfer_method, loaded, spec, data, train, pooling, run_dir.parent)
     else:
         network = stage1_model(loaded, stage1_adapter, model, stage1_mode, trains_adapter)
     view = transfer_method.view
