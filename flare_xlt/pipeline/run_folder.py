@@ -249,7 +249,8 @@ def run_train_settings(transfer_method, stage1: Path, train: TrainConfig) -> Tra
 
 
 def transfer_run(settings: Mapping[str, Any]) -> tuple[Path, dict]:
-    """The run folder `transfer` writes, and the config it records (nothing is read). `settings`: the arguments of
+    """The run folder `transfer` writes, and the config it records (nothing is read but, for the linear probe, the
+    stage-1 run's recorded max_train_samples: run_train_settings). `settings`: the arguments of
     `transfer` by name (`resume` is not read). Only what changes the method's result enters the config (and its
     hash), so the same run asked for again is found."""
     spec, transfer_method = get_task(settings["task"]), get_method(settings["method"])
