@@ -167,6 +167,7 @@ def test_bench_real_keeps_the_two_tasks_stage1_apart(tmp_path):
     """bible-canon and Taxi1500 train their own stage 1 with the same model: the planner counts one per task and
     seed, and a finished canon stage 1 does not stand for Taxi1500's."""
     import json
+    from dataclasses import replace
     from pathlib import Path
 
     from benchmarks.real import run as real
@@ -188,6 +189,23 @@ def test_bench_real_keeps_the_two_tasks_stage1_apart(tmp_path):
     (folder / "metrics.json").write_text(json.dumps(metrics))
     finished = planned & real.finished_keys([canon, taxi])
     assert [key[0] for key in finished] == ["m / bible-canon"]
+    # A grid that starts from another's stage 1 (the oracle and harsh tables) finds it there when run alone; the
+    # other folder's transfers are not its runs.
+    transfer = folder.with_name("xnli-sw-lora-seed1-0")
+    transfer.mkdir()
+    (transfer / "metrics.json").write_text(json.dumps({**metrics, "method": "lora", "language": "sw"}))
+    harsh = real.Grid(
+        "harsh",
+        "harsh",
+        replace(canon.recipe, output=str(tmp_path / "harsh")),
+        {},
+        "m",
+        ("lora",),
+        ("sw",),
+        task="bible-canon",
+        stage1_from=canon.recipe,
+    )
+    assert real.finished_keys([harsh]) == {("m / bible-canon", "finetune", "en", 1)}
 
 
 def test_bench_real_seeds_option_runs_only_a_grids_own_seeds():

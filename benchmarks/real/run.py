@@ -340,12 +340,17 @@ def planned_runs(grids: list[Grid]) -> set[tuple[str, str, str, int]]:
 
 
 def finished_keys(grids: list[Grid]) -> set[tuple[str, str, str, int]]:
-    """The same keys for the runs with a metrics.json in the grids' folders (which may hold runs of no grid)."""
+    """The same keys for the runs with a metrics.json in the grids' folders (which may hold runs of no grid), and
+    the stage-1 runs in the folder of a grid's `stage1_from` (its own folder links to them, and links are not
+    searched), so that a grid run without the one it starts from is not reported partial."""
+    folders = [(grid, grid.recipe.output, False) for grid in grids]
+    folders += [(grid, grid.stage1_from.output, True) for grid in grids if grid.stage1_from is not None]
     return {
         run_key(grid, run["method"], run["language"], run["seed"])
-        for grid in grids
-        if Path(grid.recipe.output).is_dir()
-        for run in collect_runs(grid.recipe.output)
+        for grid, folder, stage1_only in folders
+        if Path(folder).is_dir()
+        for run in collect_runs(folder)
+        if not stage1_only or run["method"] == "finetune"
     }
 
 
