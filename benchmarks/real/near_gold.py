@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from flare_xlt.methods.linear_probe import PROBE_C, PROBE_MAX_ITER, probe_features
+from flare_xlt.methods.linear_probe import probe_classifier, probe_features
 from flare_xlt.tasks import load_record_file
 from flare_xlt.tasks.spec import load_task_spec
 
@@ -48,9 +48,6 @@ def pooled_features(model, tokenizer, texts: list[str], max_length: int) -> torc
 def probe_scores(canon: Path, languages, max_length: int) -> list[dict]:
     """The probes of the module's docstring on bible-canon built in `canon` (its data/ and main/translations/):
     rows of (trained_on, scored_on, accuracy in [0, 1])."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
     from transformers import AutoModel, AutoTokenizer
 
     task = load_task_spec(canon / "task.yaml")
@@ -76,8 +73,7 @@ def probe_scores(canon: Path, languages, max_length: int) -> list[dict]:
         return [record["label"] for record in records]
 
     def probe(train: list[dict]):
-        classifier = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=PROBE_MAX_ITER))
-        return classifier.fit(features(train).numpy(), labels(train))
+        return probe_classifier().fit(features(train).numpy(), labels(train))
 
     def row(trained_on: str, classifier, scored_on: str, test: list[dict]) -> dict:
         correct = (classifier.predict(features(test).numpy()) == labels(test)).mean()

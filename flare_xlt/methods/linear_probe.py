@@ -70,6 +70,15 @@ def english_features_key(base: nn.Module, batches: list[dict], pooling: str | No
     return digest.hexdigest()[:32]
 
 
+def probe_classifier():
+    """The probe's unfitted head: standardisation, then LogisticRegression(C=PROBE_C, max_iter=PROBE_MAX_ITER)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=PROBE_MAX_ITER))
+
+
 class LinearProbeClassifier:
     """Scores a batch as a classification model would: logits (B, C), here the log-probabilities of the fitted
     logistic regression, -inf for a class the English training data lacks. It holds the frozen encoder and a
@@ -114,9 +123,6 @@ class LinearProbe(Method):
         import numpy
         import torch
         from safetensors.torch import load_file
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
 
         from ..io import save_tensors_atomic
         from ..tasks import PairedCollator
@@ -141,8 +147,7 @@ class LinearProbe(Method):
                 save_tensors_atomic(stored, {"features": pooled.contiguous()})
         inputs = pooled.numpy()
         labels = numpy.array([pair["label"] for pair in pairs])
-        classifier = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=PROBE_MAX_ITER))
-        classifier.fit(inputs, labels)
+        classifier = probe_classifier().fit(inputs, labels)
         return LinearProbeClassifier(base, pooling, classifier, len(encoder.task.label_names))
 
 
