@@ -413,51 +413,37 @@ def canon_grids(size: BenchSize, reader: bible.Bible, work: Path, training: Trai
                 missing=missing,
             )
         )
+
+    def own_mt_grid(name: str, title: str, mt: dict[str, bible.MTCondition], folder: Path, methods) -> Grid:
+        """A table under MT of its own (its translations and runs in `folder`), starting from the main table's
+        stage-1 runs."""
+        bible.write_translations(built, mt, folder / "translations", apertium_translations, size.canon.data_seed)
+        languages = tuple(mt)
+        recipe = make_recipe(model, built, languages, methods, folder, size.seeds, "encoder", training)
+        return Grid(
+            name,
+            title,
+            recipe,
+            mt,
+            "multilingual-e5-small",
+            tuple(methods),
+            languages,
+            stage1_from=main_recipe,
+            missing=missing,
+        )
+
     if "canon-oracle" in names and size.oracle_languages:
-        oracle_mt = conditions(size.oracle_languages, True, 0.0)
-        bible.write_translations(
-            built, oracle_mt, work / "oracle" / "translations", apertium_translations, size.canon.data_seed
-        )
-        recipe = make_recipe(
-            model, built, size.oracle_languages, ORACLE_METHODS, work / "oracle", size.seeds, "encoder", training
-        )
         title = "bible-canon, oracle MT: the human translation as MT (an upper bound)"
-        grids.append(
-            Grid(
-                "canon-oracle",
-                title,
-                recipe,
-                oracle_mt,
-                "multilingual-e5-small",
-                tuple(ORACLE_METHODS),
-                size.oracle_languages,
-                stage1_from=main_recipe,
-                missing=missing,
-            )
-        )
+        oracle_mt = conditions(size.oracle_languages, True, 0.0)
+        grids.append(own_mt_grid("canon-oracle", title, oracle_mt, work / "oracle", ORACLE_METHODS))
     if "canon-harsh" in names and size.harsh_languages:
         rate = size.harsh_error_rate
-        harsh_mt = conditions(size.harsh_languages, False, rate)
-        folder = work / f"harsh-{rate:g}"
-        bible.write_translations(built, harsh_mt, folder / "translations", None, size.canon.data_seed)
-        recipe = make_recipe(model, built, size.harsh_languages, HARSH_METHODS, folder, size.seeds, "encoder", training)
         title = (
             f"bible-canon, harsher degraded MT: the human translation with word error rate {rate:g} (the main "
             f"table's: {size.degraded_error_rate:g})"
         )
-        grids.append(
-            Grid(
-                "canon-harsh",
-                title,
-                recipe,
-                harsh_mt,
-                "multilingual-e5-small",
-                tuple(HARSH_METHODS),
-                size.harsh_languages,
-                stage1_from=main_recipe,
-                missing=missing,
-            )
-        )
+        harsh_mt = conditions(size.harsh_languages, False, rate)
+        grids.append(own_mt_grid("canon-harsh", title, harsh_mt, work / f"harsh-{rate:g}", HARSH_METHODS))
     return grids
 
 
