@@ -28,55 +28,53 @@ CLI = [sys.executable, "-m", "flare_xlt.cli"]
 QUICK = TrainConfig(batch_size=2, max_steps=2, learning_rate=1e-3, max_length=48, seed=3)
 
 
-def kill_when(command: list[str], ready: Callable[[], bool], timeout: float = 180) -> None:
-    """Start `command` and SIGKILL it as soon as `ready()` holds, which must happen before it finishes."""
+def kill_when(command: list[str], ready: Callable[[], bool], timeout: float = 180, interval: float = 0.02) -> None:
+    """Start `command` and SIGKILL it as soon as `ready()` holds, which must happen before it finishes; `ready()` is
+    asked every `interval` seconds."""
     process = subprocess.Popen(command, env=ENVIRONMENT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     try:
         while not ready():
             assert process.poll() is None, "the command ended before it could be killed part-way"
             assert time.monotonic() < deadline, "the command never reached the point to kill it at"
-            time.sleep(0.02)
+            time.sleep(interval)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
 
 
-def kill_at_cached_rows(command: list[str], cache: Path, rows: int, timeout: float = 180) -> int:
+def kill_at_cached_rows(command: list[str], cache: Path, rows: int) -> int:
     """Start a `translate` command, SIGKILL it once its translation cache holds `rows` translations, and return how
     many it holds then. Every look at the cache is made under the cache's write lock, which is held through the kill
     and for most of the time between looks; the command's stores wait on it (the cache's busy timeout). So the command
     stores only in short gaps and cannot race from below `rows` to the last text between a look and the kill, however
     the two processes are scheduled."""
-    process = subprocess.Popen(command, env=ENVIRONMENT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    try:
-        while not cache.exists():
-            assert process.poll() is None, "the command ended before it made its cache"
-            assert time.monotonic() < deadline, "the command never made its cache"
-            time.sleep(0.02)
-        database = sqlite3.connect(cache, timeout=60, isolation_level=None)
+    database: sqlite3.Connection | None = None
+    stored = 0
+
+    def ready() -> bool:
+        nonlocal database, stored
+        if database is None:
+            if not cache.exists():
+                return False
+            database = sqlite3.connect(cache, timeout=60, isolation_level=None)
+        database.execute("BEGIN IMMEDIATE")  # the write lock: the command's next store waits
         try:
-            while True:
-                database.execute("BEGIN IMMEDIATE")  # the write lock: the command's next store waits
-                try:
-                    stored = database.execute("SELECT count(*) FROM translations").fetchone()[0]
-                except sqlite3.OperationalError:  # the table is still being created
-                    stored = 0
-                if stored >= rows:
-                    process.send_signal(signal.SIGKILL)  # still under the lock
-                    process.wait()
-                    return stored
-                assert process.poll() is None, "the command ended before it could be killed part-way"
-                assert time.monotonic() < deadline, "the command never stored enough to kill it at"
-                time.sleep(0.005)  # holding the lock
-                database.execute("ROLLBACK")
-                time.sleep(0.005)  # the gap in which the command may store
-        finally:
-            database.close()
+            stored = database.execute("SELECT count(*) FROM translations").fetchone()[0]
+        except sqlite3.OperationalError:  # the table is still being created
+            stored = 0
+        if stored >= rows:
+            return True  # the lock is kept through the kill
+        time.sleep(0.005)  # holding the lock
+        database.execute("ROLLBACK")
+        return False
+
+    try:
+        kill_when(command, ready, interval=0.005)  # the interval: the gap in which the command may store
     finally:
-        process.kill()
-        process.wait()
+        if database is not None:
+            database.close()
+    return stored
 
 
 def run_again(command: list[str], capsys) -> str:
